@@ -1,0 +1,1 @@
+"""Galaxy Zoo data: the TFDS builder, synthetic galaxies and the grain pipeline."""
