@@ -1,0 +1,376 @@
+"""The ``galaxy_zoo`` TFDS dataset, written as ArrayRecord without TensorFlow.
+
+Two builder configs share features and splits:
+
+* ``kaggle``: the Kaggle "Galaxy Challenge" download in a manual directory
+  (see :data:`gzjax.data.kaggle.DOWNLOAD_INSTRUCTIONS`).
+* ``synthetic``: rendered galaxies with simulated volunteers' votes
+  (:mod:`gzjax.data.synthetic`), the embedded default.
+
+Features: ``image`` (the original JPEG bytes, never re-encoded), ``galaxy_id``,
+``votes`` (float32[37], Kaggle cumulative fractions, NaN where unknown),
+``votes_mask`` (bool[37], False where unknown), ``label_3class`` and
+``label_7class`` (-1 when none; see :mod:`gzjax.taxonomy`).
+
+Splits: ``train`` / ``validation`` by a stable hash of the GalaxyID (so a
+galaxy's split does not depend on row order or shard count) and ``test``
+(unlabelled: votes NaN, mask all False, labels -1).
+
+TFDS writes into an ``incomplete.*`` folder and renames it only when every
+split is written, so a failed build never loads as complete.  The ``tfds
+build`` CLI imports TensorFlow; use ``python -m gzjax.data.build`` instead.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import pathlib
+from typing import Iterator
+
+import numpy as np
+import tensorflow_datasets as tfds
+import tqdm
+
+from gzjax import taxonomy
+from gzjax.data import kaggle
+from gzjax.data import synthetic
+
+NAME = 'galaxy_zoo'
+FILE_FORMAT = 'array_record'
+LABELLED_SPLITS = ('train', 'validation')
+
+# Synthetic galaxies get IDs outside the Kaggle range (100008 … 999967) so
+# they are never mistaken for real ones.
+SYNTHETIC_LABELLED_ID_START = 1_000_000
+SYNTHETIC_TEST_ID_START = 5_000_000
+
+
+def is_validation(galaxy_ids: np.ndarray, validation_percent: float) -> np.ndarray:
+  """Which galaxies belong to the validation split: a stable hash of the ID.
+
+  SHA-256 of the decimal GalaxyID, first 8 bytes, modulo 10,000 basis points;
+  the same galaxy lands in the same split on every machine, whatever the row
+  order, shard count or the other galaxies in the file.
+  """
+  if not 0 <= validation_percent <= 100:
+    raise ValueError(
+        f'validation_percent must be within [0, 100], got {validation_percent}'
+    )
+  buckets = np.array([
+      int.from_bytes(hashlib.sha256(str(int(i)).encode()).digest()[:8], 'big')
+      % 10_000
+      for i in np.asarray(galaxy_ids).ravel()
+  ])
+  return buckets < round(validation_percent * 100)
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildOptions:
+  """How to build; the synthetic-only options are ignored for ``kaggle``.
+
+  They are not part of the builder config (TFDS forbids a custom config named
+  like a registered one) but of one build; the dataset's metadata records them.
+
+  Attributes:
+    validation_percent: share of labelled galaxies in ``validation``.
+    skip_bad_images: skip (and count) missing or undecodable images instead
+      of failing the build.
+    num_labelled: synthetic galaxies for train + validation.
+    num_test: synthetic unlabelled galaxies for ``test`` (0: no test split).
+    image_size: side of the synthetic images in pixels (Kaggle: 424).
+    seed: the synthetic universe; the same seed renders the same galaxies.
+    num_workers: processes that render synthetic galaxies (None: all cores).
+  """
+
+  validation_percent: float = 10.0
+  skip_bad_images: bool = False
+  num_labelled: int = 3000
+  num_test: int = 300
+  image_size: int = 424
+  seed: int = 0
+  num_workers: int | None = None
+
+
+@dataclasses.dataclass
+class BuildReport:
+  """What a build saw, for the summary the build command prints."""
+
+  skipped: dict[str, list[tuple[int, str]]] = dataclasses.field(
+      default_factory=lambda: collections.defaultdict(list)
+  )
+  votes: dict[str, list[np.ndarray]] = dataclasses.field(
+      default_factory=lambda: collections.defaultdict(list)
+  )
+
+
+class GalaxyZoo(tfds.core.GeneratorBasedBuilder):
+  """Galaxy Zoo 2 images with the 37 Kaggle vote fractions."""
+
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'Kaggle and synthetic configs, ArrayRecord.'}
+  BUILDER_CONFIGS = [
+      tfds.core.BuilderConfig(
+          name='kaggle',
+          description=(
+              'The Kaggle "Galaxy Zoo - The Galaxy Challenge" download: 61,578'
+              ' labelled and 79,975 test 424x424 SDSS JPEGs.'
+          ),
+      ),
+      tfds.core.BuilderConfig(
+          name='synthetic',
+          description=(
+              'Rendered galaxies whose vote fractions come from simulated'
+              ' volunteers walking the decision tree.'
+          ),
+      ),
+  ]
+  DEFAULT_CONFIG_NAME = 'synthetic'
+  MANUAL_DOWNLOAD_INSTRUCTIONS = kaggle.DOWNLOAD_INSTRUCTIONS
+
+  def __init__(self, *, options: BuildOptions = BuildOptions(), **kwargs):
+    kwargs.setdefault('file_format', FILE_FORMAT)
+    self.options = options
+    self.report = BuildReport()
+    super().__init__(**kwargs)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    options = self.options
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=__doc__,
+        features=tfds.features.FeaturesDict({
+            'image': tfds.features.Image(
+                shape=(None, None, 3), encoding_format='jpeg'
+            ),
+            'galaxy_id': np.int64,
+            'votes': tfds.features.Tensor(
+                shape=(taxonomy.NUM_ANSWERS,), dtype=np.float32
+            ),
+            'votes_mask': tfds.features.Tensor(
+                shape=(taxonomy.NUM_ANSWERS,), dtype=np.bool_
+            ),
+            'label_3class': np.int64,
+            'label_7class': np.int64,
+        }),
+        homepage='https://www.kaggle.com/c/galaxy-zoo-the-galaxy-challenge',
+        metadata=tfds.core.MetadataDict(
+            answers=list(taxonomy.ANSWERS),
+            validation_percent=options.validation_percent,
+            three_class_thresholds=dataclasses.asdict(
+                taxonomy.ThreeClassThresholds()
+            ),
+            seven_class_thresholds=dataclasses.asdict(
+                taxonomy.SevenClassThresholds()
+            ),
+            synthetic=(
+                dict(seed=options.seed, image_size=options.image_size)
+                if self.builder_config.name == 'synthetic'
+                else None
+            ),
+        ),
+    )
+
+  def _split_generators(self, dl_manager):
+    if self.builder_config.name == 'synthetic':
+      return self._synthetic_splits()
+    return self._kaggle_splits(kaggle.locate_files(dl_manager.manual_dir))
+
+  def _generate_examples(
+      self,
+      split: str,
+      ids: np.ndarray,
+      votes: np.ndarray | None = None,
+      folder: pathlib.Path | None = None,
+  ) -> Iterator[tuple[int, dict]]:
+    """Examples keyed by GalaxyID: Kaggle files, or rendered galaxies."""
+    if self.builder_config.name == 'synthetic':
+      return self._synthetic_examples(split, ids)
+    return self._kaggle_examples(split, folder, ids, votes)
+
+  # ------------------------------------------------------------- kaggle ---
+
+  def _kaggle_splits(self, files: kaggle.KaggleFiles):
+    solutions = kaggle.read_solutions(files.solutions_csv)
+    ids, votes = solutions.galaxy_ids, solutions.votes
+    present = np.array(
+        [(files.train_images / f'{i}.jpg').is_file() for i in ids], bool
+    )
+    if not present.all():
+      missing = ids[~present]
+      if not self.options.skip_bad_images:
+        raise kaggle.DataError(
+            f'{len(missing)} galaxies of {files.solutions_csv} have no image'
+            f' in {files.train_images}: {_first_ids(missing)}. Restore them, or'
+            ' rebuild with --skip_bad_images to leave them out.'
+        )
+      for i in missing:
+        self.report.skipped['train/validation'].append((int(i), 'missing'))
+      ids, votes = ids[present], votes[present]
+    in_validation = is_validation(ids, self.options.validation_percent)
+    splits = {
+        name: self._generate_examples(
+            name, ids[member], votes[member], files.train_images
+        )
+        for name, member in zip(
+            LABELLED_SPLITS, (~in_validation, in_validation)
+        )
+        if member.any()
+    }
+    if files.test_images is not None:
+      test_ids = kaggle.image_ids_in(files.test_images)
+      splits['test'] = self._generate_examples(
+          'test', test_ids, _unknown_votes(len(test_ids)), files.test_images
+      )
+    return splits
+
+  def _kaggle_examples(
+      self,
+      split: str,
+      folder: pathlib.Path,
+      ids: np.ndarray,
+      votes: np.ndarray,
+  ) -> Iterator[tuple[int, dict]]:
+    bad = []
+    for galaxy_id, row in _progress(split, zip(ids, votes), len(ids)):
+      path = folder / f'{galaxy_id}.jpg'
+      try:
+        jpeg = path.read_bytes()
+      except OSError as e:
+        problem = f'unreadable: {e.strerror}'
+      else:
+        problem = kaggle.image_problem(jpeg)
+      if problem is not None:
+        bad.append((int(galaxy_id), problem))
+        continue
+      yield int(galaxy_id), self._example(split, int(galaxy_id), jpeg, row)
+    if bad and not self.options.skip_bad_images:
+      details = '\n'.join(f'  {folder}/{i}.jpg: {p}' for i, p in bad[:20])
+      more = f'\n  … and {len(bad) - 20} more' if len(bad) > 20 else ''
+      raise kaggle.DataError(
+          f'{len(bad)} images of the {split} split cannot be decoded:\n'
+          f'{details}{more}\nReplace them, or rebuild with --skip_bad_images'
+          ' to leave them out.'
+      )
+    self.report.skipped[split].extend(bad)
+
+  # ---------------------------------------------------------- synthetic ---
+
+  def _synthetic_splits(self):
+    options = self.options
+    labelled = SYNTHETIC_LABELLED_ID_START + np.arange(options.num_labelled)
+    in_validation = is_validation(labelled, options.validation_percent)
+    splits = {
+        name: self._generate_examples(name, labelled[member])
+        for name, member in zip(
+            LABELLED_SPLITS, (~in_validation, in_validation)
+        )
+        if member.any()
+    }
+    if options.num_test:
+      splits['test'] = self._generate_examples(
+          'test', SYNTHETIC_TEST_ID_START + np.arange(options.num_test)
+      )
+    return splits
+
+  def _synthetic_examples(
+      self, split: str, ids: np.ndarray
+  ) -> Iterator[tuple[int, dict]]:
+    options = self.options
+    galaxies = synthetic.generate_galaxies(
+        options.seed,
+        [int(i) for i in ids],
+        image_size=options.image_size,
+        num_workers=options.num_workers,
+    )
+    for galaxy in _progress(split, galaxies, len(ids)):
+      votes = (
+          _unknown_votes(1)[0] if split == 'test' else galaxy.votes
+      )
+      yield galaxy.galaxy_id, self._example(
+          split, galaxy.galaxy_id, galaxy.jpeg, votes
+      )
+
+  # ------------------------------------------------------------- shared ---
+
+  def _example(
+      self, split: str, galaxy_id: int, jpeg: bytes, votes: np.ndarray
+  ) -> dict:
+    votes = np.asarray(votes, np.float32)
+    if split != 'test':
+      self.report.votes[split].append(votes)
+    return {
+        'image': jpeg,
+        'galaxy_id': galaxy_id,
+        'votes': votes,
+        'votes_mask': taxonomy.known_mask(votes),
+        'label_3class': int(taxonomy.three_class_labels(votes)),
+        'label_7class': int(taxonomy.seven_class_labels(votes)),
+    }
+
+
+def _progress(split: str, items, total: int):
+  return tqdm.tqdm(
+      items, total=total, desc=f'{split:>10s}', unit=' galaxies', leave=False
+  )
+
+
+def _unknown_votes(n: int) -> np.ndarray:
+  return np.full((n, taxonomy.NUM_ANSWERS), np.nan, np.float32)
+
+
+def _first_ids(ids: np.ndarray, limit: int = 20) -> str:
+  shown = ', '.join(str(int(i)) for i in ids[:limit])
+  return shown + (f' … and {len(ids) - limit} more' if len(ids) > limit else '')
+
+
+def builder(
+    config: str = 'synthetic', data_dir: str | pathlib.Path | None = None,
+    **options,
+) -> GalaxyZoo:
+  """A ``galaxy_zoo`` builder; ``options`` are :class:`BuildOptions` fields.
+
+  Options matter only for building; reading takes what is on disk.
+  """
+  names = [c.name for c in GalaxyZoo.BUILDER_CONFIGS]
+  if config not in names:
+    raise ValueError(
+        f'Unknown galaxy_zoo config {config!r}; choose {", ".join(names)}.'
+    )
+  return GalaxyZoo(
+      config=config,
+      data_dir=None if data_dir is None else str(data_dir),
+      options=BuildOptions(**options),
+  )
+
+
+class DatasetNotBuiltError(FileNotFoundError):
+  """The requested dataset has not been built in that data directory."""
+
+
+def data_source(
+    config: str, data_dir: str | pathlib.Path, split: str
+):
+  """Random-access records of one split, the JPEG left encoded.
+
+  Returns what ``builder.as_data_source`` gives, with ``image`` as the stored
+  JPEG bytes (``SkipDecoding``) so the input pipeline decodes at reduced size.
+  """
+  galaxy_zoo = builder(config, data_dir)
+  if not galaxy_zoo.is_prepared():
+    raise DatasetNotBuiltError(
+        f'The {NAME}/{config} dataset is not built in {data_dir}. Build it'
+        f' with:\n  python -m gzjax.data.build --config={config}'
+        + (' --manual_dir=DIR' if config == 'kaggle' else '')
+        + f' --data_dir={data_dir}'
+    )
+  splits = list(galaxy_zoo.info.splits)
+  if split not in splits:
+    raise KeyError(
+        f'{NAME}/{config} in {data_dir} has no split {split!r}; it has'
+        f' {", ".join(splits)}.'
+    )
+  return galaxy_zoo.as_data_source(
+      split, decoders={'image': tfds.decode.SkipDecoding()}
+  )
