@@ -381,6 +381,10 @@ class SevenClassThresholds:
   Irregular needs ``odd_yes`` and at least ``irregular_feature`` on *any one*
   of disturbed, irregular, other, merger or dust lane.
 
+  Cigar needs ``smooth`` as well as ``cigar``.  On cumulative values that is
+  implied (Class7.3 <= Class1.1); on conditional ones it is not, and without
+  it a disk galaxy whose few 'smooth' voters all said 'cigar' would count.
+
   ``on_conflict`` says what happens to a row that meets two rules (possible:
   e.g. smooth >= 0.469 and features >= 0.430 together): ``'reject'`` labels it
   -1, as an ambiguous galaxy does not belong in a clean training set;
@@ -439,7 +443,7 @@ def seven_class_rules(
     rules = [
         smooth_odd_no & at_least('Class7.1', t.completely_round),
         smooth_odd_no & at_least('Class7.2', t.in_between),
-        at_least('Class7.3', t.cigar),
+        at_least('Class1.1', t.smooth) & at_least('Class7.3', t.cigar),
         at_least('Class1.2', t.features_or_disk)
         & at_least('Class2.1', t.edge_on_yes)
         & at_least('Class6.2', t.odd_no),

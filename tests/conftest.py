@@ -1,0 +1,31 @@
+"""Shared fixtures: where the real Kaggle sample lives.
+
+The sample is read from ``../shared`` beside the checkout (CI clones the
+project there); ``GZJAX_KAGGLE_SAMPLE`` points elsewhere.  It is never copied
+into the project.  A missing sample is an error, not a skip: the tests that
+need real data must run.
+"""
+
+import os
+import pathlib
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+KAGGLE_SAMPLE = pathlib.Path(
+    os.environ.get(
+        'GZJAX_KAGGLE_SAMPLE',
+        REPO.parent / 'shared' / 'data' / 'galaxy_zoo_kaggle_sample',
+    )
+)
+
+
+@pytest.fixture(scope='session')
+def kaggle_sample() -> pathlib.Path:
+  """The real sample: 600 labelled rows (17 known answers each), 4,850 JPEGs."""
+  if not (KAGGLE_SAMPLE / 'training_solutions_partial.csv').is_file():
+    raise FileNotFoundError(
+        f'The real Galaxy Zoo sample is not at {KAGGLE_SAMPLE}; clone the'
+        ' project beside shared/ or set GZJAX_KAGGLE_SAMPLE.'
+    )
+  return KAGGLE_SAMPLE

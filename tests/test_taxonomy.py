@@ -1,0 +1,219 @@
+"""The decision tree: column order, conversions, consistency and labels."""
+
+import csv
+
+import numpy as np
+import pytest
+
+from gzjax import taxonomy
+
+
+def _conditional_row(**answers: float) -> np.ndarray:
+  """A 37-row of conditional fractions; unspecified questions get 1 on their
+  last answer ... unless listed.  Keys are Kaggle names with '_' for '.'.
+  """
+  row = np.zeros(taxonomy.NUM_ANSWERS)
+  for question in taxonomy.QUESTIONS:
+    row[question.slice.stop - 1] = 1.0
+  for name, value in answers.items():
+    row[taxonomy.index(name.replace('_', '.'))] = value
+  return row
+
+
+def test_answers_are_the_kaggle_columns_in_order():
+  assert len(taxonomy.ANSWERS) == 37
+  assert taxonomy.ANSWERS[:4] == ('Class1.1', 'Class1.2', 'Class1.3',
+                                  'Class2.1')
+  assert taxonomy.ANSWERS[-1] == 'Class11.6'
+  assert [len(q.answers) for q in taxonomy.QUESTIONS] == [
+      3, 2, 2, 2, 4, 2, 3, 7, 3, 3, 6]
+  assert taxonomy.ANSWER_NAMES[taxonomy.index('Class8.6')] == 'merger'
+  assert taxonomy.ANSWER_NAMES[taxonomy.index('Class11.5')] == (
+      'more than 4 arms')
+
+
+def test_parents_follow_the_kaggle_tree():
+  parents = {q.number: q.parent for q in taxonomy.QUESTIONS}
+  assert parents == {
+      1: None, 2: 'Class1.2', 3: 'Class2.2', 4: 'Class2.2', 5: 'Class2.2',
+      6: None, 7: 'Class1.1', 8: 'Class6.1', 9: 'Class2.1', 10: 'Class4.1',
+      11: 'Class4.1'}
+  order = [q.number for q in taxonomy.TREE_ORDER]
+  for q in taxonomy.QUESTIONS:
+    if q.parent is not None:
+      parent_question = int(q.parent[5:].split('.')[0])
+      assert order.index(parent_question) < order.index(q.number)
+
+
+def test_unknown_answer_name_is_a_clear_error():
+  with pytest.raises(KeyError, match='Class12.1.*not a Galaxy Zoo answer'):
+    taxonomy.index('Class12.1')
+
+
+def test_conditional_to_cumulative_by_hand():
+  conditional = _conditional_row(
+      Class1_1=0.2, Class1_2=0.7, Class1_3=0.1,
+      Class2_1=0.4, Class2_2=0.6,
+      Class3_1=0.5, Class3_2=0.5,
+      Class9_1=1.0, Class9_3=0.0,
+      Class4_1=0.25, Class4_2=0.75,
+      Class10_1=0.5, Class10_3=0.5,
+  )
+  cumulative = taxonomy.conditional_to_cumulative(conditional)
+  expected = {
+      'Class1.2': 0.7, 'Class2.1': 0.28, 'Class2.2': 0.42,
+      'Class3.1': 0.21, 'Class9.1': 0.28, 'Class4.1': 0.105,
+      'Class10.1': 0.0525, 'Class10.3': 0.0525, 'Class11.6': 0.105,
+      'Class7.3': 0.2, 'Class6.2': 1.0, 'Class8.7': 0.0,
+  }
+  for name, value in expected.items():
+    assert cumulative[taxonomy.index(name)] == pytest.approx(value), name
+
+
+def test_conversions_round_trip_and_keep_unknown():
+  rng = np.random.default_rng(0)
+  conditional = np.zeros((50, 37))
+  for q in taxonomy.QUESTIONS:
+    x = rng.random((50, len(q.answers)))
+    conditional[:, q.slice] = x / x.sum(1, keepdims=True)
+  cumulative = taxonomy.conditional_to_cumulative(conditional)
+  np.testing.assert_allclose(
+      taxonomy.cumulative_to_conditional(cumulative), conditional, atol=1e-12)
+  cumulative[3, taxonomy.index('Class2.2')] = np.nan
+  back = taxonomy.cumulative_to_conditional(cumulative)
+  # Q2's own answer and the children of A2.2 (Q3, Q4, Q5) become unknown.
+  unknown = np.isnan(back[3])
+  assert [taxonomy.ANSWERS[i] for i in np.flatnonzero(unknown)] == [
+      'Class2.2', 'Class3.1', 'Class3.2', 'Class4.1', 'Class4.2',
+      'Class5.1', 'Class5.2', 'Class5.3', 'Class5.4']
+  assert taxonomy.known_mask(cumulative).sum() == 50 * 37 - 1
+
+
+def test_unreached_question_gets_the_undefined_value():
+  votes = taxonomy.conditional_to_cumulative(
+      _conditional_row(Class1_1=1.0, Class1_2=0.0, Class1_3=0.0))
+  assert votes[taxonomy.index('Class2.1')] == 0.0
+  conditional = taxonomy.cumulative_to_conditional(votes, undefined=-7.0)
+  assert conditional[taxonomy.QUESTIONS[1].slice].tolist() == [-7.0, -7.0]
+  assert conditional[taxonomy.index('Class7.3')] == 1.0
+
+
+def test_wrong_width_is_rejected():
+  with pytest.raises(ValueError, match='trailing axis of 37'):
+    taxonomy.cumulative_to_conditional(np.zeros((2, 36)))
+
+
+def test_consistency_report_counts_and_worst_row():
+  good = taxonomy.conditional_to_cumulative(_conditional_row(
+      Class1_1=0.5, Class1_2=0.5, Class1_3=0.0, Class2_1=0.5, Class2_2=0.5))
+  votes = np.stack([good, good.copy(), good.copy(), good.copy()])
+  votes[1, taxonomy.index('Class1.1')] += 0.1          # Q1 sums to 1.1.
+  votes[2, taxonomy.index('Class3.1')] += 0.002        # Q3: 0.252 vs 0.25.
+  votes[3, taxonomy.index('Class7.1')] = np.nan        # Q7 not checkable.
+  report = {r.question: r for r in taxonomy.consistency_report(votes)}
+  assert (report[1].checked, report[1].inconsistent) == (4, 1)
+  assert report[1].worst_deviation == pytest.approx(0.1)
+  assert report[1].worst_row == 1
+  assert (report[3].inconsistent, report[3].worst_row) == (1, 2)
+  assert report[3].worst_deviation == pytest.approx(0.002)
+  # Raising A1.1 in row 1 also breaks its child Q7 there; row 3 is unknown.
+  assert (report[7].checked, report[7].inconsistent) == (3, 1)
+  assert report[7].worst_row == 1
+  assert report[2].inconsistent == 0  # Its parent A1.2 was not touched.
+  assert taxonomy.consistency_report(votes, tolerance=0.5)[0].inconsistent == 0
+  table = taxonomy.format_consistency_report(report.values())
+  assert table.splitlines()[1].split() == ['Q1', '4', '1', '1.00e-01']
+
+
+def test_three_class_labels():
+  votes = np.full((5, 37), np.nan)
+  votes[:, :3] = [[0.85, 0.10, 0.05], [0.50, 0.45, 0.05], [0.1, 0.1, 0.8],
+                  [0.0, 0.95, 0.05], [0.9, np.nan, 0.0]]
+  assert taxonomy.three_class_labels(votes).tolist() == [0, -1, 2, 1, -1]
+  stricter = taxonomy.ThreeClassThresholds(confidence=0.9)
+  assert taxonomy.three_class_labels(votes, stricter).tolist() == [
+      -1, -1, -1, 1, -1]
+
+
+def _seven(**conditional) -> np.ndarray:
+  return taxonomy.conditional_to_cumulative(_conditional_row(**conditional))
+
+
+SMOOTH = dict(Class1_1=0.8, Class1_2=0.2, Class1_3=0.0, Class6_1=0.1,
+              Class6_2=0.9)
+DISK = dict(Class1_1=0.1, Class1_2=0.9, Class1_3=0.0, Class6_1=0.1,
+            Class6_2=0.9)
+
+
+@pytest.mark.parametrize('label, conditional', [
+    (0, dict(SMOOTH, Class7_1=0.7, Class7_2=0.3, Class7_3=0.0)),
+    (1, dict(SMOOTH, Class7_1=0.2, Class7_2=0.6, Class7_3=0.2)),
+    (2, dict(SMOOTH, Class7_1=0.0, Class7_2=0.3, Class7_3=0.7)),
+    (3, dict(DISK, Class2_1=0.8, Class2_2=0.2)),
+    (4, dict(DISK, Class2_1=0.1, Class2_2=0.9, Class3_1=0.8, Class3_2=0.2,
+             Class4_1=0.7, Class4_2=0.3)),
+    (5, dict(DISK, Class2_1=0.1, Class2_2=0.9, Class3_1=0.2, Class3_2=0.8,
+             Class4_1=0.7, Class4_2=0.3)),
+    (6, dict(Class1_1=0.3, Class1_2=0.7, Class1_3=0.0, Class2_1=0.0,
+             Class2_2=1.0, Class4_1=0.0, Class4_2=1.0,
+             Class6_1=0.6, Class6_2=0.4,
+             Class8_1=0.1, Class8_4=0.6, Class8_7=0.3)),
+    (-1, dict(SMOOTH, Class7_1=0.45, Class7_2=0.45, Class7_3=0.1)),
+])
+def test_seven_class_rules(label, conditional):
+  assert taxonomy.seven_class_labels(_seven(**conditional)) == label
+
+
+def test_seven_class_conflicts_and_cumulative_mode():
+  # Smooth 0.5 and features 0.5: both the round and the lenticular rule hold.
+  both = _seven(Class1_1=0.5, Class1_2=0.5, Class1_3=0.0, Class6_2=1.0,
+                Class6_1=0.0, Class7_1=0.9, Class7_3=0.1, Class2_1=0.9,
+                Class2_2=0.1)
+  rules = taxonomy.seven_class_rules(both)
+  assert rules.tolist() == [True, False, False, True, False, False, False]
+  assert taxonomy.seven_class_labels(both) == -1
+  first = taxonomy.SevenClassThresholds(on_conflict='first')
+  assert taxonomy.seven_class_labels(both, first) == 0
+  # A barred spiral by conditional fractions: Class3.1 is 0.9*0.9*0.8=0.648
+  # cumulative, below 0.715, so the cumulative reading finds no class.
+  barred = _seven(**DISK, Class2_1=0.1, Class2_2=0.9, Class3_1=0.8,
+                  Class3_2=0.2, Class4_1=0.7, Class4_2=0.3)
+  cumulative = taxonomy.SevenClassThresholds(conditional=False)
+  assert taxonomy.seven_class_labels(barred) == 4
+  assert taxonomy.seven_class_labels(barred, cumulative) == -1
+  with pytest.raises(ValueError, match="on_conflict must be 'reject'"):
+    taxonomy.SevenClassThresholds(on_conflict='last')
+
+
+def test_seven_class_unknown_answers_do_not_fire():
+  votes = _seven(**DISK, Class2_1=0.1, Class2_2=0.9, Class3_1=0.8,
+                 Class3_2=0.2, Class4_1=0.7, Class4_2=0.3)
+  votes[taxonomy.index('Class3.1')] = np.nan
+  assert not taxonomy.seven_class_rules(votes)[4]
+  assert taxonomy.seven_class_labels(votes) == -1
+
+
+def test_labels_on_the_real_sample_match_a_plain_loop(kaggle_sample):
+  with open(kaggle_sample / 'training_solutions_partial.csv') as f:
+    rows = list(csv.DictReader(f))
+  votes = np.array([[float(r[a]) if r[a] else np.nan for a in
+                     taxonomy.ANSWERS] for r in rows])
+  expected_3 = []
+  for r in rows:
+    q1 = [float(r['Class1.1']), float(r['Class1.2']), float(r['Class1.3'])]
+    expected_3.append(int(np.argmax(q1)) if max(q1) >= 0.8 else -1)
+  assert taxonomy.three_class_labels(votes).tolist() == expected_3
+  expected_round = []
+  for r in rows:
+    smooth, round_ = float(r['Class1.1']), float(r['Class7.1'])
+    expected_round.append(smooth >= 0.469 and smooth > 0 and
+                          round_ / smooth >= 0.5 and
+                          float(r['Class6.2']) >= 0.5)
+  rules = taxonomy.seven_class_rules(votes)
+  assert rules[:, 0].tolist() == expected_round
+  assert not rules[:, 4:6].any()  # Bar and spiral answers are unknown here.
+  report = taxonomy.consistency_report(votes)
+  checked = {r.question: r.checked for r in report}
+  assert checked == {1: 600, 2: 600, 3: 0, 4: 0, 5: 0, 6: 600, 7: 600,
+                     8: 600, 9: 0, 10: 0, 11: 0}
+  assert all(r.inconsistent == 0 for r in report)
