@@ -92,7 +92,7 @@ def galaxy_grid(
     axis.set_title('\n'.join(lines), fontsize=7.5, loc='left')
   if title:
     figure.suptitle(title)
-  figure.tight_layout()
+  figure.tight_layout(rect=(0, 0, 1, 0.98 if title else 1))
   figure.savefig(path, dpi=100)
   plt.close(figure)
   return path
