@@ -167,25 +167,25 @@ def test_translation_shifts_content_in_output_pixels(jpeg_128):
 
 
 def test_color_jitter():
-  image = np.full((2, 2, 3), 0.5, np.float32)
-  image[0, 0] = 0.25
+  image = np.full((2, 2, 3), 128, np.uint8)
+  image[0, 0] = 64
 
   jittered = pipeline.ColorJitter(
-      brightness=0.1, contrast=2.0, gains=(1.0, 1.0, 0.5)
+      brightness=0.4, contrast=2.0, gains=(1.0, 1.0, 0.5)
   ).apply(image)
 
-  gained = image * np.array([1.0, 1.0, 0.5], np.float32)
-  expected = np.clip((gained - gained.mean()) * 2 + gained.mean() + 0.1, 0, 1)
-  np.testing.assert_allclose(jittered, expected, rtol=1e-6)
+  gained = image / 255 * np.array([1.0, 1.0, 0.5])
+  expected = np.clip((gained - gained.mean()) * 2 + gained.mean() + 0.4, 0, 1)
+  assert jittered.dtype == np.float32
+  np.testing.assert_allclose(jittered, expected, rtol=1e-5)
+  assert jittered.max() == 1.0  # The bright pixels clip.
 
 
 def test_sample_augmentation_ranges():
   augment = pipeline.default_config().augment
   rng = np.random.default_rng(0)
 
-  samples = [sample for sample in (
-      pipeline.sample_augmentation(rng, augment) for _ in range(2000)
-  )]
+  samples = [pipeline.sample_augmentation(rng, augment) for _ in range(2000)]
 
   zooms = np.array([warp.zoom for warp, _ in samples])
   assert zooms.min() >= 1 / 1.3 and zooms.max() <= 1.3
@@ -343,7 +343,8 @@ def test_train_epochs_are_reshuffled_and_finite(records):
   assert len(batches) == 5
   ids = np.concatenate([batch['galaxy_id'] for batch in batches])
   first_epoch, second_epoch = ids[:10], ids[10:]
-  assert sorted(first_epoch) == sorted(second_epoch) == list(1000 + np.arange(10))
+  all_ids = list(1000 + np.arange(10))
+  assert sorted(first_epoch) == sorted(second_epoch) == all_ids
   assert not np.array_equal(first_epoch, second_epoch)
 
 
@@ -444,7 +445,7 @@ def test_train_shards_split_each_global_batch(records):
       np.testing.assert_array_equal(rebuilt, values)
 
 
-# --- Bad input ------------------------------------------------------------------
+# --- Bad input ---------------------------------------------------------------
 
 
 def test_undecodable_jpeg_names_the_galaxy(records):
