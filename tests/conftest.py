@@ -29,3 +29,13 @@ def kaggle_sample() -> pathlib.Path:
         ' project beside shared/ or set GZJAX_KAGGLE_SAMPLE.'
     )
   return KAGGLE_SAMPLE
+
+
+@pytest.fixture(scope='session')
+def kaggle_sample_data_dir(kaggle_sample, tmp_path_factory) -> pathlib.Path:
+  """A data_dir holding galaxy_zoo/kaggle built from the real sample."""
+  from gzjax.data import galaxy_zoo  # pylint: disable=g-import-not-at-top
+
+  data_dir = tmp_path_factory.mktemp('kaggle_sample_data')
+  galaxy_zoo.prepare('kaggle', data_dir, manual_dir=kaggle_sample)
+  return data_dir

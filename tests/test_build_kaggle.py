@@ -11,20 +11,12 @@ import numpy as np
 import pytest
 
 from gzjax import taxonomy
-from gzjax.data import build
 from gzjax.data import galaxy_zoo
 from gzjax.data import kaggle
 
 SAMPLE_CSV = 'training_solutions_partial.csv'
 REPO = pathlib.Path(__file__).resolve().parents[1]
 KNOWN_QUESTIONS = (1, 2, 6, 7, 8)  # The sample's README: 17 known answers.
-
-
-@pytest.fixture(scope='module')
-def sample_dataset(kaggle_sample, tmp_path_factory):
-  data_dir = tmp_path_factory.mktemp('data')
-  dataset = build.build('kaggle', data_dir, manual_dir=kaggle_sample)
-  return dataset, data_dir
 
 
 def _csv_rows(path: pathlib.Path) -> dict[int, dict[str, str]]:
@@ -37,8 +29,8 @@ def _records(data_dir, split):
   return [source[i] for i in range(len(source))]
 
 
-def test_real_sample_is_stored_exactly(sample_dataset, kaggle_sample):
-  _, data_dir = sample_dataset
+def test_real_sample_is_stored_exactly(kaggle_sample_data_dir, kaggle_sample):
+  data_dir = kaggle_sample_data_dir
   rows = _csv_rows(kaggle_sample / SAMPLE_CSV)
   known = [a for a in taxonomy.ANSWERS
            if int(a[5:].split('.')[0]) in KNOWN_QUESTIONS]
@@ -102,13 +94,14 @@ def _manual_copy(kaggle_sample, tmp_path, rows=None, *, test_images=()):
   return manual
 
 
-def test_split_ignores_row_order(kaggle_sample, sample_dataset, tmp_path):
+def test_split_ignores_row_order(kaggle_sample, kaggle_sample_data_dir,
+                                 tmp_path):
   def shuffle(rows):
     random.Random(1).shuffle(rows)
     return rows
   manual = _manual_copy(kaggle_sample, tmp_path, shuffle)
-  build.build('kaggle', tmp_path / 'data', manual_dir=manual)
-  _, reference_dir = sample_dataset
+  galaxy_zoo.prepare('kaggle', tmp_path / 'data', manual_dir=manual)
+  reference_dir = kaggle_sample_data_dir
   for split in ('train', 'validation'):
     ids = {int(r['galaxy_id']) for r in _records(tmp_path / 'data', split)}
     reference = {int(r['galaxy_id']) for r in _records(reference_dir, split)}
@@ -119,7 +112,7 @@ def test_test_split_is_unlabelled(kaggle_sample, tmp_path):
   names = ['100053.jpg', '100078.jpg', '100090.jpg']
   manual = _manual_copy(kaggle_sample, tmp_path, lambda rows: rows[:20],
                         test_images=names)
-  dataset = build.build('kaggle', tmp_path / 'data', manual_dir=manual)
+  dataset = galaxy_zoo.prepare('kaggle', tmp_path / 'data', manual_dir=manual)
   assert dataset.info.splits['test'].num_examples == 3
   records = _records(tmp_path / 'data', 'test')
   assert sorted(int(r['galaxy_id']) for r in records) == [
@@ -149,7 +142,7 @@ def test_malformed_csv_names_line_and_column(kaggle_sample, tmp_path, edit,
                                              message):
   manual = _manual_copy(kaggle_sample, tmp_path, edit)
   with pytest.raises(kaggle.DataError, match=message) as error:
-    build.build('kaggle', tmp_path / 'data', manual_dir=manual)
+    galaxy_zoo.prepare('kaggle', tmp_path / 'data', manual_dir=manual)
   assert 'training_solutions_rev1.csv' in str(error.value)
   _assert_nothing_loads(tmp_path / 'data')
 
@@ -166,18 +159,18 @@ def test_wrong_header_names_the_column(kaggle_sample, tmp_path):
 
 def test_missing_manual_files_say_what_and_where(kaggle_sample, tmp_path):
   with pytest.raises(kaggle.DataError, match='does not exist') as error:
-    build.build('kaggle', tmp_path / 'data', manual_dir=tmp_path / 'nowhere')
+    galaxy_zoo.prepare('kaggle', tmp_path / 'data', manual_dir=tmp_path / 'nowhere')
   assert 'kaggle.com/c/galaxy-zoo-the-galaxy-challenge' in str(error.value)
   empty = tmp_path / 'empty'
   empty.mkdir()
   with pytest.raises(kaggle.DataError,
                      match='needs training_solutions_rev1.csv.*found none'):
-    build.build('kaggle', tmp_path / 'data', manual_dir=empty)
+    galaxy_zoo.prepare('kaggle', tmp_path / 'data', manual_dir=empty)
   (empty / 'training_solutions_rev1.csv').write_text('GalaxyID\n')
   with pytest.raises(kaggle.DataError, match='no images_training_rev1/'):
-    build.build('kaggle', tmp_path / 'data', manual_dir=empty)
+    galaxy_zoo.prepare('kaggle', tmp_path / 'data', manual_dir=empty)
   with pytest.raises(kaggle.DataError, match='needs --manual_dir'):
-    build.build('kaggle', tmp_path / 'data')
+    galaxy_zoo.prepare('kaggle', tmp_path / 'data')
   # The sample's own file name is found by the *solutions*.csv rule.
   assert kaggle.locate_files(kaggle_sample).solutions_csv.name == SAMPLE_CSV
 
@@ -209,7 +202,7 @@ def test_bad_images_fail_the_build_or_are_skipped(kaggle_sample, tmp_path):
   _break_images(manual, kaggle_sample, [missing, *truncated])
   data_dir = tmp_path / 'data'
   with pytest.raises(kaggle.DataError, match='have no image') as error:
-    build.build('kaggle', data_dir, manual_dir=manual)
+    galaxy_zoo.prepare('kaggle', data_dir, manual_dir=manual)
   assert str(missing) in str(error.value)
   assert '--skip_bad_images' in str(error.value)
   _assert_nothing_loads(data_dir)
@@ -217,18 +210,18 @@ def test_bad_images_fail_the_build_or_are_skipped(kaggle_sample, tmp_path):
   (manual / 'images_training_rev1' / f'{missing}.jpg').symlink_to(
       kaggle_sample / 'images_training_rev1' / f'{missing}.jpg')
   with pytest.raises(kaggle.DataError, match='cannot be decoded') as error:
-    build.build('kaggle', data_dir, manual_dir=manual)
+    galaxy_zoo.prepare('kaggle', data_dir, manual_dir=manual)
   for galaxy_id in truncated:
     assert f'{galaxy_id}.jpg' in str(error.value)
   _assert_nothing_loads(data_dir)
   (manual / 'images_training_rev1' / f'{missing}.jpg').unlink()
-  dataset = build.build('kaggle', data_dir, manual_dir=manual,
+  dataset = galaxy_zoo.prepare('kaggle', data_dir, manual_dir=manual,
                         skip_bad_images=True)
   splits = dataset.info.splits
   assert splits['train'].num_examples + splits['validation'].num_examples == 596
   skipped = {i for bad in dataset.report.skipped.values() for i, _ in bad}
   assert skipped == {missing, *truncated}
-  text = build.summary(dataset)
+  text = galaxy_zoo.summarize(dataset)
   assert 'Skipped 4 bad images' in text
   assert f'{missing}: missing' in text
 

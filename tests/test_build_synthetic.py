@@ -7,7 +7,6 @@ import pytest
 from PIL import Image
 
 from gzjax import taxonomy
-from gzjax.data import build
 from gzjax.data import galaxy_zoo
 from gzjax.data import synthetic
 
@@ -17,7 +16,7 @@ OPTIONS = dict(num_labelled=60, num_test=6, image_size=64, seed=3)
 @pytest.fixture(scope='module')
 def data_dir(tmp_path_factory):
   data_dir = tmp_path_factory.mktemp('synthetic')
-  build.build('synthetic', data_dir, num_workers=2, **OPTIONS)
+  galaxy_zoo.prepare('synthetic', data_dir, num_workers=2, **OPTIONS)
   return data_dir
 
 
@@ -66,7 +65,7 @@ def test_test_split_is_unlabelled(data_dir):
 
 
 def test_build_is_deterministic_whatever_the_workers(data_dir, tmp_path):
-  build.build('synthetic', tmp_path, num_workers=1, **OPTIONS)
+  galaxy_zoo.prepare('synthetic', tmp_path, num_workers=1, **OPTIONS)
   for split in ('train', 'validation', 'test'):
     again = _records(tmp_path, split)
     first = _records(data_dir, split)
@@ -83,13 +82,13 @@ def test_metadata_records_the_universe(data_dir):
 
 
 def test_rebuild_keeps_or_overwrites(data_dir, tmp_path):
-  build.build('synthetic', tmp_path, num_workers=1, **OPTIONS)
-  again = build.build('synthetic', tmp_path, num_workers=1,
+  galaxy_zoo.prepare('synthetic', tmp_path, num_workers=1, **OPTIONS)
+  again = galaxy_zoo.prepare('synthetic', tmp_path, num_workers=1,
                       **dict(OPTIONS, num_labelled=30))
   assert not again.report.votes  # Found on disk: nothing was generated.
-  assert 'already built' in build.summary(again)
+  assert 'already built' in galaxy_zoo.summarize(again)
   assert sum(s.num_examples for s in again.info.splits.values()) == 66
-  rebuilt = build.build('synthetic', tmp_path, num_workers=1, overwrite=True,
+  rebuilt = galaxy_zoo.prepare('synthetic', tmp_path, num_workers=1, overwrite=True,
                         **dict(OPTIONS, num_labelled=30))
   assert sum(s.num_examples for s in rebuilt.info.splits.values()) == 36
   assert not list(tmp_path.rglob('incomplete*'))

@@ -1,8 +1,9 @@
 r"""Builds the ``galaxy_zoo`` dataset without TensorFlow.
 
-``tfds build`` imports TensorFlow; this command drives the same builder through
-``download_and_prepare`` and prints a summary: examples per split, the decision
-tree's consistency on the labelled votes, the label mix and skipped images.
+``tfds build`` imports TensorFlow; this command runs ``galaxy_zoo.prepare``
+(TFDS's ``download_and_prepare`` on the same builder) and prints a summary:
+examples per split, the decision tree's consistency on the labelled votes, the
+label mix and skipped images.
 
   python -m gzjax.data.build --config=synthetic --data_dir=~/tensorflow_datasets
   python -m gzjax.data.build --config=kaggle \
@@ -16,18 +17,13 @@ leaves no dataset behind that would load as complete.
 
 from __future__ import annotations
 
-import collections
-import pathlib
 import sys
 import time
 
 from absl import app
 from absl import flags
 from absl import logging
-import numpy as np
-import tensorflow_datasets as tfds
 
-from gzjax import taxonomy
 from gzjax.data import galaxy_zoo
 from gzjax.data import kaggle
 
@@ -65,85 +61,6 @@ _NUM_WORKERS = flags.DEFINE_integer(
 )
 
 
-def build(
-    config: str,
-    data_dir: str | pathlib.Path,
-    *,
-    manual_dir: str | pathlib.Path | None = None,
-    overwrite: bool = False,
-    **options,
-) -> galaxy_zoo.GalaxyZoo:
-  """Builds (or finds) the dataset; returns the builder that did it.
-
-  Raises:
-    kaggle.DataError: bad input, with the file, line, column or GalaxyID.
-  """
-  data_dir = pathlib.Path(data_dir).expanduser()
-  if config == 'kaggle':
-    if manual_dir is None:
-      raise kaggle.DataError(
-          'The kaggle config needs --manual_dir.\n'
-          + kaggle.DOWNLOAD_INSTRUCTIONS
-      )
-    manual_dir = pathlib.Path(manual_dir).expanduser()
-    kaggle.locate_files(manual_dir)  # Fail fast, before TFDS starts.
-  dataset = galaxy_zoo.builder(config, data_dir, **options)
-  tfds.disable_progress_bar()  # Ours show totals; TFDS's cannot.
-  dataset.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(
-          manual_dir=None if manual_dir is None else str(manual_dir),
-          download_mode=(
-              tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS
-              if overwrite
-              else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
-          ),
-      )
-  )
-  return dataset
-
-
-def summary(dataset: galaxy_zoo.GalaxyZoo) -> str:
-  """Examples per split, tree consistency, label mix and skipped images."""
-  lines = [f'Dataset {dataset.info.full_name} in {dataset.data_path}']
-  for name, split in dataset.info.splits.items():
-    lines.append(f'  {name:<11s}{split.num_examples:>9,d} examples')
-  votes = [v for split in dataset.report.votes.values() for v in split]
-  if votes:
-    votes = np.stack(votes)
-    lines += ['', 'Decision-tree consistency of the labelled votes:']
-    lines.append(
-        taxonomy.format_consistency_report(taxonomy.consistency_report(votes))
-    )
-    lines += ['', 'Labels (-1: none):']
-    for name, labels, names in (
-        ('3-class', taxonomy.three_class_labels(votes),
-         taxonomy.THREE_CLASS_NAMES),
-        ('7-class', taxonomy.seven_class_labels(votes),
-         taxonomy.SEVEN_CLASS_NAMES),
-    ):
-      counts = collections.Counter(labels.tolist())
-      mix = ', '.join(
-          f'{names[k] if k >= 0 else "none"}: {counts[k]}'
-          for k in sorted(counts)
-      )
-      lines.append(f'  {name}: {mix}')
-  elif dataset.is_prepared():
-    lines.append('(already built; rebuild with --overwrite for the full report)')
-  skipped = {k: v for k, v in dataset.report.skipped.items() if v}
-  lines.append('')
-  if skipped:
-    total = sum(len(v) for v in skipped.values())
-    lines.append(f'Skipped {total} bad images (--skip_bad_images):')
-    for split, bad in skipped.items():
-      for galaxy_id, problem in bad[:10]:
-        lines.append(f'  {split}: {galaxy_id}: {problem}')
-      if len(bad) > 10:
-        lines.append(f'  {split}: … and {len(bad) - 10} more')
-  else:
-    lines.append('Skipped images: none')
-  return '\n'.join(lines)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
@@ -162,7 +79,7 @@ def main(argv):
     )
   start = time.perf_counter()
   try:
-    dataset = build(
+    dataset = galaxy_zoo.prepare(
         _CONFIG.value,
         _DATA_DIR.value,
         manual_dir=_MANUAL_DIR.value,
@@ -172,7 +89,7 @@ def main(argv):
   except kaggle.DataError as e:
     print(f'Build failed: {e}', file=sys.stderr)
     sys.exit(2)
-  print(summary(dataset))
+  print(galaxy_zoo.summarize(dataset))
   print(f'\nDone in {time.perf_counter() - start:.1f} s.')
 
 

@@ -340,7 +340,8 @@ def builder(
     )
   return GalaxyZoo(
       config=config,
-      data_dir=None if data_dir is None else str(data_dir),
+      data_dir=None if data_dir is None else str(
+          pathlib.Path(data_dir).expanduser()),
       options=BuildOptions(**options),
   )
 
@@ -374,3 +375,84 @@ def data_source(
   return galaxy_zoo.as_data_source(
       split, decoders={'image': tfds.decode.SkipDecoding()}
   )
+
+
+def prepare(
+    config: str,
+    data_dir: str | pathlib.Path,
+    *,
+    manual_dir: str | pathlib.Path | None = None,
+    overwrite: bool = False,
+    **options,
+) -> GalaxyZoo:
+  """Builds (or finds) a dataset on disk; returns the builder that did it.
+
+  This is what ``python -m gzjax.data.build`` runs; ``options`` are
+  :class:`BuildOptions` fields.
+
+  Raises:
+    kaggle.DataError: bad input, with the file, line, column or GalaxyID.
+  """
+  if config == 'kaggle':
+    if manual_dir is None:
+      raise kaggle.DataError(
+          'The kaggle config needs --manual_dir.\n'
+          + kaggle.DOWNLOAD_INSTRUCTIONS
+      )
+    manual_dir = pathlib.Path(manual_dir).expanduser()
+    kaggle.locate_files(manual_dir)  # Fail fast, before TFDS starts.
+  dataset = builder(config, data_dir, **options)
+  tfds.disable_progress_bar()  # Ours show totals; TFDS's cannot.
+  dataset.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(
+          manual_dir=None if manual_dir is None else str(manual_dir),
+          download_mode=(
+              tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS
+              if overwrite
+              else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
+          ),
+      )
+  )
+  return dataset
+
+
+def summarize(dataset: GalaxyZoo) -> str:
+  """Examples per split, tree consistency, label mix and skipped images."""
+  lines = [f'Dataset {dataset.info.full_name} in {dataset.data_path}']
+  for name, split in dataset.info.splits.items():
+    lines.append(f'  {name:<11s}{split.num_examples:>9,d} examples')
+  votes = [v for split in dataset.report.votes.values() for v in split]
+  if votes:
+    votes = np.stack(votes)
+    lines += ['', 'Decision-tree consistency of the labelled votes:']
+    lines.append(
+        taxonomy.format_consistency_report(taxonomy.consistency_report(votes))
+    )
+    lines += ['', 'Labels (-1: none):']
+    for name, labels, names in (
+        ('3-class', taxonomy.three_class_labels(votes),
+         taxonomy.THREE_CLASS_NAMES),
+        ('7-class', taxonomy.seven_class_labels(votes),
+         taxonomy.SEVEN_CLASS_NAMES),
+    ):
+      counts = collections.Counter(labels.tolist())
+      mix = ', '.join(
+          f'{names[k] if k >= 0 else "none"}: {counts[k]}'
+          for k in sorted(counts)
+      )
+      lines.append(f'  {name}: {mix}')
+  elif dataset.is_prepared():
+    lines.append('(already built; rebuild with --overwrite for the full report)')
+  skipped = {k: v for k, v in dataset.report.skipped.items() if v}
+  lines.append('')
+  if skipped:
+    total = sum(len(v) for v in skipped.values())
+    lines.append(f'Skipped {total} bad images (--skip_bad_images):')
+    for split, bad in skipped.items():
+      for galaxy_id, problem in bad[:10]:
+        lines.append(f'  {split}: {galaxy_id}: {problem}')
+      if len(bad) > 10:
+        lines.append(f'  {split}: … and {len(bad) - 10} more')
+  else:
+    lines.append('Skipped images: none')
+  return '\n'.join(lines)
