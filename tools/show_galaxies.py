@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from absl import app
 from absl import flags
+from absl import logging
 import numpy as np
 
 from gzjax import plots
@@ -42,6 +43,7 @@ def pick(labels: np.ndarray, count: int, seed: int) -> list[int]:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  logging.set_verbosity(logging.WARNING)  # TFDS's "Load dataset info" lines.
   try:
     source = galaxy_zoo.data_source(
         _CONFIG.value, _DATA_DIR.value, _SPLIT.value)
