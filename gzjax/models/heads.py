@@ -1,0 +1,109 @@
+"""Output heads: what a backbone's feature vector becomes.
+
+* ``votes``: Dieleman et al. 2015's decision-tree layer.  Per question, the
+  ReLU outputs are divisively normalised to sum to one, then multiplied by the
+  value of the question's parent answer in tree order (Q1 and Q6 are roots), so
+  every output row is a valid set of Kaggle cumulative vote fractions.
+* ``sigmoid``: independent sigmoids, as in the seed paper's CNN.
+* ``linear``: plain regression outputs (the seed's transfer model, Dense 1).
+* ``classes``: logits for the 3-class or 7-class task.
+
+Any head may be preceded by an MLP block (the seed's Dense 128 + ReLU +
+dropout, repeated).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gzjax import taxonomy
+
+HEADS = ('votes', 'sigmoid', 'linear', 'classes')
+
+# [37, 11]: which question each answer belongs to.
+_QUESTION_ONE_HOT = np.eye(taxonomy.NUM_QUESTIONS, dtype=np.float32)[
+    taxonomy.QUESTION_OF_ANSWER
+]
+
+
+def decision_tree_votes(logits: jax.Array) -> jax.Array:
+  """Maps ``[..., 37]`` logits to tree-consistent cumulative vote fractions.
+
+  ``y_i = max(z_i, 0) / sum_j max(z_j, 0)`` over each question's answers
+  (Dieleman's divisive normalisation), then each question is scaled by its
+  parent answer's final value, walking the tree from the roots.  Where all of
+  a question's ReLU outputs are 0, Dieleman's ``eps`` in the denominator would
+  give all-zero answers that no longer sum to the parent; this layer gives
+  that question uniform answers instead, so the tree holds for every input.
+  Gradients are finite everywhere (no NaN from the unselected branch).
+  """
+  rectified = jax.nn.relu(logits.astype(jnp.float32))
+  one_hot = jnp.asarray(_QUESTION_ONE_HOT)
+  totals = rectified @ one_hot @ one_hot.T  # Each answer's question total.
+  sizes = jnp.asarray(one_hot.sum(axis=0) @ one_hot.T)  # Answers per question.
+  alive = totals > 0
+  conditional = jnp.where(
+      alive, rectified / jnp.where(alive, totals, 1.0), 1.0 / sizes
+  )
+  parts = []
+  cumulative = {}
+  for question in taxonomy.TREE_ORDER:
+    answers = conditional[..., question.slice]
+    if question.parent is not None:
+      answers = answers * cumulative[question.parent][..., None]
+    for column, name in enumerate(question.columns):
+      cumulative[name] = answers[..., column]
+  for name in taxonomy.ANSWERS:
+    parts.append(cumulative[name])
+  return jnp.stack(parts, axis=-1)
+
+
+class Head(nnx.Module):
+  """An optional MLP, then the output layer and its activation.
+
+  Attributes:
+    kind: one of :data:`HEADS`.
+  """
+
+  def __init__(
+      self,
+      num_features: int,
+      num_outputs: int,
+      kind: str = 'votes',
+      *,
+      hidden: Sequence[int] = (),
+      dropout: float = 0.0,
+      dtype=jnp.float32,
+      rngs: nnx.Rngs,
+  ):
+    if kind not in HEADS:
+      raise ValueError(f'Unknown head {kind!r}; choose one of {HEADS}.')
+    if kind == 'votes' and num_outputs != taxonomy.NUM_ANSWERS:
+      raise ValueError(
+          f'The votes head has {taxonomy.NUM_ANSWERS} outputs (the Kaggle'
+          f' answers), not num_outputs={num_outputs}.'
+      )
+    self.kind = kind
+    widths = [num_features, *hidden]
+    self.hidden = nnx.List([
+        nnx.Linear(a, b, dtype=dtype, rngs=rngs)
+        for a, b in zip(widths[:-1], widths[1:])
+    ])
+    self.dropout = nnx.Dropout(dropout, rngs=rngs)
+    self.output = nnx.Linear(widths[-1], num_outputs, dtype=dtype, rngs=rngs)
+
+  def __call__(self, features: jax.Array) -> jax.Array:
+    x = features
+    for layer in self.hidden:
+      x = self.dropout(jax.nn.relu(layer(x)))
+    x = self.output(x).astype(jnp.float32)
+    if self.kind == 'votes':
+      return decision_tree_votes(x)
+    if self.kind == 'sigmoid':
+      return jax.nn.sigmoid(x)
+    return x

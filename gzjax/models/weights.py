@@ -1,0 +1,112 @@
+"""Pretrained weights: strict assignment into a model, and their file format.
+
+Converters (Keras ``.h5`` / ``.weights.h5`` for InceptionV3 and EfficientNet,
+PyTorch state dicts for EfficientNet-Lite) turn a foreign model into a flat
+mapping from our parameter paths (``'backbone/stem/conv/kernel'``) to numpy
+arrays; :func:`assign` puts it into a model and refuses anything that does not
+match: every missing, unexpected or mis-shaped tensor is listed.  The mapping
+is stored as one msgpack file (written atomically), which configs point at.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from typing import Mapping
+
+from flax import nnx
+from flax import serialization
+import jax
+import numpy as np
+
+
+class WeightMismatchError(ValueError):
+  """Pretrained weights that do not fit the architecture."""
+
+
+def _path_name(path) -> str:
+  return '/'.join(
+      str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path
+  )
+
+
+def named_variables(model: nnx.Module, prefix: str = '') -> dict[str, jax.Array]:
+  """``{'backbone/…/kernel': value}`` for parameters and batch statistics."""
+  state = nnx.state(model, nnx.Param, nnx.BatchStat)
+  named = {}
+  for path, leaf in jax.tree_util.tree_leaves_with_path(state):
+    name = _path_name(path)
+    if name.startswith(prefix):
+      named[name] = leaf
+  return named
+
+
+def assign(
+    model: nnx.Module,
+    arrays: Mapping[str, np.ndarray],
+    *,
+    prefix: str = 'backbone/',
+    source: str = 'the weights',
+) -> None:
+  """Copies ``arrays`` into the model's variables under ``prefix``, strictly.
+
+  Raises:
+    WeightMismatchError: listing the model's variables that ``arrays`` lacks,
+      the arrays the model has no place for, and the shapes that differ.
+  """
+  expected = named_variables(model, prefix)
+  missing = sorted(set(expected) - set(arrays))
+  extra = sorted(set(arrays) - set(expected))
+  misshaped = sorted(
+      f'{name}: model {tuple(expected[name].shape)}, file'
+      f' {tuple(np.shape(arrays[name]))}'
+      for name in set(expected) & set(arrays)
+      if tuple(expected[name].shape) != tuple(np.shape(arrays[name]))
+  )
+  if missing or extra or misshaped:
+    parts = [f'{source} do not match {type(model).__name__}'
+             f' ({getattr(model, "name", "")}):']
+    for title, items in (('missing', missing), ('unexpected', extra),
+                         ('mis-shaped', misshaped)):
+      if items:
+        shown = '\n    '.join(items[:15])
+        more = f'\n    … and {len(items) - 15} more' if len(items) > 15 else ''
+        parts.append(f'  {len(items)} {title}:\n    {shown}{more}')
+    raise WeightMismatchError('\n'.join(parts))
+  state = nnx.state(model, nnx.Param, nnx.BatchStat)
+  updated = jax.tree_util.tree_map_with_path(
+      lambda path, leaf: (
+          np.asarray(arrays[_path_name(path)], leaf.dtype)
+          if _path_name(path) in arrays else leaf
+      ),
+      state,
+  )
+  nnx.update(model, updated)
+
+
+def save(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> None:
+  """Writes the mapping as msgpack, atomically (temporary file, rename)."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  payload = serialization.msgpack_serialize(
+      {name: np.asarray(value) for name, value in arrays.items()}
+  )
+  temporary = path.with_name(path.name + '.tmp')
+  temporary.write_bytes(payload)
+  os.replace(temporary, path)
+
+
+def load(path: str | os.PathLike) -> dict[str, np.ndarray]:
+  """Reads a mapping written by :func:`save`."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(
+        f'No weight file at {path}; convert one with'
+        ' python -m gzjax.tools.convert_weights.'
+    )
+  try:
+    return dict(serialization.msgpack_restore(path.read_bytes()))
+  except Exception as e:  # msgpack raises several types.  pylint: disable=broad-except
+    raise WeightMismatchError(
+        f'{path} is not a gzjax weight file ({type(e).__name__}: {e}).'
+    ) from None
