@@ -24,20 +24,20 @@ class WeightMismatchError(ValueError):
   """Pretrained weights that do not fit the architecture."""
 
 
-def _path_name(path) -> str:
-  return '/'.join(
-      str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path
-  )
+_WEIGHTS = nnx.Any(nnx.Param, nnx.BatchStat)
+
+
+def _flat_variables(model: nnx.Module):
+  return nnx.to_flat_state(nnx.state(model, _WEIGHTS))
 
 
 def named_variables(model: nnx.Module, prefix: str = '') -> dict[str, jax.Array]:
   """``{'backbone/…/kernel': value}`` for parameters and batch statistics."""
-  state = nnx.state(model, nnx.Param, nnx.BatchStat)
   named = {}
-  for path, leaf in jax.tree_util.tree_leaves_with_path(state):
-    name = _path_name(path)
+  for path, variable in _flat_variables(model):
+    name = '/'.join(map(str, path))
     if name.startswith(prefix):
-      named[name] = leaf
+      named[name] = variable.value
   return named
 
 
@@ -73,15 +73,12 @@ def assign(
         more = f'\n    … and {len(items) - 15} more' if len(items) > 15 else ''
         parts.append(f'  {len(items)} {title}:\n    {shown}{more}')
     raise WeightMismatchError('\n'.join(parts))
-  state = nnx.state(model, nnx.Param, nnx.BatchStat)
-  updated = jax.tree_util.tree_map_with_path(
-      lambda path, leaf: (
-          np.asarray(arrays[_path_name(path)], leaf.dtype)
-          if _path_name(path) in arrays else leaf
-      ),
-      state,
-  )
-  nnx.update(model, updated)
+  flat = _flat_variables(model)
+  for path, variable in flat:
+    name = '/'.join(map(str, path))
+    if name in arrays:
+      variable.value = np.asarray(arrays[name], variable.value.dtype)
+  nnx.update(model, nnx.from_flat_state(flat))
 
 
 def save(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> None:
