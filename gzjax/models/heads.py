@@ -19,16 +19,10 @@ from typing import Sequence
 from flax import nnx
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from gzjax import taxonomy
 
 HEADS = ('votes', 'sigmoid', 'linear', 'classes')
-
-# [37, 11]: which question each answer belongs to.
-_QUESTION_ONE_HOT = np.eye(taxonomy.NUM_QUESTIONS, dtype=np.float32)[
-    taxonomy.QUESTION_OF_ANSWER
-]
 
 
 def decision_tree_votes(logits: jax.Array) -> jax.Array:
@@ -41,26 +35,28 @@ def decision_tree_votes(logits: jax.Array) -> jax.Array:
   give all-zero answers that no longer sum to the parent; this layer gives
   that question uniform answers instead, so the tree holds for every input.
   Gradients are finite everywhere (no NaN from the unselected branch).
+
+  Question totals are float32 sums over each question's slice rather than a
+  matmul with a question one-hot matrix: at default precision, accelerators
+  multiply float32 matrices in bfloat16 (TPU) or TF32 (GPU), and totals off
+  by 1e-3 would break the tree's sums.
   """
   rectified = jax.nn.relu(logits.astype(jnp.float32))
-  one_hot = jnp.asarray(_QUESTION_ONE_HOT)
-  totals = rectified @ one_hot @ one_hot.T  # Each answer's question total.
-  sizes = jnp.asarray(one_hot.sum(axis=0) @ one_hot.T)  # Answers per question.
-  alive = totals > 0
-  conditional = jnp.where(
-      alive, rectified / jnp.where(alive, totals, 1.0), 1.0 / sizes
-  )
-  parts = []
   cumulative = {}
   for question in taxonomy.TREE_ORDER:
-    answers = conditional[..., question.slice]
+    answers = rectified[..., question.slice]
+    total = answers.sum(axis=-1, keepdims=True)
+    alive = total > 0
+    answers = jnp.where(
+        alive,
+        answers / jnp.where(alive, total, 1.0),
+        1.0 / len(question.answers),
+    )
     if question.parent is not None:
       answers = answers * cumulative[question.parent][..., None]
     for column, name in enumerate(question.columns):
       cumulative[name] = answers[..., column]
-  for name in taxonomy.ANSWERS:
-    parts.append(cumulative[name])
-  return jnp.stack(parts, axis=-1)
+  return jnp.stack([cumulative[name] for name in taxonomy.ANSWERS], axis=-1)
 
 
 class Head(nnx.Module):
