@@ -7,6 +7,7 @@ without a screen.
 from __future__ import annotations
 
 import io
+import json
 import pathlib
 from typing import Mapping, Sequence
 
@@ -54,6 +55,7 @@ def galaxy_grid(
     records: Sequence[Mapping[str, object]],
     path: str | pathlib.Path,
     *,
+    predictions: Sequence[np.ndarray] | None = None,
     columns: int = 4,
     title: str | None = None,
 ) -> pathlib.Path:
@@ -63,6 +65,8 @@ def galaxy_grid(
     records: dataset records (``image`` JPEG bytes, ``galaxy_id``, ``votes``,
       ``votes_mask``, ``label_3class``, ``label_7class``).
     path: the PNG to write; parent folders are created.
+    predictions: a model's 37 vote fractions per record; when given, each
+      thumbnail shows the true and the predicted leading answers.
     columns: thumbnails per row.
     title: figure title.
   """
@@ -70,11 +74,13 @@ def galaxy_grid(
   path.parent.mkdir(parents=True, exist_ok=True)
   rows = -(-len(records) // columns)
   figure, axes = plt.subplots(
-      rows, columns, figsize=(3.0 * columns, 3.9 * rows), squeeze=False
+      rows, columns,
+      figsize=(3.0 * columns, (3.9 if predictions is None else 4.6) * rows),
+      squeeze=False
   )
   for axis in axes.ravel():
     axis.axis('off')
-  for axis, record in zip(axes.ravel(), records):
+  for index, (axis, record) in enumerate(zip(axes.ravel(), records)):
     with Image.open(io.BytesIO(record['image'])) as image:
       axis.imshow(np.asarray(image.convert('RGB')))
     label3 = int(record['label_3class'])
@@ -86,13 +92,81 @@ def galaxy_grid(
         '7-class: '
         + (taxonomy.SEVEN_CLASS_NAMES[label7] if label7 >= 0 else '—'),
     ]
-    lines += describe_votes(
-        np.asarray(record['votes']), np.asarray(record['votes_mask'])
-    )[:4]
+    truth = describe_votes(
+        np.asarray(record['votes']), np.asarray(record['votes_mask']))[:4]
+    if predictions is None:
+      lines += truth
+    else:
+      predicted = describe_votes(np.asarray(predictions[index]),
+                                 np.ones(taxonomy.NUM_ANSWERS, bool))[:4]
+      lines += [f'true: {t}' for t in truth]
+      lines += [f'pred: {p}' for p in predicted]
     axis.set_title('\n'.join(lines), fontsize=7.5, loc='left')
   if title:
     figure.suptitle(title)
   figure.tight_layout(rect=(0, 0, 1, 0.98 if title else 1))
+  figure.savefig(path, dpi=100)
+  plt.close(figure)
+  return path
+
+
+def learning_curves(metrics_jsonl: str | pathlib.Path,
+                    path: str | pathlib.Path) -> pathlib.Path | None:
+  """Training loss and every validation scalar against the step.
+
+  Returns None (and writes nothing) when the log holds no training loss yet.
+  """
+  rows = [json.loads(line) for line in
+          pathlib.Path(metrics_jsonl).read_text().splitlines() if line]
+  train = [(r['step'], r['train/loss']) for r in rows if 'train/loss' in r]
+  if not train:
+    return None
+  keys = sorted({k for r in rows for k in r
+                 if k.startswith('validation/') and k.count('/') == 1
+                 and k != 'validation/count'})
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  figure, axes = plt.subplots(1, 1 + bool(keys), figsize=(6 + 6 * bool(keys), 4),
+                              squeeze=False)
+  axes[0, 0].plot(*zip(*train), label='train loss')
+  axes[0, 0].set_xlabel('step')
+  axes[0, 0].set_yscale('log')
+  axes[0, 0].legend()
+  for key in keys:
+    points = [(r['step'], r[key]) for r in rows if key in r]
+    axes[0, 1].plot(*zip(*points), marker='o', label=key)
+  if keys:
+    axes[0, 1].set_xlabel('step')
+    axes[0, 1].legend()
+  figure.tight_layout()
+  figure.savefig(path, dpi=100)
+  plt.close(figure)
+  return path
+
+
+def confusion_matrix(matrix: np.ndarray, class_names: Sequence[str],
+                     path: str | pathlib.Path,
+                     title: str | None = None) -> pathlib.Path:
+  """The confusion matrix as counts, shaded by each true class's share."""
+  matrix = np.asarray(matrix)
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+  size = 1.2 + 0.9 * len(class_names)
+  figure, axis = plt.subplots(figsize=(size + 1.5, size))
+  image = axis.imshow(shares, cmap='Blues', vmin=0, vmax=1)
+  for (row, column), count in np.ndenumerate(matrix):
+    axis.text(column, row, str(count), ha='center', va='center',
+              color='white' if shares[row, column] > 0.5 else 'black')
+  axis.set_xticks(range(len(class_names)), class_names, rotation=45,
+                  ha='right')
+  axis.set_yticks(range(len(class_names)), class_names)
+  axis.set_xlabel('predicted')
+  axis.set_ylabel('true')
+  figure.colorbar(image, ax=axis, label='share of the true class')
+  if title:
+    axis.set_title(title)
+  figure.tight_layout()
   figure.savefig(path, dpi=100)
   plt.close(figure)
   return path

@@ -1,0 +1,140 @@
+"""Optax optimizers and schedules from a config.
+
+Adam, AdamW and SGD with Nesterov momentum; warmup + cosine, piecewise steps
+(Dieleman et al. 2015), constant, and reduce-on-plateau (Kalvankar et al.
+2020); gradient clipping; a frozen backbone and layer-wise learning-rate
+decay, both read from :func:`gzjax.models.parameter_labels`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import ml_collections
+import optax
+
+OPTIMIZERS = ('adam', 'adamw', 'sgd')
+SCHEDULES = ('constant', 'cosine', 'piecewise', 'plateau')
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The optimizer section of an experiment config (``config.optimizer``)."""
+  config = ml_collections.ConfigDict()
+  config.name = 'adam'
+  config.learning_rate = 1e-3
+  config.schedule = 'cosine'
+  config.warmup_steps = 0
+  # cosine: the final learning rate as a fraction of the peak.
+  config.final_fraction = 0.01
+  # piecewise: {step: multiplier of the base rate from that step on}.
+  config.boundaries = ml_collections.ConfigDict()
+  # plateau: scale by `factor` after `patience` windows of `window` steps
+  # without the training loss improving by `min_delta` (relative).
+  config.plateau_factor = 0.5
+  config.plateau_patience = 5
+  config.plateau_window = 50
+  config.plateau_min_delta = 1e-3
+  config.momentum = 0.9  # sgd (Nesterov).
+  config.weight_decay = 0.0  # adamw: decoupled; others: none.
+  config.grad_clip_norm = 0.0  # 0: no clipping.
+  config.freeze_backbone = False
+  # Multiply the learning rate of backbone block b by decay ** (blocks - b):
+  # 1.0 is no decay; 0.7 trains the input blocks far less than the head.
+  config.layer_decay = 1.0
+  return config
+
+
+def create_schedule(config: ml_collections.ConfigDict,
+                    num_train_steps: int) -> optax.Schedule:
+  """The learning-rate schedule (before any plateau scaling)."""
+  peak = config.learning_rate
+  warmup = config.warmup_steps
+  if config.schedule in ('constant', 'plateau'):
+    main = optax.constant_schedule(peak)
+  elif config.schedule == 'cosine':
+    main = optax.cosine_decay_schedule(
+        peak, max(1, num_train_steps - warmup), alpha=config.final_fraction)
+  elif config.schedule == 'piecewise':
+    main = optax.piecewise_constant_schedule(
+        peak, {int(step): float(scale)
+               for step, scale in config.boundaries.items()})
+  else:
+    raise ValueError(f'Unknown schedule {config.schedule!r}; choose one of'
+                     f' {SCHEDULES} (config.optimizer.schedule).')
+  if not warmup:
+    return main
+  return optax.join_schedules(
+      [optax.linear_schedule(0.0, peak, warmup), main], [warmup])
+
+
+def _base(config, schedule) -> optax.GradientTransformation:
+  if config.name == 'adam':
+    return optax.adam(schedule)
+  if config.name == 'adamw':
+    return optax.adamw(schedule, weight_decay=config.weight_decay)
+  if config.name == 'sgd':
+    return optax.sgd(schedule, momentum=config.momentum, nesterov=True)
+  raise ValueError(f'Unknown optimizer {config.name!r}; choose one of'
+                   f' {OPTIMIZERS} (config.optimizer.name).')
+
+
+def _block_scale(label: str, num_blocks: int, decay: float) -> float:
+  if label == 'head':
+    return 1.0
+  block = int(label.split('/')[1])
+  return decay ** (num_blocks - block)
+
+
+def create_optimizer(
+    config: ml_collections.ConfigDict,
+    labels: Any,
+    num_blocks: int,
+    num_train_steps: int,
+) -> optax.GradientTransformationExtraArgs:
+  """The full transformation; call ``update(..., value=loss)``.
+
+  Args:
+    config: ``config.optimizer``.
+    labels: a pytree like the parameters with ``'head'`` or
+      ``'backbone/<block>'`` leaves.
+    num_blocks: the backbone's block count, for layer-wise decay.
+    num_train_steps: for the cosine schedule.
+  """
+  schedule = create_schedule(config, num_train_steps)
+  parts = []
+  if config.grad_clip_norm:
+    parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
+  parts.append(_base(config, schedule))
+  if config.layer_decay != 1.0:
+    scales = jax.tree.map(
+        lambda label: _block_scale(label, num_blocks, config.layer_decay),
+        labels)
+    parts.append(optax.GradientTransformation(
+        lambda params: optax.EmptyState(),
+        lambda updates, state, params=None: (
+            jax.tree.map(lambda u, s: u * s, updates, scales), state)))
+  if config.schedule == 'plateau':
+    parts.append(optax.contrib.reduce_on_plateau(
+        factor=config.plateau_factor, patience=config.plateau_patience,
+        rtol=config.plateau_min_delta, accumulation_size=config.plateau_window))
+  transform = optax.chain(*parts)
+  if config.freeze_backbone:
+    groups = jax.tree.map(
+        lambda label: 'train' if label == 'head' else 'frozen', labels)
+    transform = optax.multi_transform(
+        {'train': transform, 'frozen': optax.set_to_zero()}, groups)
+  return optax.with_extra_args_support(transform)
+
+
+def learning_rate(config: ml_collections.ConfigDict, schedule: optax.Schedule,
+                  opt_state: Any, step: jax.Array) -> jax.Array:
+  """The learning rate in effect: the schedule times any plateau scale."""
+  rate = schedule(step)
+  if config.schedule == 'plateau':
+    for state in jax.tree.leaves(
+        opt_state,
+        is_leaf=lambda s: isinstance(s, optax.contrib.ReduceLROnPlateauState)):
+      if isinstance(state, optax.contrib.ReduceLROnPlateauState):
+        rate = rate * state.scale
+  return rate

@@ -1,0 +1,527 @@
+"""Training: the jitted step, the data-parallel mesh, the loop.
+
+The step is a pure function ``(state, batch) -> (state, metrics)``, jitted
+once with explicit shardings: a 1-D ``Mesh`` over every device (axis
+``data``), batches sharded along it as global ``jax.Array``s assembled from
+each process's share, the state replicated and donated.  The Python loop only
+feeds batches, logs, evaluates and checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pathlib
+import time
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+from flax import nnx
+from flax import struct
+import jax
+from jax.experimental import multihost_utils
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import tqdm
+
+from gzjax import checkpoint
+from gzjax import losses
+from gzjax import metrics
+from gzjax import models
+from gzjax import optimizers
+from gzjax import plots
+from gzjax import taxonomy
+from gzjax.data import galaxy_zoo
+from gzjax.data import pipeline
+from gzjax.models import weights
+
+DATA_AXIS = 'data'
+# Batch fields that go to the devices; galaxy_id stays on the host.
+DEVICE_FIELDS = ('image', 'votes', 'votes_mask', 'label_3class',
+                 'label_7class', 'example_mask')
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """What is learned: the outputs, the label field and the class names."""
+
+  name: str
+  num_outputs: int
+  label_key: str | None = None
+  class_names: tuple[str, ...] = ()
+
+  @property
+  def is_classification(self) -> bool:
+    return self.label_key is not None
+
+
+TASKS = {
+    'votes': Task('votes', taxonomy.NUM_ANSWERS),
+    '3class': Task('3class', 3, 'label_3class', taxonomy.THREE_CLASS_NAMES),
+    '7class': Task('7class', 7, 'label_7class', taxonomy.SEVEN_CLASS_NAMES),
+}
+
+
+class TrainingDiverged(RuntimeError):
+  """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@struct.dataclass
+class TrainState:
+  """Everything a step changes: a pytree, so it can be donated and saved."""
+
+  step: jax.Array
+  params: Any  # nnx.State of the nnx.Param variables.
+  rest: Any  # Batch statistics and random-stream counters.
+  opt_state: Any
+  ema_params: Any  # Exponential moving average of params, or () when off.
+
+
+# ------------------------------------------------------------------ data ---
+
+
+class LabelledSubset(Sequence):
+  """The records of a source that have a class (label >= 0)."""
+
+  def __init__(self, source, indices: np.ndarray):
+    self._source = source
+    self._indices = np.asarray(indices)
+
+  def __len__(self) -> int:
+    return len(self._indices)
+
+  def __getitem__(self, index):
+    return self._source[int(self._indices[index])]
+
+
+def scan_labels(source) -> dict[str, np.ndarray]:
+  """Votes, masks and labels of every record (one read of the split)."""
+  keys = ('votes', 'votes_mask', 'label_3class', 'label_7class')
+  records = [source[i] for i in range(len(source))]
+  return {k: np.stack([np.asarray(r[k]) for r in records]) for k in keys}
+
+
+def task_of(config: ml_collections.ConfigDict) -> Task:
+  if config.task not in TASKS:
+    raise ValueError(f'Unknown task {config.task!r} (config.task); choose one'
+                     f' of {", ".join(TASKS)}.')
+  return TASKS[config.task]
+
+
+def dataset_config_name(config: ml_collections.ConfigDict) -> str:
+  name, _, builder_config = config.dataset.partition('/')
+  if name != galaxy_zoo.NAME or builder_config not in ('kaggle', 'synthetic'):
+    raise ValueError(
+        f'config.dataset={config.dataset!r}: use galaxy_zoo/kaggle or'
+        ' galaxy_zoo/synthetic.')
+  return builder_config
+
+
+def open_split(config: ml_collections.ConfigDict, split: str):
+  """The records of ``split``; builds the synthetic dataset when missing.
+
+  A missing Kaggle dataset is built when ``config.manual_dir`` is set, else
+  the error names the exact build command.
+  """
+  name = dataset_config_name(config)
+  try:
+    return galaxy_zoo.data_source(name, config.data_dir, split)
+  except galaxy_zoo.DatasetNotBuiltError:
+    if name == 'synthetic':
+      galaxy_zoo.prepare('synthetic', config.data_dir, **config.synthetic)
+    elif config.manual_dir:
+      galaxy_zoo.prepare('kaggle', config.data_dir,
+                         manual_dir=config.manual_dir)
+    else:
+      raise
+  return galaxy_zoo.data_source(name, config.data_dir, split)
+
+
+def training_split(config: ml_collections.ConfigDict, task: Task):
+  """The train split, reduced to galaxies with a class for classifiers."""
+  source = open_split(config, 'train')
+  if not task.is_classification:
+    return source
+  labels = scan_labels(source)[task.label_key]
+  kept = np.flatnonzero(labels >= 0)
+  if not len(kept):
+    raise ValueError(f'No training galaxy has a {task.name} label.')
+  return LabelledSubset(source, kept)
+
+
+# ----------------------------------------------------------------- model ---
+
+
+def create_model(config: ml_collections.ConfigDict, task: Task):
+  """The configured model, with pretrained backbone weights when given."""
+  head = config.model.head or ('classes' if task.is_classification
+                               else 'votes')
+  model = models.create(
+      config.model.name,
+      num_outputs=task.num_outputs,
+      head=head,
+      hidden=tuple(config.model.hidden),
+      dropout=config.model.dropout,
+      dtype=jnp.dtype(config.model.dtype),
+      seed=config.seed,
+  )
+  if config.model.pretrained:
+    path = pathlib.Path(config.model.pretrained).expanduser()
+    weights.assign(model, weights.load(path), source=str(path))
+  return model
+
+
+@dataclasses.dataclass
+class Experiment:
+  """The pieces built from a config that every mode needs."""
+
+  config: ml_collections.ConfigDict
+  task: Task
+  graphdef: Any
+  state: TrainState
+  optimizer: optax.GradientTransformationExtraArgs
+  schedule: optax.Schedule
+  mesh: jax.sharding.Mesh
+  num_blocks: int
+
+  @property
+  def replicated(self) -> jax.sharding.NamedSharding:
+    return jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+
+  @property
+  def batch_sharding(self) -> jax.sharding.NamedSharding:
+    return jax.sharding.NamedSharding(
+        self.mesh, jax.sharding.PartitionSpec(DATA_AXIS))
+
+
+def create_experiment(config: ml_collections.ConfigDict) -> Experiment:
+  task = task_of(config)
+  model = create_model(config, task)
+  labels = models.parameter_labels(model)
+  num_blocks = model.backbone.num_blocks
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  optimizer = optimizers.create_optimizer(
+      config.optimizer, labels, num_blocks, config.num_train_steps)
+  schedule = optimizers.create_schedule(config.optimizer,
+                                        config.num_train_steps)
+  state = TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      rest=rest,
+      opt_state=optimizer.init(params),
+      ema_params=params if config.ema_decay else (),
+  )
+  mesh = jax.sharding.Mesh(np.array(jax.devices()), (DATA_AXIS,))
+  experiment = Experiment(config, task, graphdef, state, optimizer, schedule,
+                          mesh, num_blocks)
+  experiment.state = jax.device_put(state, experiment.replicated)
+  return experiment
+
+
+# ------------------------------------------------------------------ steps ---
+
+
+def _outputs(model, images: jax.Array, task: Task) -> jax.Array:
+  outputs = model(images)
+  return jax.nn.softmax(outputs) if task.is_classification else outputs
+
+
+def make_train_step(experiment: Experiment) -> Callable:
+  """The jitted ``(state, batch) -> (state, metrics)``; the state is donated."""
+  config, task, graphdef = experiment.config, experiment.task, \
+      experiment.graphdef
+
+  def train_step(state: TrainState, batch: Mapping[str, jax.Array]):
+    def loss_fn(params):
+      model = nnx.merge(graphdef, params, state.rest)
+      model.train()
+      if config.optimizer.freeze_backbone:
+        model.backbone.eval()  # Frozen means its batch statistics too.
+      outputs = model(batch['image'])
+      loss = losses.compute(
+          config.loss, outputs, batch, label_key=task.label_key,
+          label_smoothing=config.label_smoothing,
+          class_weights=config.class_weights or None)
+      return loss, nnx.state(model, nnx.Not(nnx.Param))
+
+    (loss, rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
+    updates, opt_state = experiment.optimizer.update(
+        grads, state.opt_state, state.params, value=loss)
+    params = optax.apply_updates(state.params, updates)
+    ema = state.ema_params
+    if config.ema_decay:
+      ema = optax.incremental_update(params, ema, 1.0 - config.ema_decay)
+    step_metrics = {
+        'loss': loss,
+        'grad_norm': optax.global_norm(grads),
+        'learning_rate': optimizers.learning_rate(
+            config.optimizer, experiment.schedule, opt_state, state.step),
+    }
+    return TrainState(state.step + 1, params, rest, opt_state, ema), \
+        step_metrics
+
+  return jax.jit(
+      train_step,
+      in_shardings=(experiment.replicated, experiment.batch_sharding),
+      out_shardings=(experiment.replicated, experiment.replicated),
+      donate_argnums=(0,),
+  )
+
+
+TTA_TRANSFORMS = tuple((k, flip) for flip in (False, True) for k in range(4))
+"""Test-time augmentation: 4 rotations by 90°, each with and without a flip."""
+
+
+def make_predict_fn(experiment: Experiment, *, tta: bool = False) -> Callable:
+  """Jitted ``(state, images) -> outputs`` in inference mode.
+
+  Outputs are vote fractions, or class probabilities for classifiers; with
+  ``tta`` they are averaged over :data:`TTA_TRANSFORMS`.  Uses the EMA of
+  the parameters when the config keeps one.
+  """
+  config, task, graphdef = experiment.config, experiment.task, \
+      experiment.graphdef
+
+  def predict(state: TrainState, images: jax.Array) -> jax.Array:
+    params = state.ema_params if config.ema_decay else state.params
+    model = nnx.merge(graphdef, params, state.rest)
+    model.eval()
+    if not tta:
+      return _outputs(model, images, task)
+    total = 0.0
+    for rotations, flip in TTA_TRANSFORMS:
+      view = jnp.rot90(images, rotations, axes=(1, 2))
+      total = total + _outputs(model, view[:, :, ::-1] if flip else view,
+                               task)
+    return total / len(TTA_TRANSFORMS)
+
+  return jax.jit(
+      predict,
+      in_shardings=(experiment.replicated, experiment.batch_sharding),
+      out_shardings=experiment.batch_sharding,
+  )
+
+
+def to_global(batch: Mapping[str, np.ndarray],
+              sharding: jax.sharding.NamedSharding) -> dict[str, jax.Array]:
+  """This process's numpy batch as global arrays sharded on ``data``."""
+  return {
+      key: jax.make_array_from_process_local_data(sharding, batch[key])
+      for key in DEVICE_FIELDS
+  }
+
+
+# ------------------------------------------------------------- evaluation ---
+
+
+def predict_split(experiment: Experiment, source, *, tta: bool = False,
+                  predict_fn: Callable | None = None) -> dict[str, np.ndarray]:
+  """Outputs and targets of every record of ``source`` (all processes)."""
+  input_config = _eval_input_config(experiment.config)
+  predict_fn = predict_fn or make_predict_fn(experiment, tta=tta)
+  collected = []
+  for batch in pipeline.create_eval_iterator(source, input_config):
+    images = jax.make_array_from_process_local_data(
+        experiment.batch_sharding, batch['image'])
+    outputs = multihost_utils.process_allgather(
+        predict_fn(experiment.state, images), tiled=True)
+    host = {k: multihost_utils.process_allgather(batch[k], tiled=True)
+            for k in ('galaxy_id', 'votes', 'votes_mask', 'label_3class',
+                      'label_7class', 'example_mask')}
+    host['outputs'] = np.asarray(outputs, np.float32)
+    collected.append(host)
+  merged = {k: np.concatenate([c[k] for c in collected]) for k in collected[0]}
+  real = merged.pop('example_mask')
+  return {k: v[real] for k, v in merged.items()}
+
+
+def _eval_input_config(config: ml_collections.ConfigDict):
+  input_config = ml_collections.ConfigDict(config.input.to_dict())
+  input_config.batch_size = config.eval_batch_size or config.input.batch_size
+  return input_config
+
+
+def score(task: Task, predictions: Mapping[str, np.ndarray],
+          baseline_votes: np.ndarray | None = None) -> dict[str, Any]:
+  """Metrics of ``predict_split``'s result for the task."""
+  if task.is_classification:
+    labels = predictions[task.label_key]
+    report = metrics.classification_report(
+        labels, predictions['outputs'].argmax(-1), task.class_names)
+    return report
+  result = {
+      'rmse': metrics.vote_rmse(predictions['outputs'], predictions['votes'],
+                                predictions['votes_mask']),
+      'rmse_per_question': metrics.question_rmse(
+          predictions['outputs'], predictions['votes'],
+          predictions['votes_mask']),
+      'count': int(len(predictions['votes'])),
+  }
+  if baseline_votes is not None:
+    result['mean_predictor_rmse'] = metrics.vote_rmse(
+        np.broadcast_to(baseline_votes, predictions['votes'].shape),
+        predictions['votes'], predictions['votes_mask'])
+  return result
+
+
+def training_mean_votes(source) -> np.ndarray:
+  """The per-answer mean of the known training votes: the mean predictor."""
+  scanned = scan_labels(source)
+  known = scanned['votes_mask']
+  votes = np.where(known, scanned['votes'], 0.0)
+  return votes.sum(0) / np.maximum(known.sum(0), 1)
+
+
+# ---------------------------------------------------------------- logging ---
+
+
+class MetricWriter:
+  """Appends to ``metrics.jsonl`` and writes TensorBoard event files."""
+
+  def __init__(self, workdir: pathlib.Path):
+    self._path = workdir / 'metrics.jsonl'
+    self._tensorboard = None
+    if jax.process_index() == 0:
+      import tensorboardX  # pylint: disable=g-import-not-at-top
+      self._tensorboard = tensorboardX.SummaryWriter(str(workdir))
+
+  def write(self, step: int, values: Mapping[str, float]) -> None:
+    if jax.process_index() != 0:
+      return
+    with self._path.open('a') as f:
+      f.write(json.dumps({'step': step, **values}) + '\n')
+    for key, value in values.items():
+      if isinstance(value, (int, float)) and math.isfinite(value):
+        self._tensorboard.add_scalar(key, value, step)
+    self._tensorboard.flush()
+
+  def close(self) -> None:
+    if self._tensorboard is not None:
+      self._tensorboard.close()
+
+
+def _flat_scalars(prefix: str, values: Mapping[str, Any]) -> dict[str, float]:
+  flat = {}
+  for key, value in values.items():
+    if isinstance(value, Mapping):
+      flat.update(_flat_scalars(f'{prefix}{key}/', value))
+    elif isinstance(value, (int, float, np.floating, np.integer)):
+      flat[f'{prefix}{key}'] = float(value)
+  return flat
+
+
+# ------------------------------------------------------------------- loop ---
+
+
+def _check_finite(step_metrics: list[dict[str, jax.Array]], first_step: int,
+                  last_good: int | None, workdir: pathlib.Path) -> dict:
+  """Means of the steps' metrics; raises TrainingDiverged on NaN/Inf loss."""
+  fetched = jax.device_get(step_metrics)
+  for offset, values in enumerate(fetched):
+    if not np.isfinite(values['loss']):
+      kept = (f'the last good checkpoint (step {last_good}) in'
+              f' {workdir / "checkpoints"} is intact'
+              if last_good is not None else 'no checkpoint had been written')
+      raise TrainingDiverged(
+          f'The training loss became {float(values["loss"])} at step'
+          f' {first_step + offset + 1}; {kept}. Lower'
+          ' config.optimizer.learning_rate or set'
+          ' config.optimizer.grad_clip_norm, then rerun (it resumes).')
+  return {k: float(np.mean([v[k] for v in fetched])) for k in fetched[0]}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str | pathlib.Path) -> dict[str, Any]:
+  """Trains (resuming from ``workdir`` when it holds a checkpoint).
+
+  Returns:
+    The last validation metrics.
+  """
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
+  experiment = create_experiment(config)
+  task = experiment.task
+  train_source = training_split(config, task)
+  validation_source = open_split(config, 'validation')
+  baseline = None if task.is_classification else training_mean_votes(
+      train_source)
+  checkpointer = checkpoint.Checkpointer(
+      workdir, keep=config.keep_checkpoints, best_metric=config.best_metric,
+      best_mode=config.best_mode)
+  train_iterator = pipeline.create_train_iterator(train_source, config.input)
+  start_step = 0
+  if checkpointer.latest_step() is not None:
+    experiment.state, data_state, start_step = checkpointer.restore(
+        experiment.state)
+    train_iterator.set_state(data_state)
+  last_good = start_step if start_step else None
+  train_step = make_train_step(experiment)
+  predict_fn = make_predict_fn(experiment)
+  writer = MetricWriter(workdir)
+  pending, window_start, window_time = [], start_step, time.perf_counter()
+  validation = {}
+  progress = tqdm.tqdm(total=config.num_train_steps, initial=start_step,
+                       unit='step', dynamic_ncols=True,
+                       disable=jax.process_index() != 0)
+  try:
+    for step in range(start_step + 1, config.num_train_steps + 1):
+      batch = to_global(next(train_iterator), experiment.batch_sharding)
+      experiment.state, step_metrics = train_step(experiment.state, batch)
+      pending.append(step_metrics)
+      progress.update()
+      is_last = step == config.num_train_steps
+      log = step % config.log_every_steps == 0 or is_last
+      evaluate = (config.eval_every_steps and
+                  step % config.eval_every_steps == 0) or is_last
+      save = step % config.checkpoint_every_steps == 0 or is_last
+      if not (log or evaluate or save):
+        continue
+      means = _check_finite(pending, window_start, last_good, workdir)
+      elapsed = time.perf_counter() - window_time
+      means['images_per_second'] = (
+          len(pending) * config.input.batch_size / max(elapsed, 1e-9))
+      writer.write(step, {f'train/{k}': v for k, v in means.items()})
+      progress.set_postfix(loss=f'{means["loss"]:.4g}',
+                           img_s=f'{means["images_per_second"]:.0f}')
+      pending, window_start = [], step
+      if evaluate:
+        validation = score(task, predict_split(
+            experiment, validation_source, predict_fn=predict_fn), baseline)
+        writer.write(step, _flat_scalars('validation/', validation))
+        progress.write(summary_line(step, task, validation))
+      if save:
+        data_state = train_iterator.get_state()
+        checkpointer.save(step, experiment.state, data_state)
+        if evaluate:
+          checkpointer.save_if_best(
+              step, experiment.state, data_state,
+              _flat_scalars('validation/', validation))
+        last_good = step
+      window_time = time.perf_counter()
+  finally:
+    progress.close()
+    checkpointer.wait()
+    checkpointer.close()
+    writer.close()
+    if hasattr(train_iterator, 'close'):
+      train_iterator.close()
+  if jax.process_index() == 0:
+    plots.learning_curves(workdir / 'metrics.jsonl',
+                          workdir / 'plots' / 'learning_curves.png')
+  return validation
+
+
+def summary_line(step: int, task: Task, values: Mapping[str, Any],
+                 split: str = 'validation') -> str:
+  """One line of the main metrics, as the loop and ``evaluate`` print them."""
+  if task.is_classification:
+    return (f'step {step}: {split} accuracy {values["accuracy"]:.4f},'
+            f' macro-F1 {values["macro_f1"]:.4f} ({values["count"]} galaxies)')
+  line = f'step {step}: {split} RMSE {values["rmse"]:.4f}'
+  if 'mean_predictor_rmse' in values:
+    line += f' (mean predictor {values["mean_predictor_rmse"]:.4f})'
+  return line + f' over {values["count"]} galaxies'
