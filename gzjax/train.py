@@ -256,7 +256,7 @@ def make_train_step(experiment: Experiment) -> Callable:
       ema = optax.incremental_update(params, ema, 1.0 - config.ema_decay)
     step_metrics = {
         'loss': loss,
-        'grad_norm': optax.global_norm(grads),
+        'grad_norm': optax.tree.norm(grads),
         'learning_rate': optimizers.learning_rate(
             config.optimizer, experiment.schedule, opt_state, state.step),
     }

@@ -39,3 +39,39 @@ def kaggle_sample_data_dir(kaggle_sample, tmp_path_factory) -> pathlib.Path:
   data_dir = tmp_path_factory.mktemp('kaggle_sample_data')
   galaxy_zoo.prepare('kaggle', data_dir, manual_dir=kaggle_sample)
   return data_dir
+
+
+@pytest.fixture(scope='session')
+def synthetic_data_dir(tmp_path_factory) -> pathlib.Path:
+  """A small galaxy_zoo/synthetic build: 400 labelled 64 px galaxies."""
+  from gzjax.data import galaxy_zoo  # pylint: disable=g-import-not-at-top
+
+  data_dir = tmp_path_factory.mktemp('synthetic_data')
+  galaxy_zoo.prepare('synthetic', data_dir, num_labelled=400, num_test=12,
+                     image_size=64, num_workers=2)
+  return data_dir
+
+
+def tiny_config(data_dir, **overrides):
+  """The quickstart config shrunk for tests: the seed CNN at 32 px."""
+  from gzjax import config as base  # pylint: disable=g-import-not-at-top
+
+  config = base.base_config()
+  config.dataset = 'galaxy_zoo/synthetic'
+  config.data_dir = str(data_dir)
+  config.input.crop_size = 48
+  config.input.image_size = 32
+  config.input.batch_size = 8
+  config.input.read_threads = 1
+  config.optimizer.learning_rate = 2e-3
+  config.num_train_steps = 6
+  config.log_every_steps = 2
+  config.eval_every_steps = 6
+  config.checkpoint_every_steps = 3
+  for key, value in overrides.items():
+    target = config
+    *parents, leaf = key.split('.')
+    for parent in parents:
+      target = target[parent]
+    target[leaf] = value
+  return config

@@ -30,10 +30,14 @@ def decision_tree_votes(logits: jax.Array) -> jax.Array:
 
   ``y_i = max(z_i, 0) / sum_j max(z_j, 0)`` over each question's answers
   (Dieleman's divisive normalisation), then each question is scaled by its
-  parent answer's final value, walking the tree from the roots.  Where all of
-  a question's ReLU outputs are 0, Dieleman's ``eps`` in the denominator would
-  give all-zero answers that no longer sum to the parent; this layer gives
-  that question uniform answers instead, so the tree holds for every input.
+  parent answer's final value, walking the tree from the roots.
+
+  Where all of a question's ReLU outputs are 0, Dieleman's ``eps`` in the
+  denominator gives all-zero answers that no longer sum to the parent, and no
+  gradient reaches the logits, so the question stays dead for good (seen
+  here: the seed CNN lost question 6 within 300 Adam steps).  This layer uses
+  the softmax of that question's logits instead: the tree holds for every
+  input, and the gradient raises the logits until the ReLU path takes over.
   Gradients are finite everywhere (no NaN from the unselected branch).
 
   Question totals are float32 sums over each question's slice rather than a
@@ -41,7 +45,8 @@ def decision_tree_votes(logits: jax.Array) -> jax.Array:
   multiply float32 matrices in bfloat16 (TPU) or TF32 (GPU), and totals off
   by 1e-3 would break the tree's sums.
   """
-  rectified = jax.nn.relu(logits.astype(jnp.float32))
+  logits = logits.astype(jnp.float32)
+  rectified = jax.nn.relu(logits)
   cumulative = {}
   for question in taxonomy.TREE_ORDER:
     answers = rectified[..., question.slice]
@@ -50,7 +55,7 @@ def decision_tree_votes(logits: jax.Array) -> jax.Array:
     answers = jnp.where(
         alive,
         answers / jnp.where(alive, total, 1.0),
-        1.0 / len(question.answers),
+        jax.nn.softmax(logits[..., question.slice], axis=-1),
     )
     if question.parent is not None:
       answers = answers * cumulative[question.parent][..., None]
@@ -91,7 +96,16 @@ class Head(nnx.Module):
         for a, b in zip(widths[:-1], widths[1:])
     ])
     self.dropout = nnx.Dropout(dropout, rngs=rngs)
-    self.output = nnx.Linear(widths[-1], num_outputs, dtype=dtype, rngs=rngs)
+    if kind == 'votes':
+      # Dieleman's initialisation of this layer: small weights and a bias of
+      # 0.1 keep every ReLU alive at the start; a question whose ReLUs are all
+      # dead passes no gradient and would stay stuck at uniform answers.
+      initializers = dict(kernel_init=nnx.initializers.normal(0.01),
+                          bias_init=nnx.initializers.constant(0.1))
+    else:
+      initializers = {}
+    self.output = nnx.Linear(widths[-1], num_outputs, dtype=dtype, rngs=rngs,
+                             **initializers)
 
   def __call__(self, features: jax.Array) -> jax.Array:
     x = features

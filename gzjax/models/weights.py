@@ -37,7 +37,7 @@ def named_variables(model: nnx.Module, prefix: str = '') -> dict[str, jax.Array]
   for path, variable in _flat_variables(model):
     name = '/'.join(map(str, path))
     if name.startswith(prefix):
-      named[name] = variable.value
+      named[name] = variable.get_value()
   return named
 
 
@@ -77,7 +77,8 @@ def assign(
   for path, variable in flat:
     name = '/'.join(map(str, path))
     if name in arrays:
-      variable.value = np.asarray(arrays[name], variable.value.dtype)
+      dtype = variable.get_value().dtype
+      variable.set_value(np.asarray(arrays[name], dtype))
   nnx.update(model, nnx.from_flat_state(flat))
 
 

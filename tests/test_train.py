@@ -1,0 +1,229 @@
+"""The training engine: learning, sharding, checkpoints, CLI modes, failures."""
+
+import csv
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from gzjax import checkpoint
+from gzjax import evaluate
+from gzjax import taxonomy
+from gzjax import train
+from tests.conftest import tiny_config
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _final_params(workdir) -> list[np.ndarray]:
+  config = json.loads((pathlib.Path(workdir) / 'config.json').read_text())
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  experiment = train.create_experiment(ml_collections.ConfigDict(config))
+  checkpointer = checkpoint.Checkpointer(workdir)
+  state, _, step = checkpointer.restore(experiment.state)
+  checkpointer.close()
+  return step, [np.asarray(x) for x in jax.tree.leaves(state.params)]
+
+
+def test_seed_cnn_learns_the_synthetic_votes(synthetic_data_dir, tmp_path):
+  config = tiny_config(
+      synthetic_data_dir, num_train_steps=300, eval_every_steps=300,
+      checkpoint_every_steps=300, log_every_steps=100,
+      **{'input.batch_size': 16, 'optimizer.warmup_steps': 20})
+  result = train.train_and_evaluate(config, tmp_path)
+  print(f'synthetic: validation RMSE {result["rmse"]:.4f}, mean predictor'
+        f' {result["mean_predictor_rmse"]:.4f}')
+  assert result['rmse'] < 0.7 * result['mean_predictor_rmse']
+  lines = (tmp_path / 'metrics.jsonl').read_text().splitlines()
+  steps = [json.loads(l)['step'] for l in lines]
+  assert steps[:3] == [100, 200, 300]
+  assert list(tmp_path.glob('events.out.tfevents.*'))
+  assert (tmp_path / 'plots' / 'learning_curves.png').stat().st_size > 10_000
+
+
+def test_real_sample_beats_the_mean_predictor(kaggle_sample_data_dir,
+                                              tmp_path):
+  config = tiny_config(
+      kaggle_sample_data_dir, dataset='galaxy_zoo/kaggle',
+      num_train_steps=150, eval_every_steps=150, checkpoint_every_steps=150,
+      log_every_steps=50,
+      **{'input.crop_size': 207, 'input.batch_size': 16})
+  result = train.train_and_evaluate(config, tmp_path)
+  print(f'real sample: masked validation RMSE {result["rmse"]:.4f}, mean'
+        f' predictor {result["mean_predictor_rmse"]:.4f}')
+  assert result['rmse'] < result['mean_predictor_rmse']
+  # Only the 17 known answers are scored: the unknown questions are NaN.
+  assert np.isnan(result['rmse_per_question']['Q3'])
+  assert result['rmse_per_question']['Q1'] > 0
+
+
+_DATA_PARALLEL_SCRIPT = '''
+import sys
+import jax, numpy as np
+from tests.conftest import tiny_config
+from gzjax import train
+config = tiny_config('/nonexistent', **{'input.batch_size': 16,
+                                         'model.dropout': 0.0})
+config.model.hidden = (16,)
+config.model.dropout = 0.5  # Dropout masks must not depend on the sharding.
+experiment = train.create_experiment(config)
+step = train.make_train_step(experiment)
+rng = np.random.default_rng(0)
+losses = []
+for _ in range(3):
+  batch = {
+      'image': rng.normal(size=(16, 32, 32, 3)).astype(np.float32),
+      'votes': rng.random((16, 37)).astype(np.float32),
+      'votes_mask': rng.random((16, 37)) > 0.2,
+      'label_3class': np.zeros(16, np.int32),
+      'label_7class': np.zeros(16, np.int32),
+      'example_mask': np.ones(16, bool),
+  }
+  experiment.state, metrics = step(experiment.state,
+                                   train.to_global(batch, experiment.batch_sharding))
+  losses.append(float(metrics['loss']))
+leaves = [np.asarray(x) for x in jax.tree.leaves(experiment.state.params)]
+np.savez(sys.argv[1], losses=np.array(losses), devices=len(jax.devices()),
+         **{f'p{i}': x for i, x in enumerate(leaves)})
+'''
+
+
+def _run_data_parallel(devices: int, out: pathlib.Path) -> dict:
+  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count='
+             f'{devices}', JAX_PLATFORMS='cpu', PYTHONPATH=str(REPO))
+  subprocess.run([sys.executable, '-c', _DATA_PARALLEL_SCRIPT, str(out)],
+                 check=True, cwd=REPO, env=env, capture_output=True)
+  return dict(np.load(out))
+
+
+def test_eight_devices_match_one(tmp_path):
+  one = _run_data_parallel(1, tmp_path / 'one.npz')
+  eight = _run_data_parallel(8, tmp_path / 'eight.npz')
+  assert (int(one['devices']), int(eight['devices'])) == (1, 8)
+  np.testing.assert_allclose(eight['losses'], one['losses'], rtol=1e-5)
+  assert one['losses'][0] != one['losses'][2]  # It did train.
+  params = sorted(k for k in one if k.startswith('p'))
+  for key in params:
+    np.testing.assert_allclose(eight[key], one[key], rtol=1e-4, atol=1e-6)
+
+
+def _main(workdir, data_dir, *flags, config='configs/quickstart.py'):
+  args = [sys.executable, '-m', 'gzjax.main', f'--config={config}',
+          f'--workdir={workdir}', f'--config.data_dir={data_dir}',
+          '--config.input.crop_size=48', '--config.input.image_size=32',
+          '--config.input.batch_size=8', '--config.log_every_steps=5',
+          *flags]
+  return args
+
+
+def test_killed_run_resumes_bit_identically(synthetic_data_dir, tmp_path):
+  common = ['--config.num_train_steps=40', '--config.checkpoint_every_steps=10',
+            '--config.eval_every_steps=0']
+  subprocess.run(_main(tmp_path / 'straight', synthetic_data_dir, *common),
+                 check=True, cwd=REPO, capture_output=True)
+  killed = tmp_path / 'killed'
+  process = subprocess.Popen(_main(killed, synthetic_data_dir, *common),
+                             cwd=REPO, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while not (killed / 'checkpoints' / '10').is_dir():
+    assert process.poll() is None and time.time() < deadline
+    time.sleep(0.02)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  steps = sorted(int(p.name) for p in (killed / 'checkpoints').iterdir()
+                 if p.name.isdigit())
+  assert 40 not in steps, 'the run finished before it could be killed'
+  # A save killed half-way leaves only a temporary directory behind.
+  (killed / 'checkpoints' / '50.orbax-checkpoint-tmp-1').mkdir()
+  subprocess.run(_main(killed, synthetic_data_dir, *common), check=True,
+                 cwd=REPO, capture_output=True)
+  straight_step, straight = _final_params(tmp_path / 'straight')
+  resumed_step, resumed = _final_params(killed)
+  assert straight_step == resumed_step == 40
+  for a, b in zip(straight, resumed):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_evaluate_and_predict_write_their_files(synthetic_data_dir, tmp_path):
+  first, second = tmp_path / 'first', tmp_path / 'second'
+  for workdir, seed in ((first, 0), (second, 1)):
+    train.train_and_evaluate(tiny_config(synthetic_data_dir, seed=seed),
+                             workdir)
+  config = tiny_config(synthetic_data_dir)
+  plain = evaluate.evaluate(config, first)
+  tta = evaluate.evaluate(config, first, tta=True, checkpoint='best')
+  saved = json.loads((first / 'eval_validation.json').read_text())
+  assert saved['tta'] is True and saved['rmse'] == tta['rmse']
+  assert plain['rmse'] != tta['rmse']
+  assert (first / 'plots' / 'predictions_validation.png').is_file()
+
+  def read(path):
+    with open(path) as f:
+      rows = list(csv.reader(f))
+    return rows[0], {int(r[0]): np.array(r[1:], float) for r in rows[1:]}
+
+  paths = [evaluate.predict(config, [first], output=tmp_path / 'a.csv'),
+           evaluate.predict(config, [second], output=tmp_path / 'b.csv'),
+           evaluate.predict(config, [first, second],
+                            output=tmp_path / 'ab.csv')]
+  (header, a), (_, b), (_, ab) = (read(p) for p in paths)
+  assert header == ['GalaxyID', *taxonomy.ANSWERS]
+  assert sorted(a) == list(range(5_000_000, 5_000_012))
+  for galaxy_id, row in a.items():
+    assert ((0 <= row) & (row <= 1)).all()
+    np.testing.assert_allclose(ab[galaxy_id], (row + b[galaxy_id]) / 2,
+                               atol=2e-6)
+
+
+def test_predict_a_folder_of_jpegs(kaggle_sample, synthetic_data_dir,
+                                   tmp_path):
+  config = tiny_config(synthetic_data_dir, num_train_steps=2)
+  train.train_and_evaluate(config, tmp_path)
+  folder = tmp_path / 'jpegs'
+  folder.mkdir()
+  for name in ('100053.jpg', '100078.jpg', '100090.jpg'):
+    (folder / name).symlink_to(kaggle_sample / 'images_training_rev1' / name)
+  config.input.crop_size = 207
+  output = evaluate.predict(config, [tmp_path], images=folder)
+  rows = output.read_text().splitlines()
+  assert len(rows) == 4 and rows[1].startswith('100053,')
+  (folder / 'notanid.jpg').write_bytes(b'')
+  with pytest.raises(Exception, match='notanid.jpg'):
+    evaluate.predict(config, [tmp_path], images=folder)
+
+
+def test_diverging_loss_stops_with_the_last_checkpoint_intact(
+    synthetic_data_dir, tmp_path):
+  train.train_and_evaluate(tiny_config(synthetic_data_dir), tmp_path)
+  config = tiny_config(synthetic_data_dir, num_train_steps=12)
+  config.optimizer.learning_rate = 1e30
+  config.optimizer.schedule = 'constant'
+  with pytest.raises(train.TrainingDiverged,
+                     match=r'step \d+; the last good checkpoint \(step 6\)'):
+    train.train_and_evaluate(config, tmp_path)
+  assert checkpoint.Checkpointer(tmp_path).latest_step() == 6
+
+
+def test_cli_failures_are_one_clear_line(tmp_path):
+  result = subprocess.run(
+      [sys.executable, '-m', 'gzjax.main', '--config=configs/quickstart.py',
+       f'--workdir={tmp_path}', '--config.dataset=galaxy_zoo/kaggle',
+       f'--config.data_dir={tmp_path / "data"}'],
+      cwd=REPO, capture_output=True, text=True)
+  assert result.returncode == 1
+  assert ('python -m gzjax.data.build --config=kaggle --manual_dir=DIR'
+          in result.stderr)
+  assert 'Traceback' not in result.stderr
+  result = subprocess.run(
+      [sys.executable, '-m', 'gzjax.main', '--config=configs/quickstart.py',
+       f'--workdir={tmp_path}', '--config.optimizer.learning_rat=1'],
+      cwd=REPO, capture_output=True, text=True)
+  assert result.returncode != 0 and 'learning_rat' in result.stderr
