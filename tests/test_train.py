@@ -32,38 +32,6 @@ def _final_params(workdir) -> list[np.ndarray]:
   return step, [np.asarray(x) for x in jax.tree.leaves(state.params)]
 
 
-def test_seed_cnn_learns_the_synthetic_votes(synthetic_data_dir, tmp_path):
-  config = tiny_config(
-      synthetic_data_dir, num_train_steps=300, eval_every_steps=300,
-      checkpoint_every_steps=300, log_every_steps=100,
-      **{'input.batch_size': 16, 'optimizer.warmup_steps': 20})
-  result = train.train_and_evaluate(config, tmp_path)
-  print(f'synthetic: validation RMSE {result["rmse"]:.4f}, mean predictor'
-        f' {result["mean_predictor_rmse"]:.4f}')
-  assert result['rmse'] < 0.7 * result['mean_predictor_rmse']
-  lines = (tmp_path / 'metrics.jsonl').read_text().splitlines()
-  steps = [json.loads(l)['step'] for l in lines]
-  assert steps[:3] == [100, 200, 300]
-  assert list(tmp_path.glob('events.out.tfevents.*'))
-  assert (tmp_path / 'plots' / 'learning_curves.png').stat().st_size > 10_000
-
-
-def test_real_sample_beats_the_mean_predictor(kaggle_sample_data_dir,
-                                              tmp_path):
-  config = tiny_config(
-      kaggle_sample_data_dir, dataset='galaxy_zoo/kaggle',
-      num_train_steps=150, eval_every_steps=150, checkpoint_every_steps=150,
-      log_every_steps=50,
-      **{'input.crop_size': 207, 'input.batch_size': 16})
-  result = train.train_and_evaluate(config, tmp_path)
-  print(f'real sample: masked validation RMSE {result["rmse"]:.4f}, mean'
-        f' predictor {result["mean_predictor_rmse"]:.4f}')
-  assert result['rmse'] < result['mean_predictor_rmse']
-  # Only the 17 known answers are scored: the unknown questions are NaN.
-  assert np.isnan(result['rmse_per_question']['Q3'])
-  assert result['rmse_per_question']['Q1'] > 0
-
-
 _DATA_PARALLEL_SCRIPT = '''
 import sys
 import jax, numpy as np
