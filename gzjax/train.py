@@ -234,8 +234,10 @@ def make_train_step(experiment: Experiment) -> Callable:
       experiment.graphdef
 
   def train_step(state: TrainState, batch: Mapping[str, jax.Array]):
-    def loss_fn(params):
-      model = nnx.merge(graphdef, params, state.rest)
+    # `rest` is an argument (not closed over) so that the random-stream
+    # counters it holds are updated at the level of the traced gradient.
+    def loss_fn(params, rest):
+      model = nnx.merge(graphdef, params, rest)
       model.train()
       if config.optimizer.freeze_backbone:
         model.backbone.eval()  # Frozen means its batch statistics too.
@@ -247,7 +249,7 @@ def make_train_step(experiment: Experiment) -> Callable:
       return loss, nnx.state(model, nnx.Not(nnx.Param))
 
     (loss, rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params)
+        state.params, state.rest)
     updates, opt_state = experiment.optimizer.update(
         grads, state.opt_state, state.params, value=loss)
     params = optax.apply_updates(state.params, updates)
