@@ -14,7 +14,7 @@ import json
 import math
 import pathlib
 import time
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from flax import nnx
 from flax import struct

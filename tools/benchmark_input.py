@@ -18,7 +18,6 @@ The real sample is built into a temporary ArrayRecord dataset first.
 from __future__ import annotations
 
 import io
-import pathlib
 import tempfile
 import time
 
