@@ -234,10 +234,11 @@ def make_train_step(experiment: Experiment) -> Callable:
       experiment.graphdef
 
   def train_step(state: TrainState, batch: Mapping[str, jax.Array]):
-    # `rest` is an argument (not closed over) so that the random-stream
-    # counters it holds are updated at the level of the traced gradient.
+    # The merge copies `rest` into fresh variables owned by the gradient's
+    # trace: dropout advances its random-stream counter there, which flax
+    # refuses for variables that came in from the enclosing jit trace.
     def loss_fn(params, rest):
-      model = nnx.merge(graphdef, params, rest)
+      model = nnx.merge(graphdef, params, rest, copy=True)
       model.train()
       if config.optimizer.freeze_backbone:
         model.backbone.eval()  # Frozen means its batch statistics too.

@@ -38,7 +38,7 @@ import jax, numpy as np
 from tests.conftest import tiny_config
 from gzjax import train
 config = tiny_config('/nonexistent', **{'input.batch_size': 16,
-                                         'model.dropout': 0.0})
+                                         'model.dropout': 0.5})
 config.model.hidden = (16,)
 # SGD: Adam's normalised step turns a last-bit difference of a near-zero
 # gradient (the devices sum in another order) into a full learning-rate step.
@@ -82,6 +82,33 @@ def test_eight_devices_match_one(tmp_path):
   params = sorted(k for k in one if k.startswith('p'))
   for key in params:
     np.testing.assert_allclose(eight[key], one[key], rtol=1e-4, atol=1e-6)
+
+
+def test_dropout_draws_a_new_mask_every_step():
+  config = tiny_config('/nonexistent', **{'model.dropout': 0.5})
+  config.model.hidden = (16,)
+  config.optimizer.learning_rate = 0.0  # Only the dropout mask can differ.
+  config.optimizer.schedule = 'constant'
+  experiment = train.create_experiment(config)
+  step = train.make_train_step(experiment)
+  rng = np.random.default_rng(0)
+  batch = train.to_global({
+      'image': rng.normal(size=(8, 32, 32, 3)).astype(np.float32),
+      'votes': rng.random((8, 37)).astype(np.float32),
+      'votes_mask': np.ones((8, 37), bool),
+      'label_3class': np.zeros(8, np.int32),
+      'label_7class': np.zeros(8, np.int32),
+      'example_mask': np.ones(8, bool),
+  }, experiment.batch_sharding)
+  losses = []
+  for _ in range(3):
+    experiment.state, metrics = step(experiment.state, batch)
+    losses.append(float(metrics['loss']))
+  assert len(set(losses)) == 3, losses
+  # Evaluation is deterministic: no dropout.
+  predict = train.make_predict_fn(experiment)
+  np.testing.assert_array_equal(predict(experiment.state, batch['image']),
+                                predict(experiment.state, batch['image']))
 
 
 def _main(workdir, data_dir, *flags, config='configs/quickstart.py'):
