@@ -92,3 +92,14 @@ def test_rebuild_keeps_or_overwrites(data_dir, tmp_path):
                         **dict(OPTIONS, num_labelled=30))
   assert sum(s.num_examples for s in rebuilt.info.splits.values()) == 36
   assert not list(tmp_path.rglob('incomplete*'))
+
+
+def test_a_build_leaves_no_temporary_directories(tmp_path, monkeypatch):
+  # TFDS's own lookup on its public bucket left an empty /tmp/tmp*tfds for
+  # every builder of an unbuilt dataset.
+  scratch = tmp_path / 'tmp'
+  scratch.mkdir()
+  monkeypatch.setattr('tempfile.tempdir', str(scratch))
+  galaxy_zoo.prepare('synthetic', tmp_path / 'data', num_workers=1,
+                     **dict(OPTIONS, num_labelled=4, num_test=1))
+  assert list(scratch.iterdir()) == []

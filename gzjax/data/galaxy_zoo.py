@@ -105,6 +105,19 @@ class BuildReport:
   )
 
 
+class _LocalDatasetInfo(tfds.core.DatasetInfo):
+  """Dataset info that never looks for galaxy_zoo on TFDS's public bucket.
+
+  TFDS calls ``initialize_from_bucket`` whenever a builder is made for a
+  dataset that is not built yet; it makes a temporary directory for files
+  it would fetch and never removes it, so every such call left an empty
+  ``/tmp/tmp*tfds`` behind (thousands over a test suite).
+  """
+
+  def initialize_from_bucket(self) -> None:
+    pass
+
+
 class GalaxyZoo(tfds.core.GeneratorBasedBuilder):
   """Galaxy Zoo 2 images with the 37 Kaggle vote fractions."""
 
@@ -137,7 +150,7 @@ class GalaxyZoo(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     options = self.options
-    return tfds.core.DatasetInfo(
+    return _LocalDatasetInfo(
         builder=self,
         description=__doc__,
         features=tfds.features.FeaturesDict({
