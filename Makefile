@@ -7,6 +7,8 @@ BIN := $(VENV)/bin
 DEMO_DIR ?= demo_workdir
 # A few thousand galaxies: about a minute of rendering on 2 cores.
 DEMO_GALAXIES ?= 3000
+DEMO_RUN = --config=configs/quickstart.py --workdir=$(DEMO_DIR)/quickstart \
+    --config.data_dir=$(DEMO_DIR)/data
 
 .PHONY: demo test install clean
 
@@ -23,6 +25,12 @@ demo: install
 	    --num_labelled=$(DEMO_GALAXIES) --num_test=300
 	$(BIN)/python tools/show_galaxies.py --config=synthetic --data_dir=$(DEMO_DIR)/data \
 	    --out=$(DEMO_DIR)/galaxies.png
+	$(BIN)/python -m gzjax.main $(DEMO_RUN)
+	$(BIN)/python -m gzjax.main $(DEMO_RUN) --mode=evaluate --checkpoint=best --tta
+	$(BIN)/python -m gzjax.main $(DEMO_RUN) --mode=predict --checkpoint=best \
+	    --output=$(DEMO_DIR)/predictions.csv
+	@echo "Results in $(DEMO_DIR)/: galaxies.png, quickstart/plots/*.png," \
+	    "quickstart/eval_validation.json, predictions.csv"
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -211,7 +211,8 @@ def create_experiment(config: ml_collections.ConfigDict) -> Experiment:
       params=params,
       rest=rest,
       opt_state=optimizer.init(params),
-      ema_params=params if config.ema_decay else (),
+      # A copy: the state is donated, and one buffer cannot be donated twice.
+      ema_params=jax.tree.map(jnp.copy, params) if config.ema_decay else (),
   )
   mesh = jax.sharding.Mesh(np.array(jax.devices()), (DATA_AXIS,))
   experiment = Experiment(config, task, graphdef, state, optimizer, schedule,

@@ -43,12 +43,16 @@ def kaggle_sample_data_dir(kaggle_sample, tmp_path_factory) -> pathlib.Path:
 
 @pytest.fixture(scope='session')
 def synthetic_data_dir(tmp_path_factory) -> pathlib.Path:
-  """A small galaxy_zoo/synthetic build: 400 labelled 64 px galaxies."""
+  """galaxy_zoo/synthetic with 2,000 labelled 96 px galaxies (~10 s to build).
+
+  At 96 px, :func:`tiny_config`'s 48 px centre crop covers the same field as
+  the Kaggle pipeline's 207 of 424 px.
+  """
   from gzjax.data import galaxy_zoo  # pylint: disable=g-import-not-at-top
 
   data_dir = tmp_path_factory.mktemp('synthetic_data')
-  galaxy_zoo.prepare('synthetic', data_dir, num_labelled=400, num_test=12,
-                     image_size=64, num_workers=2)
+  galaxy_zoo.prepare('synthetic', data_dir, num_labelled=2000, num_test=12,
+                     image_size=96, num_workers=2)
   return data_dir
 
 

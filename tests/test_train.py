@@ -84,6 +84,17 @@ def test_eight_devices_match_one(tmp_path):
     np.testing.assert_allclose(eight[key], one[key], rtol=1e-4, atol=1e-6)
 
 
+def _random_batch(experiment, rng, size=8):
+  return train.to_global({
+      'image': rng.normal(size=(size, 32, 32, 3)).astype(np.float32),
+      'votes': rng.random((size, 37)).astype(np.float32),
+      'votes_mask': np.ones((size, 37), bool),
+      'label_3class': np.zeros(size, np.int32),
+      'label_7class': np.zeros(size, np.int32),
+      'example_mask': np.ones(size, bool),
+  }, experiment.batch_sharding)
+
+
 def test_dropout_draws_a_new_mask_every_step():
   config = tiny_config('/nonexistent', **{'model.dropout': 0.5})
   config.model.hidden = (16,)
@@ -91,15 +102,7 @@ def test_dropout_draws_a_new_mask_every_step():
   config.optimizer.schedule = 'constant'
   experiment = train.create_experiment(config)
   step = train.make_train_step(experiment)
-  rng = np.random.default_rng(0)
-  batch = train.to_global({
-      'image': rng.normal(size=(8, 32, 32, 3)).astype(np.float32),
-      'votes': rng.random((8, 37)).astype(np.float32),
-      'votes_mask': np.ones((8, 37), bool),
-      'label_3class': np.zeros(8, np.int32),
-      'label_7class': np.zeros(8, np.int32),
-      'example_mask': np.ones(8, bool),
-  }, experiment.batch_sharding)
+  batch = _random_batch(experiment, np.random.default_rng(0))
   losses = []
   for _ in range(3):
     experiment.state, metrics = step(experiment.state, batch)
@@ -109,6 +112,32 @@ def test_dropout_draws_a_new_mask_every_step():
   predict = train.make_predict_fn(experiment)
   np.testing.assert_array_equal(predict(experiment.state, batch['image']),
                                 predict(experiment.state, batch['image']))
+
+
+def test_ema_of_the_parameters_is_kept_and_used_for_evaluation():
+  config = tiny_config('/nonexistent', ema_decay=0.75)
+  config.optimizer.schedule = 'constant'
+  experiment = train.create_experiment(config)
+  step = train.make_train_step(experiment)
+  predict = train.make_predict_fn(experiment)
+  batch = _random_batch(experiment, np.random.default_rng(0))
+  history = [[np.asarray(x) for x in jax.tree.leaves(experiment.state.params)]]
+  for _ in range(2):
+    experiment.state, _ = step(experiment.state, batch)
+    history.append([np.asarray(x)
+                    for x in jax.tree.leaves(experiment.state.params)])
+  ema = [np.asarray(x) for x in jax.tree.leaves(experiment.state.ema_params)]
+  for p0, p1, p2, average in zip(*history, ema):
+    np.testing.assert_allclose(
+        average, 0.75 * (0.75 * p0 + 0.25 * p1) + 0.25 * p2,
+        rtol=1e-5, atol=1e-7)
+  assert not np.allclose(history[-1][-1], ema[-1])
+  # Predictions come from the average, not from the last parameters.
+  with_ema = np.asarray(predict(experiment.state, batch['image']))
+  experiment.state = experiment.state.replace(
+      ema_params=experiment.state.params)
+  without = np.asarray(predict(experiment.state, batch['image']))
+  assert not np.allclose(with_ema, without)
 
 
 def _main(workdir, data_dir, *flags, config='configs/quickstart.py'):
