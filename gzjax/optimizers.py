@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -56,9 +57,17 @@ def create_schedule(config: ml_collections.ConfigDict,
     main = optax.cosine_decay_schedule(
         peak, max(1, num_train_steps - warmup), alpha=config.final_fraction)
   elif config.schedule == 'piecewise':
-    main = optax.piecewise_constant_schedule(
-        peak, {int(step): float(scale)
-               for step, scale in config.boundaries.items()})
+    # Each multiplier is of the base rate; optax.piecewise_constant_schedule
+    # would multiply them together (0.1 then 0.01 giving 0.001).  Boundaries
+    # are global steps, so shift them by the warmup this schedule follows.
+    pieces = sorted((int(step) - warmup, float(scale))
+                    for step, scale in config.boundaries.items())
+
+    def main(count):
+      rate = jnp.asarray(peak, jnp.float32)
+      for boundary, scale in pieces:
+        rate = jnp.where(count >= boundary, peak * scale, rate)
+      return rate
   else:
     raise ValueError(f'Unknown schedule {config.schedule!r}; choose one of'
                      f' {SCHEDULES} (config.optimizer.schedule).')
@@ -106,7 +115,9 @@ def create_optimizer(
   if config.grad_clip_norm:
     parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
   parts.append(_base(config, schedule))
-  if config.layer_decay != 1.0:
+  # A frozen backbone leaves only the head (scale 1) to this chain, whose
+  # updates hold masked nodes where the scales tree has backbone leaves.
+  if config.layer_decay != 1.0 and not config.freeze_backbone:
     scales = jax.tree.map(
         lambda label: _block_scale(label, num_blocks, config.layer_decay),
         labels)

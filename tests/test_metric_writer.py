@@ -1,0 +1,99 @@
+"""MetricWriter: metrics.jsonl lines and TensorBoard event files read back."""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import struct
+
+import numpy as np
+from tensorboardX.proto import event_pb2
+from tensorboardX.record_writer import masked_crc32c
+
+from gzjax import train
+
+
+def _read_records(path: pathlib.Path) -> list[bytes]:
+  """The records of a TFRecord file, checking the framing and both CRCs."""
+  raw = path.read_bytes()
+  records, offset = [], 0
+  while offset < len(raw):
+    header = raw[offset:offset + 8]
+    (length,) = struct.unpack('<Q', header)
+    (header_crc,) = struct.unpack('<I', raw[offset + 8:offset + 12])
+    assert header_crc == masked_crc32c(header), f'bad length CRC in {path}'
+    data = raw[offset + 12:offset + 12 + length]
+    (data_crc,) = struct.unpack(
+        '<I', raw[offset + 12 + length:offset + 16 + length])
+    assert data_crc == masked_crc32c(data), f'bad data CRC in {path}'
+    records.append(data)
+    offset += 16 + length
+  assert offset == len(raw)  # No truncated record at the end.
+  return records
+
+
+def _scalars(workdir: pathlib.Path) -> list[tuple[int, str, float]]:
+  """(step, tag, value) of every scalar in the workdir's event files."""
+  files = sorted(workdir.glob('events.out.tfevents.*'))
+  assert files, f'no TensorBoard event file in {workdir}'
+  scalars = []
+  for path in files:
+    for record in _read_records(path):
+      event = event_pb2.Event.FromString(record)
+      for value in event.summary.value:
+        scalars.append((event.step, value.tag, value.simple_value))
+  return scalars
+
+
+def test_writes_jsonl_and_tensorboard(tmp_path):
+  writer = train.MetricWriter(tmp_path)
+  writer.write(10, {'train/loss': 0.5, 'train/learning_rate': 0.001})
+  writer.write(20, {'train/loss': 0.25, 'val/count': 3})
+  writer.close()
+
+  lines = (tmp_path / 'metrics.jsonl').read_text().splitlines()
+  assert lines == [
+      '{"step": 10, "train/loss": 0.5, "train/learning_rate": 0.001}',
+      '{"step": 20, "train/loss": 0.25, "val/count": 3}',
+  ]
+  # TensorBoard stores float32.
+  assert _scalars(tmp_path) == [
+      (10, 'train/loss', 0.5),
+      (10, 'train/learning_rate', float(np.float32(0.001))),
+      (20, 'train/loss', 0.25),
+      (20, 'val/count', 3.0),
+  ]
+
+
+def test_non_finite_values_are_kept_in_jsonl_only(tmp_path):
+  writer = train.MetricWriter(tmp_path)
+  writer.write(1, {'loss': float('nan'), 'grad_norm': float('inf'),
+                   'accuracy': 0.75})
+  writer.write(2, {'loss': float('-inf')})
+  writer.close()
+
+  lines = (tmp_path / 'metrics.jsonl').read_text().splitlines()
+  # json writes NaN/Infinity tokens, which json.loads reads back.
+  assert lines == [
+      '{"step": 1, "loss": NaN, "grad_norm": Infinity, "accuracy": 0.75}',
+      '{"step": 2, "loss": -Infinity}',
+  ]
+  first = json.loads(lines[0])
+  assert math.isnan(first['loss']) and first['grad_norm'] == math.inf
+  # TensorBoard gets only the finite scalar.
+  assert _scalars(tmp_path) == [(1, 'accuracy', 0.75)]
+
+
+def test_a_resumed_run_appends_to_the_jsonl(tmp_path):
+  writer = train.MetricWriter(tmp_path)
+  writer.write(1, {'loss': 1.0})
+  writer.close()
+  writer = train.MetricWriter(tmp_path)
+  writer.write(2, {'loss': 0.5})
+  writer.close()
+  lines = (tmp_path / 'metrics.jsonl').read_text().splitlines()
+  assert [json.loads(line) for line in lines] == [
+      {'step': 1, 'loss': 1.0}, {'step': 2, 'loss': 0.5}]
+  # (Not the event files: tensorboardX names them by the second, so a second
+  # writer within the same second replaces the first writer's file.)
