@@ -140,6 +140,42 @@ def test_ema_of_the_parameters_is_kept_and_used_for_evaluation():
   assert not np.allclose(with_ema, without)
 
 
+def _learning_run(data_dir, workdir, steps, **overrides):
+  """Trains the seed CNN without augmentation; returns (RMSE, mean's RMSE).
+
+  Augmentation is a regulariser for long runs; in a few hundred steps it
+  only slows learning (at 500 steps: 0.80x the mean predictor with the full
+  augmentation, 0.61x without, on the synthetic fixture).
+  """
+  config = tiny_config(data_dir, num_train_steps=steps, log_every_steps=steps,
+                       eval_every_steps=steps, checkpoint_every_steps=steps,
+                       **{'input.batch_size': 32,
+                          'input.augment.enabled': False,
+                          'optimizer.warmup_steps': 50},
+                       **overrides)
+  result = train.train_and_evaluate(config, workdir)
+  print(f'validation RMSE {result["rmse"]:.4f}, predicting the training mean'
+        f' {result["mean_predictor_rmse"]:.4f} (ratio'
+        f' {result["rmse"] / result["mean_predictor_rmse"]:.3f}), over'
+        f' {result["count"]} galaxies; per question:'
+        f' {json.dumps({k: round(v, 3) for k, v in result["rmse_per_question"].items()})}')
+  return result['rmse'], result['mean_predictor_rmse']
+
+
+def test_seed_cnn_learns_synthetic_galaxies(synthetic_data_dir, tmp_path):
+  rmse, mean_rmse = _learning_run(synthetic_data_dir, tmp_path, 500)
+  assert rmse < 0.7 * mean_rmse
+
+
+def test_seed_cnn_beats_the_mean_on_the_real_sample(kaggle_sample_data_dir,
+                                                     tmp_path):
+  # 540 real galaxies, 17 known answers each: the other 20 are masked.
+  rmse, mean_rmse = _learning_run(
+      kaggle_sample_data_dir, tmp_path, 300, dataset='galaxy_zoo/kaggle',
+      **{'input.crop_size': 207, 'optimizer.learning_rate': 1e-3})
+  assert rmse < mean_rmse
+
+
 def _main(workdir, data_dir, *flags, config='configs/quickstart.py'):
   args = [sys.executable, '-m', 'gzjax.main', f'--config={config}',
           f'--workdir={workdir}', f'--config.data_dir={data_dir}',
