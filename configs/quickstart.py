@@ -2,10 +2,12 @@ r"""Quickstart: the seed CNN on synthetic galaxies, minutes on 2 CPU cores.
 
   python -m gzjax.main --config=configs/quickstart.py --workdir=/tmp/quickstart
 
-Builds galaxy_zoo/synthetic (3,000 labelled 424 px galaxies, about 45 s) when
-it is not there, then trains the seed CNN at 64 px with the decision-tree
-votes head for 600 steps of 32 (about 3 minutes on 2 cores).  Expected: a
-validation RMSE near 0.12, against about 0.22 for predicting the training mean.
+Builds galaxy_zoo/synthetic (3,000 labelled 424 px galaxies, about a minute
+on 2 cores) when it is not there, then trains the seed CNN with the
+decision-tree votes head on the centre 207 px of each galaxy at 32 px, with
+random rotations and flips, for 600 steps of 32 (about 3 minutes on 2 cores).
+Expected: a validation RMSE near 0.105 over the known answers, against 0.181
+for predicting the training mean (0.58x), on 307 validation galaxies.
 """
 
 from gzjax import config as base
@@ -16,8 +18,15 @@ def get_config():
   config.dataset = 'galaxy_zoo/synthetic'
   config.data_dir = 'demo_workdir/data'
   config.model.name = 'cnn'
-  config.input.image_size = 64
+  config.input.image_size = 32
   config.input.batch_size = 32
+  # Rotations and flips only: zoom, shifts and colour jitter regularise long
+  # runs but slow a few hundred steps down.
+  config.input.augment.zoom = (1.0, 1.0)
+  config.input.augment.translation = 0.0
+  config.input.augment.brightness = 0.0
+  config.input.augment.contrast = 0.0
+  config.input.augment.color = 0.0
   config.optimizer.name = 'adam'
   config.optimizer.learning_rate = 2e-3
   config.optimizer.warmup_steps = 50
