@@ -75,8 +75,9 @@ def galaxy_grid(
   rows = -(-len(records) // columns)
   figure, axes = plt.subplots(
       rows, columns,
-      figsize=(3.0 * columns, (3.9 if predictions is None else 4.6) * rows),
-      squeeze=False
+      figsize=(3.0 * columns,
+               (4.0 if predictions is None else 4.9) * rows + 0.4 * bool(title)),
+      squeeze=False, layout='constrained',
   )
   for axis in axes.ravel():
     axis.axis('off')
@@ -104,7 +105,6 @@ def galaxy_grid(
     axis.set_title('\n'.join(lines), fontsize=7.5, loc='left')
   if title:
     figure.suptitle(title)
-  figure.tight_layout(rect=(0, 0, 1, 0.98 if title else 1))
   figure.savefig(path, dpi=100)
   plt.close(figure)
   return path
