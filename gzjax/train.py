@@ -33,14 +33,16 @@ from gzjax import models
 from gzjax import optimizers
 from gzjax import plots
 from gzjax import taxonomy
+from gzjax.data import cache
 from gzjax.data import galaxy_zoo
 from gzjax.data import pipeline
 from gzjax.models import weights
 
 DATA_AXIS = 'data'
 # Batch fields that go to the devices; galaxy_id stays on the host.
+# stream_position (the cached modes') seeds each example's augmentation.
 DEVICE_FIELDS = ('image', 'votes', 'votes_mask', 'label_3class',
-                 'label_7class', 'example_mask')
+                 'label_7class', 'example_mask', 'stream_position')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,11 +146,15 @@ def training_split(config: ml_collections.ConfigDict, task: Task):
   source = open_split(config, 'train')
   if not task.is_classification:
     return source
-  labels = scan_labels(source)[task.label_key]
-  kept = np.flatnonzero(labels >= 0)
+  return LabelledSubset(source, _labelled(scan_labels(source), task))
+
+
+def _labelled(labels: Mapping[str, np.ndarray], task: Task) -> np.ndarray:
+  """Indices of the records that have a class for the task."""
+  kept = np.flatnonzero(labels[task.label_key] >= 0)
   if not len(kept):
     raise ValueError(f'No training galaxy has a {task.name} label.')
-  return LabelledSubset(source, kept)
+  return kept
 
 
 # ----------------------------------------------------------------- model ---
@@ -221,6 +227,31 @@ def create_experiment(config: ml_collections.ConfigDict) -> Experiment:
   return experiment
 
 
+def create_train_input(
+    config: ml_collections.ConfigDict, task: Task, experiment: Experiment
+) -> tuple[Any, cache.DeviceInput | None]:
+  """The training batches, and what the step needs to augment them.
+
+  Without ``config.input.cache`` grain decodes and augments JPEGs on the host
+  (no device input); with it the batches come from the split's decoded
+  cache, built on first use, and the step augments them.
+  """
+  if not cache.check_mode(config.input):
+    return pipeline.create_train_iterator(
+        training_split(config, task), config.input), None
+  directory = config.input.cache_dir or (
+      pathlib.Path(config.data_dir).expanduser() / 'gzjax_cache')
+  cached = cache.open_or_build(open_split(config, 'train'), directory,
+                               config.input, dataset=config.dataset,
+                               split='train')
+  indices = (_labelled(cached.labels, task) if task.is_classification
+             else None)
+  resident = (cache.place_on_devices(cached, experiment.replicated)
+              if config.input.cache == 'device' else None)
+  return (cache.TrainIterator(cached, config.input, indices=indices),
+          cache.DeviceInput(config.input, cached.geometry, resident))
+
+
 # ------------------------------------------------------------------ steps ---
 
 
@@ -229,12 +260,21 @@ def _outputs(model, images: jax.Array, task: Task) -> jax.Array:
   return jax.nn.softmax(outputs) if task.is_classification else outputs
 
 
-def make_train_step(experiment: Experiment) -> Callable:
-  """The jitted ``(state, batch) -> (state, metrics)``; the state is donated."""
+def make_train_step(experiment: Experiment,
+                    device_input: cache.DeviceInput | None = None) -> Callable:
+  """The jitted ``(state, batch) -> (state, metrics)``; the state is donated.
+
+  With a cached mode's `device_input` the step first augments the batch's
+  uint8 images (or gathers them by index from the resident cache, which it
+  takes as an argument so that it is not compiled in as a constant).
+  """
   config, task, graphdef = experiment.config, experiment.task, \
       experiment.graphdef
 
-  def train_step(state: TrainState, batch: Mapping[str, jax.Array]):
+  def train_step(state: TrainState, batch: Mapping[str, jax.Array],
+                 resident: jax.Array | None):
+    if device_input is not None:
+      batch = device_input.prepare(batch, resident)
     # The merge copies `rest` into fresh variables owned by the gradient's
     # trace: dropout advances its random-stream counter there, which flax
     # refuses for variables that came in from the enclosing jit trace.
@@ -267,12 +307,19 @@ def make_train_step(experiment: Experiment) -> Callable:
     return TrainState(state.step + 1, params, rest, opt_state, ema), \
         step_metrics
 
-  return jax.jit(
+  jitted = jax.jit(
       train_step,
-      in_shardings=(experiment.replicated, experiment.batch_sharding),
+      in_shardings=(experiment.replicated, experiment.batch_sharding,
+                    experiment.replicated),
       out_shardings=(experiment.replicated, experiment.replicated),
       donate_argnums=(0,),
   )
+  resident = None if device_input is None else device_input.resident
+
+  def step(state: TrainState, batch: Mapping[str, jax.Array]):
+    return jitted(state, batch, resident)
+
+  return step
 
 
 TTA_TRANSFORMS = tuple((k, flip) for flip in (False, True) for k in range(4))
@@ -314,7 +361,7 @@ def to_global(batch: Mapping[str, np.ndarray],
   """This process's numpy batch as global arrays sharded on ``data``."""
   return {
       key: jax.make_array_from_process_local_data(sharding, batch[key])
-      for key in DEVICE_FIELDS
+      for key in DEVICE_FIELDS if key in batch
   }
 
 
@@ -456,14 +503,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   checkpointer = checkpoint.Checkpointer(
       workdir, keep=config.keep_checkpoints, best_metric=config.best_metric,
       best_mode=config.best_mode)
-  train_iterator = pipeline.create_train_iterator(train_source, config.input)
+  train_iterator, device_input = create_train_input(config, task, experiment)
   start_step = 0
   if checkpointer.latest_step() is not None:
     experiment.state, data_state, start_step = checkpointer.restore(
         experiment.state)
     train_iterator.set_state(data_state)
   last_good = start_step if start_step else None
-  train_step = make_train_step(experiment)
+  train_step = make_train_step(experiment, device_input)
   predict_fn = make_predict_fn(experiment)
   writer = MetricWriter(workdir)
   pending, window_start, window_time = [], start_step, time.perf_counter()

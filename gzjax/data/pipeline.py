@@ -32,7 +32,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import grain
 import jax
@@ -41,6 +41,8 @@ import numpy as np
 from PIL import Image
 
 NUM_VOTES = 37
+
+T = TypeVar('T')
 
 # Reduction factors that libjpeg's DCT scaling offers through `Image.draft`.
 _DRAFT_FACTORS = (1, 2, 4, 8)
@@ -99,6 +101,17 @@ def default_config() -> ml_collections.ConfigDict:
   config.read_threads = 2
   # Batches prefetched by those threads.
   config.prefetch_buffer_size = 4
+
+  # Training input from a decoded uint8 cache (gzjax.data.cache) instead of
+  # decoding JPEGs every epoch: '' reads the JPEGs as above; 'host' decodes
+  # each training image once into a memory-mapped cache on disk and sends
+  # uint8 batches that the jitted step augments on the accelerator; 'device'
+  # also places the whole cache on every accelerator, so batches are indices.
+  # The augmentation draws from the same distributions either way; evaluation
+  # always reads the JPEGs.
+  config.cache = ''
+  # Directory of the caches; '' is gzjax_cache/ under the config's data_dir.
+  config.cache_dir = ''
   return config
 
 
@@ -170,40 +183,84 @@ def sample_augmentation(
   return warp, jitter
 
 
-def _output_to_source_affine(
-    source_size: tuple[int, int],
-    crop_size: float,
+def output_to_source_affine(
+    rotation_degrees,
+    flip_horizontal,
+    flip_vertical,
+    zoom,
+    translation_x,
+    translation_y,
+    *,
+    pixels_per_output: float,
     output_size: int,
-    warp: Warp,
-    reduction: int,
-) -> tuple[float, ...]:
+    source_centre: tuple[float, float],
+    xp=np,
+) -> tuple[Any, ...]:
   """Returns PIL's affine coefficients from output to decoded-image pixels.
 
   PIL samples the input at ``(a x + b y + c, d x + e y + f)`` for the output
   pixel centre ``(x, y)``, both in continuous coordinates where pixel ``i``
   spans ``[i, i + 1)``.  Centred on the output, the warp moves content at
   ``q0`` to ``q = zoom * R * F * q0 + t``; inverting that and scaling by the
-  crop gives the source point ``centre + crop / output * q0``, which the JPEG
-  draft ``reduction`` shrinks into decoded-image pixels.
+  decoded pixels per output pixel gives the decoded-image point
+  ``source_centre + pixels_per_output / zoom * F * R^-1 * q``.
+
+  Elementwise in the warp parameters with the array namespace `xp`, so the
+  grain path (numpy, one warp) and the device path (jax.numpy, a batch of
+  warps inside the jitted step) share one definition of the geometry.
   """
-  angle = math.radians(warp.rotation_degrees)
-  cos, sin = math.cos(angle), math.sin(angle)
+  angle = xp.radians(rotation_degrees)
+  cos, sin = xp.cos(angle), xp.sin(angle)
   # Inverse rotation: with y pointing down, a counter-clockwise rotation as
   # displayed is [[cos, sin], [-sin, cos]]; its inverse is the transpose.
-  inverse_rotation = np.array([[cos, -sin], [sin, cos]])
-  flip = np.diag([
-      -1.0 if warp.flip_horizontal else 1.0,
-      -1.0 if warp.flip_vertical else 1.0,
-  ])
-  scale = crop_size / output_size / warp.zoom / reduction
-  linear = scale * flip @ inverse_rotation
-  output_centre = np.full(2, output_size / 2) + np.asarray(warp.translation)
-  source_centre = np.asarray(source_size, np.float64) / 2 / reduction
-  offset = source_centre - linear @ output_centre
+  # The flips mirror its rows: linear = scale * F @ [[cos, -sin], [sin, cos]].
+  scale = pixels_per_output / zoom
+  row_x = scale * xp.where(flip_horizontal, -1.0, 1.0)
+  row_y = scale * xp.where(flip_vertical, -1.0, 1.0)
+  a, b = row_x * cos, -row_x * sin
+  d, e = row_y * sin, row_y * cos
+  centre_x = output_size / 2 + translation_x
+  centre_y = output_size / 2 + translation_y
   return (
-      linear[0, 0], linear[0, 1], offset[0],
-      linear[1, 0], linear[1, 1], offset[1],
+      a, b, source_centre[0] - (a * centre_x + b * centre_y),
+      d, e, source_centre[1] - (d * centre_x + e * centre_y),
   )  # fmt: skip
+
+
+def open_drafted(
+    jpeg: bytes, crop_size: int, pixels_per_output: float
+) -> tuple[Image.Image, tuple[int, int], int]:
+  """Decodes a JPEG at the smallest DCT scale keeping the needed detail.
+
+  Scaling in the DCT (1/1, 1/2, 1/4, 1/8, `Image.draft`) is cheaper than
+  decoding in full and, unlike skipping pixels in a bilinear warp, averages
+  rather than aliases; the largest reduction that still leaves one decoded
+  pixel per output pixel, for `pixels_per_output` source pixels per output
+  pixel, loses nothing the output could show.
+
+  Returns:
+    (the RGB image, the source (width, height), the reduction factor).
+
+  Raises:
+    ValueError: if `crop_size` exceeds the source image.
+  """
+  image = Image.open(io.BytesIO(jpeg))
+  source_size = image.size
+  if crop_size > min(source_size):
+    raise ValueError(
+        f'crop_size={crop_size} exceeds the {source_size[0]}x{source_size[1]}'
+        ' source image.'
+    )
+  image.draft(
+      'RGB',
+      tuple(math.ceil(side / pixels_per_output) for side in source_size),
+  )
+  # The drafted width is ceil(width / factor): recover the exact factor.
+  reduction = min(
+      _DRAFT_FACTORS,
+      key=lambda factor: abs(factor * image.width - source_size[0]),
+  )
+  return image.convert('RGB'), source_size, reduction
 
 
 def decode_and_crop(
@@ -228,52 +285,51 @@ def decode_and_crop(
     ValueError: if `crop_size` exceeds the source image.
   """
   warp = warp or Warp()
-  image = Image.open(io.BytesIO(jpeg))
-  source_size = image.size
-  if crop_size > min(source_size):
-    raise ValueError(
-        f'crop_size={crop_size} exceeds the {source_size[0]}x{source_size[1]}'
-        ' source image.'
-    )
-  # The warp views a region of crop_size / zoom source pixels; decode at the
-  # smallest DCT scale that keeps at least one decoded pixel per output pixel.
-  # Scaling in the DCT is cheaper than decoding in full and, unlike skipping
-  # pixels in the bilinear warp, averages rather than aliases.
-  pixels_per_output = crop_size / warp.zoom / output_size
-  image.draft(
-      'RGB',
-      tuple(math.ceil(side / pixels_per_output) for side in source_size),
+  # The warp views a region of crop_size / zoom source pixels.
+  image, source_size, reduction = open_drafted(
+      jpeg, crop_size, crop_size / warp.zoom / output_size
   )
-  # The drafted width is ceil(width / factor): recover the exact factor.
-  reduction = min(
-      _DRAFT_FACTORS,
-      key=lambda factor: abs(factor * image.width - source_size[0]),
+  coefficients = output_to_source_affine(
+      warp.rotation_degrees,
+      warp.flip_horizontal,
+      warp.flip_vertical,
+      warp.zoom,
+      *warp.translation,
+      pixels_per_output=crop_size / output_size / reduction,
+      output_size=output_size,
+      source_centre=(
+          source_size[0] / 2 / reduction, source_size[1] / 2 / reduction
+      ),
   )
-  coefficients = _output_to_source_affine(
-      source_size, crop_size, output_size, warp, reduction
-  )
-  warped = image.convert('RGB').transform(
+  warped = image.transform(
       (output_size, output_size),
       Image.Transform.AFFINE,
-      coefficients,
+      tuple(float(c) for c in coefficients),
       resample=Image.Resampling.BILINEAR,
   )
   return np.asarray(warped)
 
 
-def _decode_record(
-    record: Mapping[str, Any], config: ml_collections.ConfigDict, warp: Warp
-) -> np.ndarray:
-  """Decodes a record's image, naming the galaxy when the JPEG is bad."""
+def decode_record(record: Mapping[str, Any], decode: Callable[[bytes], T]) -> T:
+  """Returns `decode(record['image'])`, naming the galaxy when it fails."""
   try:
-    return decode_and_crop(
-        record['image'], config.crop_size, config.image_size, warp
-    )
+    return decode(record['image'])
   except (OSError, SyntaxError) as error:  # What PIL raises for bad data.
     raise ValueError(
         f'galaxy_id {int(record["galaxy_id"])}: cannot decode its JPEG image'
         f' ({error}).'
     ) from error
+
+
+def _decode_record(
+    record: Mapping[str, Any], config: ml_collections.ConfigDict, warp: Warp
+) -> np.ndarray:
+  return decode_record(
+      record,
+      lambda jpeg: decode_and_crop(
+          jpeg, config.crop_size, config.image_size, warp
+      ),
+  )
 
 
 def _normalize(
@@ -285,7 +341,7 @@ def _normalize(
   return image
 
 
-def _example(
+def make_example(
     record: Mapping[str, Any], image: np.ndarray, *, is_real: bool = True
 ) -> dict[str, np.ndarray]:
   """Builds one output example; `votes` NaNs become 0 for masked losses."""
@@ -315,7 +371,7 @@ class _TrainPreprocess(grain.transforms.RandomMap):
     else:
       warp, jitter = Warp(), ColorJitter()
     image = jitter.apply(_decode_record(element, self._config, warp))
-    return _example(element, _normalize(image, self._config))
+    return make_example(element, _normalize(image, self._config))
 
 
 class _EvalPreprocess(grain.transforms.Map):
@@ -327,7 +383,7 @@ class _EvalPreprocess(grain.transforms.Map):
   def map(self, element: Mapping[str, Any]) -> dict[str, np.ndarray]:
     image = _decode_record(element, self._config, Warp())
     image = image.astype(np.float32) / 255
-    return _example(element, _normalize(image, self._config))
+    return make_example(element, _normalize(image, self._config))
 
 
 def _padding_example(config: ml_collections.ConfigDict):
@@ -340,10 +396,10 @@ def _padding_example(config: ml_collections.ConfigDict):
       'galaxy_id': -1,
   }
   image = np.zeros((config.image_size, config.image_size, 3), np.float32)
-  return _example(record, image, is_real=False)
+  return make_example(record, image, is_real=False)
 
 
-def _process_batch_size(
+def process_batch_size(
     config: ml_collections.ConfigDict,
     process_index: int | None,
     process_count: int | None,
@@ -424,11 +480,11 @@ def create_train_iterator(
     process_count: number of shards; defaults to `jax.process_count()`.
 
   Returns:
-    A grain iterator of batches (see `_example` for the keys) whose
+    A grain iterator of batches (see `make_example` for the keys) whose
     `get_state()` is a JSON-serialisable dict for `set_state()`.  Close it
     after use when `num_workers` > 0 to stop the workers promptly.
   """
-  process_index, process_count, batch_size = _process_batch_size(
+  process_index, process_count, batch_size = process_batch_size(
       config, process_index, process_count
   )
   _check_crop_fits(source, config)
@@ -480,7 +536,7 @@ def create_eval_iterator(
   Returns:
     A grain dataset; each `iter()` over it is a fresh pass.
   """
-  process_index, process_count, batch_size = _process_batch_size(
+  process_index, process_count, batch_size = process_batch_size(
       config, process_index, process_count
   )
   _check_crop_fits(source, config)
