@@ -46,7 +46,7 @@ _WORKERS = flags.DEFINE_list(
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 64, 'Pipeline batch size.')
 
 
-def _rate(count: int, seconds: float) -> float:
+def per_second(count: int, seconds: float) -> float:
   return count / max(seconds, 1e-9)
 
 
@@ -58,26 +58,32 @@ def render_rates(count: int, workers: int) -> dict[str, float]:
     start = time.perf_counter()
     for _ in synthetic.generate_galaxies(0, range(count), 424, num_workers):
       pass
-    rates[label] = _rate(count, time.perf_counter() - start)
+    rates[label] = per_second(count, time.perf_counter() - start)
   return rates
 
 
-def plain_pillow_rate(jpegs: list[bytes], size: int, count: int) -> float:
-  """Images/s of the obvious loop: full decode, crop, resize, rotate, flip."""
-  rng = np.random.default_rng(0)
+def plain_pillow_image(jpeg: bytes, size: int,
+                       rng: np.random.Generator) -> np.ndarray:
+  """One training image the obvious way: full decode, crop, resize, rotate,
+  flip, normalise to [-1, 1]."""
+  image = Image.open(io.BytesIO(jpeg)).convert('RGB')
+  left = (image.width - 207) // 2
+  image = image.crop((left, left, left + 207, left + 207))
+  image = image.resize((size, size), Image.Resampling.BILINEAR)
+  image = image.rotate(rng.uniform(0, 360), Image.Resampling.BILINEAR)
+  if rng.random() < 0.5:
+    image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
   mean = np.float32(0.5)
+  return (np.asarray(image, np.float32) / 255 - mean) / mean
+
+
+def plain_pillow_rate(jpegs: list[bytes], size: int, count: int) -> float:
+  """Images/s of the obvious loop (:func:`plain_pillow_image`), one by one."""
+  rng = np.random.default_rng(0)
   start = time.perf_counter()
   for i in range(count):
-    image = Image.open(io.BytesIO(jpegs[i % len(jpegs)])).convert('RGB')
-    left = (image.width - 207) // 2
-    image = image.crop((left, left, left + 207, left + 207))
-    image = image.resize((size, size), Image.Resampling.BILINEAR)
-    image = image.rotate(rng.uniform(0, 360), Image.Resampling.BILINEAR)
-    if rng.random() < 0.5:
-      image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    array = np.asarray(image, np.float32) / 255
-    _ = (array - mean) / mean
-  return _rate(count, time.perf_counter() - start)
+    plain_pillow_image(jpegs[i % len(jpegs)], size, rng)
+  return per_second(count, time.perf_counter() - start)
 
 
 def pipeline_rate(source, size: int, workers: int, images: int,
@@ -94,7 +100,7 @@ def pipeline_rate(source, size: int, workers: int, images: int,
   start = time.perf_counter()
   for _ in range(batches):
     next(iterator)
-  rate = _rate(batches * batch_size, time.perf_counter() - start)
+  rate = per_second(batches * batch_size, time.perf_counter() - start)
   if hasattr(iterator, 'close'):
     iterator.close()
   return rate

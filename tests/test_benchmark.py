@@ -1,0 +1,47 @@
+"""Smoke run of tools/benchmark.py at tiny settings (about 40 s on 2 cores):
+every row it promises is there, with a number or a reason."""
+
+import json
+import pathlib
+import re
+import subprocess
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+NUMBER = re.compile(r'[\d,.]+')
+
+
+def _is_number_or_missing(cell: str) -> bool:
+  return bool(NUMBER.fullmatch(cell)) or cell.startswith('missing: ')
+
+
+def test_benchmark_prints_gzjax_and_its_peers(kaggle_sample, tmp_path):
+  # Cold torch.compile takes a minute on 2 cores, and Keras's torch backend
+  # ten seconds to import: both stay out of the smoke run.
+  result = subprocess.run(
+      [sys.executable, 'tools/benchmark.py', '--model=cnn', '--image_size=32',
+       '--batch_size=8', '--steps=2', '--repeats=2', '--images=64',
+       '--workers=0', f'--manual_dir={kaggle_sample}',
+       '--peers=keras_jax,torch', '--notorch_compile',
+       f'--json={tmp_path / "rows.json"}'],
+      capture_output=True, text=True, cwd=REPO)
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = {}
+  for line in result.stdout.splitlines():
+    if line.startswith('| ') and not line.startswith(('| measurement',
+                                                      '| ---')):
+      name, rate, ratio, _ = (cell.strip() for cell in line.split('|')[1:-1])
+      rows[name] = (rate, ratio)
+  gzjax_rate, gzjax_ratio = rows['gzjax train step (cnn, 32 px, batch 8)']
+  assert float(gzjax_rate.replace(',', '')) > 0 and gzjax_ratio == '1.00'
+  for name in ('Keras 3 (jax backend) train step', 'PyTorch train step',
+               'gzjax pipeline -> 32 px, 0 workers',
+               'plain Pillow loop -> 32 px',
+               'PyTorch DataLoader -> 32 px, 0 workers'):
+    assert _is_number_or_missing(rows[name][0]), (name, rows[name])
+  for mode in ('host', 'device'):
+    rate = rows[f'gzjax cached ({mode}) -> 32 px, augmented on device'][0]
+    assert float(rate.replace(',', '')) > 0
+  assert float(rows['keeps up: best gzjax pipeline / train step'][1]) > 0
+  written = json.loads((tmp_path / 'rows.json').read_text())
+  assert [row['measurement'] for row in written] == list(rows)
