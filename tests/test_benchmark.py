@@ -45,3 +45,27 @@ def test_benchmark_prints_gzjax_and_its_peers(kaggle_sample, tmp_path):
   assert float(rows['keeps up: best gzjax pipeline / train step'][1]) > 0
   written = json.loads((tmp_path / 'rows.json').read_text())
   assert [row['measurement'] for row in written] == list(rows)
+
+
+def test_profile_step_splits_the_step(tmp_path):
+  result = subprocess.run(
+      [sys.executable, 'tools/profile_step.py', '--model=cnn',
+       '--image_size=32', '--batch_size=8', '--steps=2', '--repeats=2',
+       f'--trace_dir={tmp_path / "trace"}'],
+      capture_output=True, text=True, cwd=REPO)
+  assert result.returncode == 0, result.stderr[-3000:]
+  milliseconds = {}
+  for line in result.stdout.splitlines():
+    if line.startswith('| ') and line.split('|')[2].strip()[:1].isdigit():
+      milliseconds[line.split('|')[1].strip()] = float(line.split('|')[2])
+  assert 0 < milliseconds['forward'] < milliseconds['forward + backward']
+  # By hand, the seed CNN's convolutions at 32 px (valid 3x3: 30, 28, pool,
+  # 12, 10, pool, 3, 1 px) cost 2 * 9 * (30*30*3*64 + 28*28*64*64
+  # + 12*12*64*128 + 10*10*128*128 + 3*3*128*128 + 128*128) = 114.6 MFLOP
+  # forward per image; a step is forward + 2x for the backward, batch 8.
+  by_hand = 2 * 9 * (30 * 30 * 3 * 64 + 28 * 28 * 64 * 64 + 12 * 12 * 64 * 128
+                     + 10 * 10 * 128 * 128 + 3 * 3 * 128 * 128 + 128 * 128)
+  by_hand *= 3 * 8 / 1e9
+  reported = float(re.search(r'([\d.]+) GFLOP per step', result.stdout)[1])
+  assert abs(reported - by_hand) / by_hand < 0.02, (reported, by_hand)
+  assert any((tmp_path / 'trace').rglob('*.xplane.pb'))
