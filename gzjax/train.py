@@ -260,6 +260,15 @@ def _outputs(model, images: jax.Array, task: Task) -> jax.Array:
   return jax.nn.softmax(outputs) if task.is_classification else outputs
 
 
+def _stop_backbone_gradients(params):
+  """A frozen backbone's parameters as constants of the loss, so that XLA
+  drops their backward pass (the optimizer zeroes their updates anyway)."""
+  def stop(path, value):
+    is_head = getattr(path[0], 'key', None) == 'head'
+    return value if is_head else jax.lax.stop_gradient(value)
+  return jax.tree_util.tree_map_with_path(stop, params)
+
+
 def make_train_step(experiment: Experiment,
                     device_input: cache.DeviceInput | None = None) -> Callable:
   """The jitted ``(state, batch) -> (state, metrics)``; the state is donated.
@@ -279,6 +288,8 @@ def make_train_step(experiment: Experiment,
     # trace: dropout advances its random-stream counter there, which flax
     # refuses for variables that came in from the enclosing jit trace.
     def loss_fn(params, rest):
+      if config.optimizer.freeze_backbone:
+        params = _stop_backbone_gradients(params)
       model = nnx.merge(graphdef, params, rest, copy=True)
       model.train()
       if config.optimizer.freeze_backbone:
