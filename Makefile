@@ -33,7 +33,7 @@ demo: install
 	    "quickstart/eval_validation.json, predictions.csv"
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache *.egg-info
