@@ -269,6 +269,33 @@ def _stop_backbone_gradients(params):
   return jax.tree_util.tree_map_with_path(stop, params)
 
 
+def make_loss_fn(experiment: Experiment) -> Callable:
+  """The training loss ``(params, rest, batch) -> (loss, new rest)``: the
+  model in training mode (a frozen backbone as constants, with its batch
+  statistics fixed), the config's loss on the batch."""
+  config, task, graphdef = experiment.config, experiment.task, \
+      experiment.graphdef
+
+  # The merge copies `rest` into fresh variables owned by the gradient's
+  # trace: dropout advances its random-stream counter there, which flax
+  # refuses for variables that came in from the enclosing jit trace.
+  def loss_fn(params, rest, batch):
+    if config.optimizer.freeze_backbone:
+      params = _stop_backbone_gradients(params)
+    model = nnx.merge(graphdef, params, rest, copy=True)
+    model.train()
+    if config.optimizer.freeze_backbone:
+      model.backbone.eval()  # Frozen means its batch statistics too.
+    outputs = model(batch['image'])
+    loss = losses.compute(
+        config.loss, outputs, batch, label_key=task.label_key,
+        label_smoothing=config.label_smoothing,
+        class_weights=config.class_weights or None)
+    return loss, nnx.state(model, nnx.Not(nnx.Param))
+
+  return loss_fn
+
+
 def make_train_step(experiment: Experiment,
                     device_input: cache.DeviceInput | None = None) -> Callable:
   """The jitted ``(state, batch) -> (state, metrics)``; the state is donated.
@@ -277,32 +304,15 @@ def make_train_step(experiment: Experiment,
   uint8 images (or gathers them by index from the resident cache, which it
   takes as an argument so that it is not compiled in as a constant).
   """
-  config, task, graphdef = experiment.config, experiment.task, \
-      experiment.graphdef
+  config = experiment.config
+  loss_fn = make_loss_fn(experiment)
 
   def train_step(state: TrainState, batch: Mapping[str, jax.Array],
                  resident: jax.Array | None):
     if device_input is not None:
       batch = device_input.prepare(batch, resident)
-    # The merge copies `rest` into fresh variables owned by the gradient's
-    # trace: dropout advances its random-stream counter there, which flax
-    # refuses for variables that came in from the enclosing jit trace.
-    def loss_fn(params, rest):
-      if config.optimizer.freeze_backbone:
-        params = _stop_backbone_gradients(params)
-      model = nnx.merge(graphdef, params, rest, copy=True)
-      model.train()
-      if config.optimizer.freeze_backbone:
-        model.backbone.eval()  # Frozen means its batch statistics too.
-      outputs = model(batch['image'])
-      loss = losses.compute(
-          config.loss, outputs, batch, label_key=task.label_key,
-          label_smoothing=config.label_smoothing,
-          class_weights=config.class_weights or None)
-      return loss, nnx.state(model, nnx.Not(nnx.Param))
-
     (loss, rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, state.rest)
+        state.params, state.rest, batch)
     updates, opt_state = experiment.optimizer.update(
         grads, state.opt_state, state.params, value=loss)
     params = optax.apply_updates(state.params, updates)

@@ -19,11 +19,9 @@ from __future__ import annotations
 
 from absl import app
 from absl import flags
-from flax import nnx
 import jax
 
 import benchmark
-from gzjax import losses
 from gzjax import train
 
 # --config, --model, --image_size, --batch_size, --steps and --repeats are
@@ -54,16 +52,9 @@ def main(argv):
   experiment = train.create_experiment(config)
   batch = train.to_global(benchmark.random_batch(FLAGS.batch_size, size),
                           experiment.batch_sharding)
-  graphdef, task = experiment.graphdef, experiment.task
-
-  def loss(params, rest, batch):
-    model = nnx.merge(graphdef, params, rest, copy=True)
-    model.train()
-    return losses.compute(config.loss, model(batch['image']), batch,
-                          label_key=task.label_key)
-
   forward = train.make_predict_fn(experiment)
-  gradient = jax.jit(jax.value_and_grad(loss))
+  gradient = jax.jit(jax.value_and_grad(train.make_loss_fn(experiment),
+                                        has_aux=True))
   step = jax.jit(train.make_train_step(experiment), donate_argnums=0)
   state = experiment.state
   timings = {
