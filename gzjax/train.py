@@ -27,6 +27,7 @@ import optax
 import tqdm
 
 from gzjax import checkpoint
+from gzjax import distributed
 from gzjax import losses
 from gzjax import metrics
 from gzjax import models
@@ -223,7 +224,7 @@ def create_experiment(config: ml_collections.ConfigDict) -> Experiment:
   mesh = jax.sharding.Mesh(np.array(jax.devices()), (DATA_AXIS,))
   experiment = Experiment(config, task, graphdef, state, optimizer, schedule,
                           mesh, num_blocks)
-  experiment.state = jax.device_put(state, experiment.replicated)
+  experiment.state = distributed.replicate(state, experiment.replicated)
   return experiment
 
 

@@ -1,0 +1,77 @@
+"""Starting multi-process JAX: one process per host (or several on one).
+
+``initialize`` runs before anything touches a JAX backend.  It reads
+
+* ``JAX_COORDINATOR_ADDRESS``: ``host:port`` of process 0's coordinator
+  (read by ``jax.distributed.initialize`` itself);
+* ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``: how many processes and which
+  one this is.  JAX reads neither variable; where they are unset it detects
+  them from a cluster it knows (SLURM, Open MPI, Kubernetes, Cloud TPU);
+* ``JAX_LOCAL_DEVICE_IDS`` (optional, read by JAX): the accelerators this
+  process drives, when a host runs one process per accelerator.
+
+Collectives between processes on the CPU go through gloo (XLA's TCP
+implementation); it is selected here unless ``JAX_CPU_COLLECTIVES_IMPLEMENTATION``
+says otherwise (``mpi``), so that a CPU-only run, the localhost test
+included, needs no flag.  Accelerators use their own collectives (NCCL, ICI)
+whatever this setting is.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping
+
+import jax
+import numpy as np
+
+
+def wanted(flag: bool | None,
+           environ: Mapping[str, str] = os.environ) -> bool:
+  """Whether to start multi-process JAX: the flag, else whether the
+  coordinator's address is in the environment."""
+  if flag is not None:
+    return flag
+  return bool(environ.get('JAX_COORDINATOR_ADDRESS'))
+
+
+def _int_variable(name: str, environ: Mapping[str, str]) -> int | None:
+  value = environ.get(name)
+  if value is None or value == '':
+    return None
+  try:
+    return int(value)
+  except ValueError:
+    raise ValueError(
+        f'{name}={value!r} is not an integer: set it to this process\'s'
+        ' number (JAX_PROCESS_ID, from 0) or the number of processes'
+        ' (JAX_NUM_PROCESSES), or unset it on a cluster JAX detects.'
+    ) from None
+
+
+def initialize(environ: Mapping[str, str] = os.environ) -> None:
+  """Selects CPU collectives and calls ``jax.distributed.initialize``."""
+  if not environ.get('JAX_CPU_COLLECTIVES_IMPLEMENTATION'):
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  jax.distributed.initialize(
+      num_processes=_int_variable('JAX_NUM_PROCESSES', environ),
+      process_id=_int_variable('JAX_PROCESS_ID', environ),
+  )
+
+
+def replicate(tree, sharding: jax.sharding.Sharding):
+  """A pytree of this process's values as global arrays with ``sharding``.
+
+  ``jax.device_put`` refuses a sharding over other processes' devices; each
+  process here fills its own devices' shards from its copy, which must be
+  the same on every process (parameters initialised from one seed).  Typed
+  PRNG keys (flax's random streams) travel as their raw key data.
+  """
+  def place(value):
+    if jax.dtypes.issubdtype(value.dtype, jax.dtypes.prng_key):
+      data = place(jax.random.key_data(value))
+      return jax.random.wrap_key_data(data, impl=jax.random.key_impl(value))
+    host = np.asarray(value)
+    return jax.make_array_from_callback(host.shape, sharding,
+                                        lambda index: host[index])
+  return jax.tree.map(place, tree)
