@@ -23,6 +23,7 @@ import os
 from typing import Mapping
 
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 
 
@@ -75,3 +76,24 @@ def replicate(tree, sharding: jax.sharding.Sharding):
     return jax.make_array_from_callback(host.shape, sharding,
                                         lambda index: host[index])
   return jax.tree.map(place, tree)
+
+
+def gather_rows(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Every process's rows of host arrays, concatenated in process order.
+
+  ``multihost_utils.process_allgather`` moves host arrays through JAX, which
+  (without x64) turns int64 into int32: a galaxy id above 2**31 would come
+  back wrapped, and every id as another dtype than one process returns.
+  Here each array travels as its raw bytes and is viewed back, so values
+  and dtypes are the ones each process held.
+  """
+  if jax.process_count() == 1:
+    return {key: np.asarray(value) for key, value in arrays.items()}
+  as_bytes = {}
+  for key, value in arrays.items():
+    value = np.ascontiguousarray(value)
+    as_bytes[key] = value[..., None].view(np.uint8)
+  gathered = multihost_utils.process_allgather(as_bytes, tiled=True)
+  return {key: np.ascontiguousarray(gathered[key]).view(
+              np.asarray(arrays[key]).dtype)[..., 0]
+          for key in arrays}
