@@ -36,6 +36,12 @@ def wanted(flag: bool | None,
   return bool(environ.get('JAX_COORDINATOR_ADDRESS'))
 
 
+_MEANINGS = {
+    'JAX_NUM_PROCESSES': 'the number of processes',
+    'JAX_PROCESS_ID': "this process's number, 0 to JAX_NUM_PROCESSES - 1",
+}
+
+
 def _int_variable(name: str, environ: Mapping[str, str]) -> int | None:
   value = environ.get(name)
   if value is None or value == '':
@@ -44,20 +50,26 @@ def _int_variable(name: str, environ: Mapping[str, str]) -> int | None:
     return int(value)
   except ValueError:
     raise ValueError(
-        f'{name}={value!r} is not an integer: set it to this process\'s'
-        ' number (JAX_PROCESS_ID, from 0) or the number of processes'
-        ' (JAX_NUM_PROCESSES), or unset it on a cluster JAX detects.'
+        f'{name}={value!r} is not an integer: set it to {_MEANINGS[name]},'
+        ' or unset it on a cluster that JAX detects (SLURM, Open MPI,'
+        ' Kubernetes, Cloud TPU).'
     ) from None
 
 
 def initialize(environ: Mapping[str, str] = os.environ) -> None:
-  """Selects CPU collectives and calls ``jax.distributed.initialize``."""
+  """Selects CPU collectives and calls ``jax.distributed.initialize``.
+
+  Raises:
+    ValueError: naming a JAX_NUM_PROCESSES or JAX_PROCESS_ID that is not an
+      integer (before anything is changed).
+  """
+  num_processes = _int_variable('JAX_NUM_PROCESSES', environ)
+  process_id = _int_variable('JAX_PROCESS_ID', environ)
   if not environ.get('JAX_CPU_COLLECTIVES_IMPLEMENTATION'):
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   jax.distributed.initialize(
-      num_processes=_int_variable('JAX_NUM_PROCESSES', environ),
-      process_id=_int_variable('JAX_PROCESS_ID', environ),
-  )
+      coordinator_address=environ.get('JAX_COORDINATOR_ADDRESS') or None,
+      num_processes=num_processes, process_id=process_id)
 
 
 def replicate(tree, sharding: jax.sharding.Sharding):

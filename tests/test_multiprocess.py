@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from gzjax import checkpoint
+from gzjax import distributed
 from gzjax import train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -206,3 +207,19 @@ def test_two_process_checkpoint_evaluates_alike_in_one_and_two(runs):
       assert two[key].dtype == one[key].dtype, key
       np.testing.assert_array_equal(two[key], one[key], err_msg=key)
   assert json.loads(str(two['metrics'])) == json.loads(str(one['metrics']))
+
+
+def test_the_environment_says_when_and_how_to_start():
+  address = {'JAX_COORDINATOR_ADDRESS': '10.0.0.1:8476'}
+  assert distributed.wanted(None, address)
+  assert not distributed.wanted(None, {})
+  assert not distributed.wanted(None, {'JAX_COORDINATOR_ADDRESS': ''})
+  assert not distributed.wanted(False, address)
+  assert distributed.wanted(True, {})
+  with pytest.raises(ValueError, match=(
+      r"^JAX_PROCESS_ID='one' is not an integer: set it to this process's"
+      r' number, 0 to JAX_NUM_PROCESSES - 1,')):
+    distributed.initialize(
+        {**address, 'JAX_NUM_PROCESSES': '2', 'JAX_PROCESS_ID': 'one'})
+  with pytest.raises(ValueError, match=r"^JAX_NUM_PROCESSES='2.5' is not"):
+    distributed.initialize({**address, 'JAX_NUM_PROCESSES': '2.5'})
