@@ -78,8 +78,12 @@ def replicate(tree, sharding: jax.sharding.Sharding):
   ``jax.device_put`` refuses a sharding over other processes' devices; each
   process here fills its own devices' shards from its copy, which must be
   the same on every process (parameters initialised from one seed).  Typed
-  PRNG keys (flax's random streams) travel as their raw key data.
+  PRNG keys (flax's random streams) travel as their raw key data.  Within
+  one process this is ``jax.device_put``.
   """
+  if sharding.is_fully_addressable:
+    return jax.device_put(tree, sharding)
+
   def place(value):
     if jax.dtypes.issubdtype(value.dtype, jax.dtypes.prng_key):
       data = place(jax.random.key_data(value))

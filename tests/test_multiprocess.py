@@ -93,7 +93,10 @@ def _run(command: list[str], *, processes: int, devices: int,
   env.update(JAX_PLATFORMS='cpu', PYTHONPATH=str(REPO),
              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
   if processes > 1:
-    env.update(JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{_free_port()}',
+    address = f'127.0.0.1:{_free_port()}'
+    # Bound to the loopback interface only (JAX's default is every one).
+    env.update(JAX_COORDINATOR_ADDRESS=address,
+               JAX_COORDINATOR_BIND_ADDRESS=address,
                JAX_NUM_PROCESSES=str(processes))
   logs.mkdir(parents=True, exist_ok=True)
   running = []
