@@ -431,15 +431,15 @@ def test_train_shards_split_each_global_batch(records):
       ),
       3,
   )
-  shards = [
-      _take(
-          pipeline.create_train_iterator(
-              records, config, process_index=index, process_count=2
-          ),
-          3,
+  iterators = [
+      pipeline.create_train_iterator(
+          records, config, process_index=index, process_count=2
       )
       for index in range(2)
   ]
+  shards = [_take(iterator, 3) for iterator in iterators]
+  # One state for every process: a checkpoint keeps process 0's alone.
+  assert iterators[0].get_state() == iterators[1].get_state()
 
   for step, global_batch in enumerate(single):
     halves = [shard[step] for shard in shards]
