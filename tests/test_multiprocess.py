@@ -126,7 +126,7 @@ def _run(command: list[str], *, processes: int, devices: int,
     raise AssertionError(f'{command[:4]} failed or timed out:\n{tails}')
 
 
-def _train_losses(workdir: pathlib.Path) -> tuple[np.ndarray, dict]:
+def _train_losses(workdir: pathlib.Path) -> tuple[np.ndarray, list[dict]]:
   lines = [json.loads(line)
            for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
   losses = np.array([l['train/loss'] for l in lines if 'train/loss' in l])
