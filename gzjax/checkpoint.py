@@ -23,9 +23,17 @@ import orbax.checkpoint as ocp
 
 
 def _manager(directory: pathlib.Path, **options) -> ocp.CheckpointManager:
+  # With several processes, every save meets at barriers named by the step;
+  # the latest and best managers save the same step at once, so each needs
+  # its own names (else: "Barrier _async_write_complete.N is already
+  # ongoing" and the save times out).
   return ocp.CheckpointManager(
       directory.resolve(),
-      options=ocp.CheckpointManagerOptions(create=True, **options),
+      options=ocp.CheckpointManagerOptions(
+          create=True,
+          multiprocessing_options=ocp.options.MultiprocessingOptions(
+              barrier_sync_key_prefix=directory.name),
+          **options),
       item_names=('state', 'data'),
   )
 

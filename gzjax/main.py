@@ -14,14 +14,14 @@ into one clear message.
 
 from __future__ import annotations
 
-import os
 import sys
 
 from absl import app
 from absl import flags
 from absl import logging
-import jax
 from ml_collections import config_flags
+
+from gzjax import distributed
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'An experiment config file (configs/*.py).',
@@ -45,7 +45,8 @@ _ENSEMBLE = flags.DEFINE_list(
 _DISTRIBUTED = flags.DEFINE_bool(
     'distributed', None,
     'Call jax.distributed.initialize() (default: when JAX_COORDINATOR_ADDRESS'
-    ' is set).')
+    ' is set); JAX_NUM_PROCESSES and JAX_PROCESS_ID say how many processes'
+    ' and which one, where the cluster is not detected (gzjax/distributed.py).')
 
 flags.mark_flags_as_required(['config', 'workdir'])
 
@@ -53,11 +54,12 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  distributed = _DISTRIBUTED.value
-  if distributed is None:
-    distributed = 'JAX_COORDINATOR_ADDRESS' in os.environ
-  if distributed:
-    jax.distributed.initialize()
+  if distributed.wanted(_DISTRIBUTED.value):
+    try:
+      distributed.initialize()
+    except ValueError as error:  # A malformed JAX_* variable, named.
+      print(f'gzjax: {error}', file=sys.stderr)
+      sys.exit(1)
   logging.set_verbosity(logging.WARNING)
   # Imported here so that --help is fast and flags parse before grain starts.
   from gzjax import evaluate  # pylint: disable=g-import-not-at-top

@@ -27,6 +27,7 @@ import optax
 import tqdm
 
 from gzjax import checkpoint
+from gzjax import distributed
 from gzjax import losses
 from gzjax import metrics
 from gzjax import models
@@ -223,7 +224,7 @@ def create_experiment(config: ml_collections.ConfigDict) -> Experiment:
   mesh = jax.sharding.Mesh(np.array(jax.devices()), (DATA_AXIS,))
   experiment = Experiment(config, task, graphdef, state, optimizer, schedule,
                           mesh, num_blocks)
-  experiment.state = jax.device_put(state, experiment.replicated)
+  experiment.state = distributed.replicate(state, experiment.replicated)
   return experiment
 
 
@@ -400,9 +401,10 @@ def predict_split(experiment: Experiment, source, *, tta: bool = False,
         experiment.batch_sharding, batch['image'])
     outputs = multihost_utils.process_allgather(
         predict_fn(experiment.state, images), tiled=True)
-    host = {k: multihost_utils.process_allgather(batch[k], tiled=True)
-            for k in ('galaxy_id', 'votes', 'votes_mask', 'label_3class',
-                      'label_7class', 'example_mask')}
+    host = distributed.gather_rows(
+        {k: batch[k] for k in ('galaxy_id', 'votes', 'votes_mask',
+                               'label_3class', 'label_7class',
+                               'example_mask')})
     host['outputs'] = np.asarray(outputs, np.float32)
     collected.append(host)
   merged = {k: np.concatenate([c[k] for c in collected]) for k in collected[0]}
@@ -514,7 +516,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   """
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
+  if jax.process_index() == 0:  # One writer on a shared filesystem.
+    (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
   experiment = create_experiment(config)
   task = experiment.task
   train_source = training_split(config, task)

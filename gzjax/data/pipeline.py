@@ -22,9 +22,16 @@ and interleave them in order: the batches do not depend on ``num_workers``,
 and the iterator state is just a position that ``get_state``/``set_state``
 save and restore as a JSON-serialisable dict.
 
-Sharding across JAX processes strides over that global stream: process ``i``
-takes examples ``i, i + P, i + 2P, …``, so the ``P`` per-process batches of
-step ``k`` together hold the global examples ``k * B … (k + 1) * B - 1``.
+Sharding across JAX processes cuts each global batch into ``P`` contiguous
+slices: at step ``k`` process ``i`` of ``P`` holds the global examples
+``k * B + i * B / P … k * B + (i + 1) * B / P - 1``.  That is the order in
+which ``jax.make_array_from_process_local_data`` lays the processes' batches
+out on the mesh, so the global batch, row for row and device for device, is
+the one a single process with all the devices builds: the same per-row
+dropout masks and the same per-device sums, so 2 processes of 2 devices
+train as 1 process of 4 does.  (Striding, ``i, i + P, …``, would hold the
+same examples in another row order.)  Evaluation shards the same way, so
+gathered outputs come back in record order.
 """
 
 from __future__ import annotations
@@ -469,8 +476,8 @@ def create_train_iterator(
   """Returns this process's iterator of augmented training batches.
 
   Every process sees every record over an epoch's global stream, in a shuffle
-  that changes per epoch; with a finite `num_epochs` the stream is cut to a
-  multiple of the process count and only full batches are yielded, so all
+  that changes per epoch, and holds its contiguous slice of each global batch;
+  with a finite `num_epochs` the stream is cut to whole global batches, so all
   processes yield the same number of batches.
 
   Args:
@@ -496,19 +503,20 @@ def create_train_iterator(
   # the global stream, not on the process count.
   dataset = dataset.random_map(_TrainPreprocess(config))
   if config.num_epochs is not None:
-    dataset = dataset[: len(dataset) // process_count * process_count]
-  dataset = dataset[process_index::process_count]
+    dataset = dataset[: len(dataset) // config.batch_size * config.batch_size]
+  # Slice i of every global batch (see the module docstring).
   dataset = dataset.batch(batch_size, drop_remainder=True)
+  dataset = dataset[process_index::process_count]
   return iter(_to_iter_dataset(dataset, config))
 
 
 def num_eval_batches(
     num_records: int, config: ml_collections.ConfigDict, process_count: int
 ) -> int:
-  """Returns the batches every process yields in one evaluation pass."""
-  batch_size = config.batch_size // process_count
-  largest_shard = -(-num_records // process_count)
-  return -(-largest_shard // batch_size)
+  """Returns the batches every process yields in one evaluation pass: one
+  per global batch, the last one padded."""
+  del process_count  # Each process holds a slice of every global batch.
+  return -(-num_records // config.batch_size)
 
 
 def create_eval_iterator(
@@ -520,11 +528,13 @@ def create_eval_iterator(
 ) -> grain.IterDataset:
   """Returns this process's evaluation batches: one pass, unaugmented.
 
-  Process ``i`` takes records ``i, i + P, …`` in order.  Every record appears
-  exactly once over all processes; the shards' tails are padded with
-  `example_mask` False rows to `num_eval_batches` full batches, so each
-  process yields the same number of batches and collective ops never wait on
-  a process that has run out.
+  The records, padded at the end with `example_mask` False rows to
+  `num_eval_batches` full global batches, are cut like the training stream:
+  process ``i`` holds slice ``i`` of each global batch.  Every record appears
+  exactly once over all processes, gathering the processes' batches in
+  process order gives the records in order, and each process yields the same
+  number of batches, so collective ops never wait on a process that has run
+  out.
 
   Args:
     source: random-access records (see the module docstring).
@@ -540,11 +550,13 @@ def create_eval_iterator(
       config, process_index, process_count
   )
   _check_crop_fits(source, config)
-  shard = grain.MapDataset.source(source)[process_index::process_count]
-  shard = shard.map(_EvalPreprocess(config))
-  num_rows = num_eval_batches(len(source), config, process_count) * batch_size
-  padding = grain.MapDataset.range(num_rows - len(shard)).map(
+  records = grain.MapDataset.source(source).map(_EvalPreprocess(config))
+  num_rows = (
+      num_eval_batches(len(source), config, process_count) * config.batch_size
+  )
+  padding = grain.MapDataset.range(num_rows - len(records)).map(
       lambda _: _padding_example(config)
   )
-  dataset = grain.MapDataset.concatenate([shard, padding])
-  return _to_iter_dataset(dataset.batch(batch_size), config)
+  dataset = grain.MapDataset.concatenate([records, padding])
+  dataset = dataset.batch(batch_size)[process_index::process_count]
+  return _to_iter_dataset(dataset, config)
