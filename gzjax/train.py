@@ -27,6 +27,7 @@ import optax
 import tqdm
 
 from gzjax import checkpoint
+from gzjax import errors
 from gzjax import losses
 from gzjax import metrics
 from gzjax import models
@@ -66,7 +67,7 @@ TASKS = {
 }
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(errors.GzjaxError, RuntimeError):
   """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 

@@ -50,6 +50,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from gzjax import errors
 from gzjax.data import device_augment
 from gzjax.data import pipeline
 
@@ -62,7 +63,7 @@ _LABEL_KEYS = ('votes', 'votes_mask', 'label_3class', 'label_7class',
 _FINGERPRINT_RECORDS = 16
 
 
-class CacheError(ValueError):
+class CacheError(errors.GzjaxError, ValueError):
   """A cache on disk is damaged or no longer matches its dataset."""
 
 

@@ -33,6 +33,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 import tqdm
 
+from gzjax import errors
 from gzjax import taxonomy
 from gzjax.data import kaggle
 from gzjax.data import synthetic
@@ -359,7 +360,7 @@ def builder(
   )
 
 
-class DatasetNotBuiltError(FileNotFoundError):
+class DatasetNotBuiltError(errors.GzjaxError, FileNotFoundError):
   """The requested dataset has not been built in that data directory."""
 
 

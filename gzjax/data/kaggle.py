@@ -17,6 +17,7 @@ import pathlib
 import numpy as np
 from PIL import Image
 
+from gzjax import errors
 from gzjax import taxonomy
 
 SOLUTIONS_CSV = 'training_solutions_rev1.csv'
@@ -40,7 +41,7 @@ Then build with:
 """
 
 
-class DataError(ValueError):
+class DataError(errors.GzjaxError, ValueError):
   """Input data that cannot be used as it is; the message says where and why."""
 
 

@@ -69,7 +69,8 @@ def default_config() -> ml_collections.ConfigDict:
   config.shuffle = True
   config.seed = 0
   # Training epochs; None repeats forever.  Evaluation is always one pass.
-  config.num_epochs = None
+  # A typed placeholder, so --config.input.num_epochs=3 parses.
+  config.num_epochs = ml_collections.config_dict.placeholder(int)
 
   config.augment = ml_collections.ConfigDict()
   config.augment.enabled = True

@@ -19,8 +19,10 @@ from flax import serialization
 import jax
 import numpy as np
 
+from gzjax import errors
 
-class WeightMismatchError(ValueError):
+
+class WeightMismatchError(errors.GzjaxError, ValueError):
   """Pretrained weights that do not fit the architecture."""
 
 
