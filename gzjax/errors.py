@@ -21,6 +21,14 @@ class ConfigError(GzjaxError, ValueError):
   """A config value or key that is not allowed; the message names the key."""
 
 
+class DataError(GzjaxError, ValueError):
+  """Input data that cannot be used as it is; the message says where and why."""
+
+
+class MissingFileError(GzjaxError, FileNotFoundError):
+  """A file or folder the user named (weights, images, a workdir) is absent."""
+
+
 class CheckpointError(GzjaxError, ValueError):
   """A checkpoint that cannot be restored: damaged or of another model."""
 

@@ -18,6 +18,8 @@ import ml_collections
 import numpy as np
 
 from gzjax import checkpoint as checkpoints
+from gzjax import config_checks
+from gzjax import errors
 from gzjax import plots
 from gzjax import taxonomy
 from gzjax import train
@@ -27,24 +29,63 @@ from gzjax.data import kaggle
 def restore(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
             which: str = 'latest') -> tuple[train.Experiment, int]:
   """The experiment with the state of a checkpoint: latest, best or a step."""
+  workdir = pathlib.Path(workdir)
+  check_checkpoint_folder(workdir, which)
+  train.check_resumable(config, workdir)
   experiment = train.create_experiment(config)
   checkpointer = checkpoints.Checkpointer(
       workdir, best_metric=config.best_metric, best_mode=config.best_mode)
   try:
-    step = int(which) if str(which).isdigit() else None
-    experiment.state, _, step = checkpointer.restore(
-        experiment.state, step=step,
-        which='best' if which == 'best' else 'latest')
+    step = int(which) if which.isdigit() else None
+    try:
+      experiment.state, _, step = checkpointer.restore(
+          experiment.state, step=step,
+          which='best' if which == 'best' else 'latest')
+    except errors.CheckpointError as error:
+      raise errors.CheckpointError(
+          f'{error} {_intact_hint(checkpointer, experiment.state, error)}'
+      ) from error
   finally:
     checkpointer.close()
   return experiment, step
+
+
+def check_checkpoint_folder(workdir: pathlib.Path, which: str) -> None:
+  """Refuses a bad --checkpoint or a workdir without checkpoints, before
+  anything is created (Orbax would create the folders)."""
+  which = str(which)
+  if which not in ('latest', 'best') and not which.isdigit():
+    raise errors.ConfigError(
+        f'--checkpoint={which}: use latest, best or a step number.')
+  folder = workdir / ('best' if which == 'best' else 'checkpoints')
+  if not folder.is_dir():
+    raise errors.MissingCheckpointError(
+        f'{workdir} holds no {"best " if which == "best" else ""}checkpoints'
+        f' ({folder} does not exist): train into it first, or pass the'
+        ' --workdir of a training run.')
+
+
+def _intact_hint(checkpointer: checkpoints.Checkpointer, template,
+                 error: errors.CheckpointError) -> str:
+  """Which step to pass instead of a damaged one (restores are quick)."""
+  for step in reversed(checkpointer.steps()):
+    if f'step {step} ' in str(error):
+      continue
+    try:
+      checkpointer.restore(template, step=step)
+    except errors.CheckpointError:
+      continue
+    return f'Step {step} is intact: pass --checkpoint={step}.'
+  return 'No other checkpoint there restores.'
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
              *, split: str = 'validation', checkpoint: str = 'latest',
              tta: bool = False) -> dict[str, Any]:
   """Scores ``split`` with a checkpoint; writes eval_<split>.json and plots."""
+  config_checks.check(config)
   workdir = pathlib.Path(workdir)
+  check_checkpoint_folder(workdir, checkpoint)
   experiment, step = restore(config, workdir, checkpoint)
   task = experiment.task
   source = train.open_split(config, split)
@@ -84,7 +125,7 @@ class ImageFolder:
   def __init__(self, folder: str | pathlib.Path):
     self._folder = pathlib.Path(folder)
     if not self._folder.is_dir():
-      raise FileNotFoundError(f'No image folder at {self._folder}.')
+      raise errors.MissingFileError(f'No image folder at {self._folder}.')
     self._ids = kaggle.image_ids_in(self._folder)
 
   def __len__(self) -> int:
@@ -105,7 +146,7 @@ class ImageFolder:
 def _member_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
   path = workdir / 'config.json'
   if not path.is_file():
-    raise FileNotFoundError(
+    raise errors.MissingFileError(
         f'{workdir} has no config.json: is it a gzjax training workdir?')
   return ml_collections.ConfigDict(json.loads(path.read_text()))
 
@@ -124,7 +165,10 @@ def predict(config: ml_collections.ConfigDict,
   Returns:
     The CSV's path.
   """
+  config_checks.check(config)
   workdirs = [pathlib.Path(w) for w in workdirs]
+  for workdir in workdirs:
+    check_checkpoint_folder(workdir, checkpoint)
   source = (ImageFolder(images) if images
             else train.open_split(config, 'test'))
   total, ids, task = None, None, None
@@ -132,7 +176,7 @@ def predict(config: ml_collections.ConfigDict,
     member_config = config if index == 0 else _member_config(workdir)
     experiment, _ = restore(member_config, workdir, checkpoint)
     if task is not None and experiment.task != task:
-      raise ValueError(
+      raise errors.ConfigError(
           f'{workdir} was trained for {experiment.task.name}, the others for'
           f' {task.name}: an ensemble needs one task.')
     task = experiment.task

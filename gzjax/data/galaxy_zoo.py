@@ -56,7 +56,7 @@ def is_validation(galaxy_ids: np.ndarray, validation_percent: float) -> np.ndarr
   order, shard count or the other galaxies in the file.
   """
   if not 0 <= validation_percent <= 100:
-    raise ValueError(
+    raise errors.ConfigError(
         f'validation_percent must be within [0, 100], got {validation_percent}'
     )
   buckets = np.array([
@@ -349,7 +349,7 @@ def builder(
   """
   names = [c.name for c in GalaxyZoo.BUILDER_CONFIGS]
   if config not in names:
-    raise ValueError(
+    raise errors.ConfigError(
         f'Unknown galaxy_zoo config {config!r}; choose {", ".join(names)}.'
     )
   return GalaxyZoo(
@@ -382,7 +382,7 @@ def data_source(
     )
   splits = list(galaxy_zoo.info.splits)
   if split not in splits:
-    raise KeyError(
+    raise errors.ConfigError(
         f'{NAME}/{config} in {data_dir} has no split {split!r}; it has'
         f' {", ".join(splits)}.'
     )

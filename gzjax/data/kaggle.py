@@ -41,8 +41,8 @@ Then build with:
 """
 
 
-class DataError(errors.GzjaxError, ValueError):
-  """Input data that cannot be used as it is; the message says where and why."""
+# Defined in gzjax.errors (the pipeline raises it too); kept here by name.
+DataError = errors.DataError
 
 
 @dataclasses.dataclass(frozen=True)

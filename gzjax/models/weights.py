@@ -100,7 +100,7 @@ def load(path: str | os.PathLike) -> dict[str, np.ndarray]:
   """Reads a mapping written by :func:`save`."""
   path = pathlib.Path(path)
   if not path.is_file():
-    raise FileNotFoundError(
+    raise errors.MissingFileError(
         f'No weight file at {path}; convert one with'
         ' python -m gzjax.tools.convert_weights.'
     )
