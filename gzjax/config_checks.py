@@ -278,9 +278,6 @@ def _consistency(config: ml_collections.ConfigDict) -> None:
   if zoom[0] > zoom[1]:
     raise _fail('input.augment.zoom', tuple(zoom),
                 'a pair (min, max) with min <= max')
-  if config.optimizer.warmup_steps >= config.num_train_steps:
-    raise _fail('optimizer.warmup_steps', config.optimizer.warmup_steps,
-                f'fewer than num_train_steps={config.num_train_steps}')
   if config.optimizer.boundaries and config.optimizer.schedule != 'piecewise':
     raise _fail('optimizer.boundaries', dict(config.optimizer.boundaries),
                 "{} unless optimizer.schedule='piecewise'")

@@ -51,7 +51,7 @@ def test_every_shipped_config_passes(path):
     ('model.name', 'efficientnet_b9', 'one of the registered models'),
     ('model.hidden', (16, 0), 'a tuple of positive layer widths'),
     ('input.augment.zoom', (1.3, 0.8), 'min <= max'),
-    ('optimizer.warmup_steps', 1000, 'fewer than num_train_steps=1000'),
+    ('optimizer.warmup_steps', -1, 'an integer >= 0'),
     ('loss', 'softmax', "'mse' or 'bce' for task 'votes'"),
     ('class_weights', (1.0, 2.0), "() for task 'votes'"),
     ('best_metric', 'validation/accuracy', "'validation/rmse'"),
