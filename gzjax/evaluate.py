@@ -3,11 +3,12 @@
 ``evaluate`` scores one split and writes ``WORKDIR/eval_<split>.json`` and
 plots; ``predict`` writes a submission CSV (``GalaxyID,Class1.1,…,Class11.6``,
 one row per image, values in [0, 1]) for the dataset's test split or a folder
-of JPEGs, averaging over several workdirs when asked.
+of images (:class:`ImageFolder`), averaging over several workdirs when asked.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pathlib
@@ -16,6 +17,7 @@ from typing import Any, Sequence
 import jax
 import ml_collections
 import numpy as np
+from PIL import Image
 
 from gzjax import checkpoint as checkpoints
 from gzjax import config_checks
@@ -119,14 +121,60 @@ def _plots(workdir: pathlib.Path, split: str, task: train.Task,
       title=f'{split}: true vs predicted (RMSE {result["rmse"]:.4f})')
 
 
+IMAGE_SUFFIXES = {'.jpg': 'JPEG', '.jpeg': 'JPEG', '.png': 'PNG'}
+
+
 class ImageFolder:
-  """Unlabelled records from a folder of ``<GalaxyID>.jpg`` files."""
+  """Unlabelled records from a folder of ``<GalaxyID>.jpg|.jpeg|.png`` files.
+
+  The suffix may be in any case.  Every file is checked before predicting,
+  by its content: a ``.jpg``/``.jpeg`` must be a complete JPEG (the
+  builder's rule, so a PNG named ``.jpg`` is refused here as there) and a
+  ``.png`` a complete PNG.  Anything else in the folder (another suffix, a
+  name that is not a GalaxyID, two files for one galaxy, an undecodable
+  file) is listed in the error; nothing is skipped.  Hidden files
+  (``.DS_Store``) are ignored.
+  """
 
   def __init__(self, folder: str | pathlib.Path):
     self._folder = pathlib.Path(folder)
     if not self._folder.is_dir():
       raise errors.MissingFileError(f'No image folder at {self._folder}.')
-    self._ids = kaggle.image_ids_in(self._folder)
+    paths, problems = {}, []
+    for path in sorted(self._folder.iterdir()):
+      if path.name.startswith('.'):
+        continue
+      kind = IMAGE_SUFFIXES.get(path.suffix.lower())
+      if kind is None or not path.is_file():
+        problems.append(f'{path}: not a .jpg, .jpeg or .png file')
+        continue
+      if not path.stem.isdigit():
+        problems.append(f'{path}: not named <GalaxyID>{path.suffix} with an'
+                        ' integer GalaxyID')
+        continue
+      galaxy_id = int(path.stem)
+      if galaxy_id in paths:
+        problems.append(f'{path}: GalaxyID {galaxy_id} also has'
+                        f' {paths[galaxy_id].name}')
+        continue
+      problem = _image_problem(path.read_bytes(), kind)
+      if problem is not None:
+        problems.append(f'{path}: {problem}')
+        continue
+      paths[galaxy_id] = path
+    if problems:
+      shown = '\n'.join(f'  {p}' for p in problems[:20])
+      more = (f'\n  … and {len(problems) - 20} more'
+              if len(problems) > 20 else '')
+      raise errors.DataError(
+          f'{len(problems)} files of {self._folder} cannot be predicted (no'
+          f' prediction was written):\n{shown}{more}\nFix, rename or move'
+          ' them out of the folder.')
+    if not paths:
+      raise errors.DataError(
+          f'{self._folder} holds no .jpg, .jpeg or .png images.')
+    self._ids = np.asarray(sorted(paths), np.int64)
+    self._paths = paths
 
   def __len__(self) -> int:
     return len(self._ids)
@@ -134,13 +182,27 @@ class ImageFolder:
   def __getitem__(self, index: int) -> dict[str, Any]:
     galaxy_id = int(self._ids[index])
     return {
-        'image': (self._folder / f'{galaxy_id}.jpg').read_bytes(),
+        'image': self._paths[galaxy_id].read_bytes(),
         'galaxy_id': galaxy_id,
         'votes': np.full(taxonomy.NUM_ANSWERS, np.nan, np.float32),
         'votes_mask': np.zeros(taxonomy.NUM_ANSWERS, bool),
         'label_3class': -1,
         'label_7class': -1,
     }
+
+
+def _image_problem(data: bytes, kind: str) -> str | None:
+  """Why ``data`` is not a complete image of ``kind``, or None."""
+  if kind == 'JPEG':
+    return kaggle.image_problem(data)  # The builder's own check.
+  try:
+    with Image.open(io.BytesIO(data)) as image:
+      if image.format != kind:
+        return f'not a {kind} (Pillow reads it as {image.format})'
+      image.load()
+  except Exception as e:  # Pillow raises many types for bad files.  pylint: disable=broad-except
+    return f'{type(e).__name__}: {e}'
+  return None
 
 
 def _member_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:

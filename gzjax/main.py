@@ -42,7 +42,9 @@ _TTA = flags.DEFINE_bool(
 _OUTPUT = flags.DEFINE_string(
     'output', None, 'predict: the CSV to write (default WORKDIR/predictions.csv).')
 _IMAGES = flags.DEFINE_string(
-    'images', None, 'predict: a folder of <GalaxyID>.jpg instead of the test split.')
+    'images', None,
+    'predict: a folder of <GalaxyID>.jpg/.jpeg/.png (any case) instead of the'
+    ' test split.')
 _ENSEMBLE = flags.DEFINE_list(
     'ensemble', [], 'predict: more workdirs whose predictions are averaged in.')
 _DISTRIBUTED = flags.DEFINE_bool(

@@ -8,6 +8,7 @@ import json
 import pathlib
 import shutil
 
+from PIL import Image
 import pytest
 
 from tests.conftest import tiny_config
@@ -147,3 +148,47 @@ def test_truncate_metrics_keeps_steps_up_to_the_restored_one(tmp_path):
   train.truncate_metrics(path, 3)
   assert path.read_text() == '{"step": 2}\n{"step": 3}\n'
   assert not list(tmp_path.glob('*.tmp'))
+
+
+def test_an_image_folder_takes_jpeg_and_png_in_any_case_and_lists_the_rest(
+    trained, kaggle_sample, tmp_path):
+  jpegs = kaggle_sample / 'images_training_rev1'
+  folder = tmp_path / 'images'
+  folder.mkdir()
+  for source, name in (('100053.jpg', '100053.jpg'), ('100078.jpg', '100078.JPG'),
+                       ('100090.jpg', '100090.jpeg')):
+    (folder / name).write_bytes((jpegs / source).read_bytes())
+  # The same pixels as 100053.jpg, losslessly as a PNG under another id.
+  with Image.open(jpegs / '100053.jpg') as image:
+    image.save(folder / '100054.PNG')
+  (folder / '.DS_Store').write_bytes(b'\0')  # Hidden: ignored.
+  config = _config(trained[0])
+  output = evaluate.predict(config, [trained[1]], images=folder,
+                            output=tmp_path / 'predictions.csv')
+  rows = {int(r.split(',')[0]): r.split(',')[1:]
+          for r in output.read_text().splitlines()[1:]}
+  assert sorted(rows) == [100053, 100054, 100078, 100090]
+  assert rows[100054] == rows[100053]
+  output.unlink()
+
+  with Image.open(jpegs / '100122.jpg') as image:
+    image.save(folder / '100122.jpg', format='PNG')  # The builder refuses it.
+  (folder / '100123.png').write_bytes(b'')
+  (folder / '100053.png').write_bytes((folder / '100054.PNG').read_bytes())
+  (folder / 'notes.txt').write_text('observing log')
+  (folder / 'galaxy.jpg').write_bytes((jpegs / '100122.jpg').read_bytes())
+  with pytest.raises(errors.DataError) as info:
+    evaluate.predict(config, [trained[1]], images=folder,
+                     output=tmp_path / 'predictions.csv')
+  lines = str(info.value).splitlines()
+  assert lines[0] == (f'5 files of {folder} cannot be predicted (no prediction'
+                      ' was written):')
+  assert lines[1:6] == [
+      f'  {folder}/100053.png: GalaxyID 100053 also has 100053.jpg',
+      f'  {folder}/100122.jpg: not a JPEG (Pillow reads it as PNG)',
+      f'  {folder}/100123.png: UnidentifiedImageError: cannot identify image'
+      f" file <_io.BytesIO object at {lines[3].split(' at ')[-1]}",
+      f'  {folder}/galaxy.jpg: not named <GalaxyID>.jpg with an integer'
+      ' GalaxyID',
+      f'  {folder}/notes.txt: not a .jpg, .jpeg or .png file']
+  assert not (tmp_path / 'predictions.csv').exists()
