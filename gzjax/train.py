@@ -137,8 +137,12 @@ def open_split(config: ml_collections.ConfigDict, split: str):
     if name == 'synthetic':
       galaxy_zoo.prepare('synthetic', config.data_dir, **config.synthetic)
     elif config.manual_dir:
-      galaxy_zoo.prepare('kaggle', config.data_dir,
-                         manual_dir=config.manual_dir)
+      # gzjax.main has no --skip_bad_images: name the command that does.
+      galaxy_zoo.prepare(
+          'kaggle', config.data_dir, manual_dir=config.manual_dir,
+          skip_hint=('build it yourself with python -m gzjax.data.build'
+                     f' --config=kaggle --manual_dir={config.manual_dir}'
+                     f' --data_dir={config.data_dir} --skip_bad_images'))
     else:
       raise
   return galaxy_zoo.data_source(name, config.data_dir, split)
