@@ -142,7 +142,8 @@ class Checkpointer:
     """
     manager = self.best if which == 'best' else self.latest
     if manager is None:
-      raise errors.MissingCheckpointError('No best checkpoints: set config.best_metric.')
+      raise errors.MissingCheckpointError(
+          'No best checkpoints: set config.best_metric.')
     if step is None:
       step = (manager.best_step() if which == 'best'
               else manager.latest_step())

@@ -1,10 +1,10 @@
 """Every config key's allowed values, checked when a config is loaded.
 
-:data:`RULES` maps each key of the base config (:func:`gzjax.config.base_config`,
-with the ``input`` and ``optimizer`` sections from ``data/pipeline.py`` and
-``optimizers.py``) to a rule: what the value means and which values are
-allowed.  :func:`check` applies them, then the rules between keys
-(:func:`_consistency`), and raises :class:`gzjax.errors.ConfigError` with one
+:data:`RULES` maps each key of the base config
+(:func:`gzjax.config.base_config`, with the ``input`` and ``optimizer``
+sections from ``data/pipeline.py`` and ``optimizers.py``) to a rule: what
+the value means and which values are allowed.  :func:`check` applies them,
+then the rules between keys (:func:`_consistency`), and raises :class:`gzjax.errors.ConfigError` with one
 line naming the key, the value and what is allowed, before anything is built
 or written.  ``tests/test_config_checks.py`` walks the base config and fails
 on any key without a rule, so a new key cannot escape.
@@ -23,6 +23,10 @@ from typing import Any, Callable, Iterator
 import ml_collections
 
 from gzjax import errors
+from gzjax import losses
+from gzjax import optimizers
+from gzjax.data import cache
+from gzjax.models import heads
 
 # Keys whose value is a mapping with free keys: checked as one value.
 MAPPING_KEYS = ('optimizer.boundaries',)
@@ -113,6 +117,11 @@ def _model_names() -> tuple[str, ...]:
   return models.MODEL_NAMES
 
 
+def _tasks() -> dict:
+  from gzjax import train  # pylint: disable=g-import-not-at-top
+  return train.TASKS
+
+
 def _model_name_rule() -> Rule:
   return Rule(lambda v: v in _model_names(),
               'one of the registered models (cnn, viewpoint, inception_v3,'
@@ -127,9 +136,10 @@ RULES: dict[str, Rule] = {
     'synthetic.num_test': integer(0),
     'synthetic.image_size': integer(16),
     'synthetic.seed': SEED,
-    'task': one_of('votes', '3class', '7class'),
+    'task': Rule(lambda v: v in _tasks(),
+                 "one of 'votes', '3class', '7class'"),
     'model.name': _model_name_rule(),
-    'model.head': one_of('', 'votes', 'sigmoid', 'linear', 'classes'),
+    'model.head': one_of('', *heads.HEADS),
     'model.hidden': _sequence_of(integer(1), allowed='a tuple of positive'
                                  ' layer widths, e.g. () or (128, 128)'),
     'model.dropout': number(0.0, 1.0, high_open=True),
@@ -161,13 +171,12 @@ RULES: dict[str, Rule] = {
     'input.worker_buffer_size': integer(1),
     'input.read_threads': integer(1),
     'input.prefetch_buffer_size': integer(1),
-    'input.cache': one_of('', 'host', 'device'),
+    'input.cache': one_of(*cache.MODES),
     'input.cache_dir': TEXT,
     # optimizer (gzjax.optimizers.default_config).
-    'optimizer.name': one_of('adam', 'adamw', 'sgd'),
+    'optimizer.name': one_of(*optimizers.OPTIMIZERS),
     'optimizer.learning_rate': number(0.0, low_open=True),
-    'optimizer.schedule': one_of('constant', 'cosine', 'piecewise',
-                                 'plateau'),
+    'optimizer.schedule': one_of(*optimizers.SCHEDULES),
     'optimizer.warmup_steps': integer(0),
     'optimizer.final_fraction': number(0.0, 1.0),
     'optimizer.boundaries': Rule(
@@ -183,7 +192,7 @@ RULES: dict[str, Rule] = {
     'optimizer.freeze_backbone': BOOL,
     'optimizer.layer_decay': number(0.0, 1.0, low_open=True),
     # training.
-    'loss': one_of('mse', 'bce', 'softmax'),
+    'loss': one_of(*losses.LOSSES),
     'label_smoothing': number(0.0, 1.0, high_open=True),
     'class_weights': _sequence_of(
         number(0.0, low_open=True),
@@ -200,7 +209,6 @@ RULES: dict[str, Rule] = {
     'seed': SEED,
 }
 
-_NUM_CLASSES = {'3class': 3, '7class': 7}
 _BEST_METRICS = {
     'votes': ('validation/rmse', 'validation/mean_predictor_rmse'),
     'classes': ('validation/accuracy', 'validation/macro_f1'),
@@ -260,9 +268,10 @@ def _consistency(config: ml_collections.ConfigDict) -> None:
     if not classification:
       raise _fail('class_weights', config.class_weights,
                   "() for task 'votes' (class weights are for classifiers)")
-    if len(config.class_weights) != _NUM_CLASSES[config.task]:
+    num_classes = _tasks()[config.task].num_outputs
+    if len(config.class_weights) != num_classes:
       raise _fail('class_weights', config.class_weights,
-                  f'() or {_NUM_CLASSES[config.task]} positive weights for'
+                  f'() or {num_classes} positive weights for'
                   f' task {config.task!r}')
   if config.label_smoothing and not classification:
     raise _fail('label_smoothing', config.label_smoothing,

@@ -155,7 +155,8 @@ def test_an_image_folder_takes_jpeg_and_png_in_any_case_and_lists_the_rest(
   jpegs = kaggle_sample / 'images_training_rev1'
   folder = tmp_path / 'images'
   folder.mkdir()
-  for source, name in (('100053.jpg', '100053.jpg'), ('100078.jpg', '100078.JPG'),
+  for source, name in (('100053.jpg', '100053.jpg'),
+                       ('100078.jpg', '100078.JPG'),
                        ('100090.jpg', '100090.jpeg')):
     (folder / name).write_bytes((jpegs / source).read_bytes())
   # The same pixels as 100053.jpg, losslessly as a PNG under another id.

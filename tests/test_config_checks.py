@@ -76,7 +76,8 @@ def test_a_bad_value_is_one_line_naming_key_value_and_what_is_allowed(
 def test_classifier_configs_are_checked_for_consistency():
   config = base.base_config()
   config.task = '3class'
-  with pytest.raises(errors.ConfigError, match=r"config\.loss='mse'.*'softmax'"):
+  with pytest.raises(errors.ConfigError,
+                     match=r"config\.loss='mse'.*'softmax'"):
     config_checks.check(config)
   config.loss = 'softmax'
   config.best_metric = 'validation/accuracy'

@@ -1,4 +1,4 @@
-"""One error base: what a user can fix is one line, a bug keeps its traceback."""
+"""User-fixable errors are one line; a bug keeps its traceback."""
 
 import pathlib
 
