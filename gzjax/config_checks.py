@@ -6,8 +6,9 @@ sections from ``data/pipeline.py`` and ``optimizers.py``) to a rule: what
 the value means and which values are allowed.  :func:`check` applies them,
 then the rules between keys (:func:`_consistency`), and raises
 :class:`gzjax.errors.ConfigError` with one line naming the key, the value
-and what is allowed, before anything is built or written.  ``tests/test_config_checks.py`` walks the base config and fails
-on any key without a rule, so a new key cannot escape.
+and what is allowed, before anything is built or written.
+``tests/test_config_checks.py`` walks the base config and fails on any key
+without a rule, so a new key cannot escape.
 
 :func:`unknown_key_message` turns a misspelt ``--config.…`` override into one
 line with the nearest existing keys (``difflib``).
