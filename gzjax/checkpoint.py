@@ -26,6 +26,7 @@ import time
 from typing import Any
 
 import jax
+from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
 from gzjax import errors
@@ -126,8 +127,11 @@ class Checkpointer:
     source = pathlib.Path(manager.directory) / str(step)
     target = (self._damaged /
               f'{source.parent.name}-{step}-{time.strftime("%Y%m%d-%H%M%S")}')
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.move(str(source), str(target))
+    if jax.process_index() == 0:  # One process moves; all then re-list.
+      target.parent.mkdir(parents=True, exist_ok=True)
+      shutil.move(str(source), str(target))
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f'gzjax_set_aside_{step}')
     manager.reload()
     return target
 
