@@ -50,6 +50,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from gzjax import errors
 from gzjax.data import device_augment
 from gzjax.data import pipeline
 
@@ -62,7 +63,7 @@ _LABEL_KEYS = ('votes', 'votes_mask', 'label_3class', 'label_7class',
 _FINGERPRINT_RECORDS = 16
 
 
-class CacheError(ValueError):
+class CacheError(errors.GzjaxError, ValueError):
   """A cache on disk is damaged or no longer matches its dataset."""
 
 
@@ -141,7 +142,7 @@ def _stored_image(jpeg: bytes, config: ml_collections.ConfigDict,
   image, source_size, reduction = pipeline.open_drafted(
       jpeg, config.crop_size, _pixels_per_output(config))
   if (source_size, reduction) != (geometry.source_size, geometry.reduction):
-    raise ValueError(
+    raise errors.DataError(
         f'its {source_size[0]}x{source_size[1]} image differs from the'
         f' {geometry.source_size[0]}x{geometry.source_size[1]} of the first'
         ' record; the cache needs one image size per split.')

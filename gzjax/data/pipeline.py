@@ -47,6 +47,8 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
+from gzjax import errors
+
 NUM_VOTES = 37
 
 T = TypeVar('T')
@@ -76,7 +78,8 @@ def default_config() -> ml_collections.ConfigDict:
   config.shuffle = True
   config.seed = 0
   # Training epochs; None repeats forever.  Evaluation is always one pass.
-  config.num_epochs = None
+  # A typed placeholder, so --config.input.num_epochs=3 parses.
+  config.num_epochs = ml_collections.config_dict.placeholder(int)
 
   config.augment = ml_collections.ConfigDict()
   config.augment.enabled = True
@@ -254,7 +257,7 @@ def open_drafted(
   image = Image.open(io.BytesIO(jpeg))
   source_size = image.size
   if crop_size > min(source_size):
-    raise ValueError(
+    raise errors.ConfigError(
         f'crop_size={crop_size} exceeds the {source_size[0]}x{source_size[1]}'
         ' source image.'
     )
@@ -322,7 +325,7 @@ def decode_record(record: Mapping[str, Any], decode: Callable[[bytes], T]) -> T:
   try:
     return decode(record['image'])
   except (OSError, SyntaxError) as error:  # What PIL raises for bad data.
-    raise ValueError(
+    raise errors.DataError(
         f'galaxy_id {int(record["galaxy_id"])}: cannot decode its JPEG image'
         f' ({error}).'
     ) from error
@@ -417,11 +420,11 @@ def process_batch_size(
   if process_count is None:
     process_count = jax.process_count()
   if not 0 <= process_index < process_count:
-    raise ValueError(
+    raise errors.ConfigError(
         f'process_index={process_index} is not in [0, {process_count}).'
     )
   if config.batch_size <= 0 or config.batch_size % process_count:
-    raise ValueError(
+    raise errors.ConfigError(
         f'batch_size={config.batch_size} (the global batch) must be a positive'
         f' multiple of the process count {process_count}.'
     )
@@ -437,10 +440,10 @@ def _check_crop_fits(
   every record.
   """
   if not len(source):
-    raise ValueError('The source has no records.')
+    raise errors.DataError('The source has no records.')
   width, height = Image.open(io.BytesIO(source[0]['image'])).size
   if config.crop_size > min(width, height):
-    raise ValueError(
+    raise errors.ConfigError(
         f'crop_size={config.crop_size} exceeds the {width}x{height} source'
         ' images.'
     )
