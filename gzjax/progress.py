@@ -60,6 +60,7 @@ class PlainProgress:
     self._last = self._start
     self._postfix = ''
     self._closed = False
+    self._shown = None
 
   @property
   def _out(self) -> TextIO:
@@ -95,6 +96,7 @@ class PlainProgress:
     return text + (f', {self._postfix}' if self._postfix else '')
 
   def _emit(self) -> None:
+    self._shown = self.n
     if not self.disable:
       print(self.line(), file=self._out, flush=True)
 
@@ -115,7 +117,8 @@ class PlainProgress:
   def close(self) -> None:
     if not self._closed:
       self._closed = True
-      self._emit()
+      if self._shown != self.n:
+        self._emit()
 
 
 def is_terminal(stream: TextIO | None = None) -> bool:
