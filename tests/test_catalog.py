@@ -15,9 +15,11 @@ AWKWARD_IDS = ['J123456.78+012345.6', '9007199254740993', '000042',
                '1237648720693755918']
 
 
-def _image(path: pathlib.Path, size: int = 16, fmt: str | None = None):
+def _image(path: pathlib.Path, size: int = 16, fmt: str | None = None,
+           width: int | None = None):
   path.parent.mkdir(parents=True, exist_ok=True)
-  Image.fromarray(np.full((size, size, 3), 90, np.uint8)).save(path, fmt)
+  Image.fromarray(np.full((size, width or size, 3), 90, np.uint8)).save(
+      path, fmt)
   return path
 
 
@@ -31,6 +33,10 @@ def test_csv_ids_stay_exact_strings_and_relative_paths_resolve(tmp_path):
   assert catalog.ids(0, len(catalog)) == AWKWARD_IDS
   assert catalog.path(1) == str((tmp_path / 'cutouts' / '1.png').resolve())
   assert pathlib.Path(catalog.path(3)).is_file()
+  # All-digit ids: a type-inferring reader would make them integers (42).
+  table.write_text('objid,file\n000042,a.png\n9007199254740993,b.png\n')
+  numeric = catalogs.from_table(table, id_column='objid', path_column='file')
+  assert numeric.ids(0, 2) == ['000042', '9007199254740993']
 
 
 def test_parquet_integer_ids_are_exact_and_float_ids_refused(tmp_path):
@@ -76,10 +82,10 @@ def test_folder_is_recursive_any_case_and_glob_selects(tmp_path):
 
 
 def test_image_smaller_than_the_crop_is_named(tmp_path):
-  small = _image(tmp_path / 'tiny.png', size=40)
+  small = _image(tmp_path / 'tiny.png', size=40, width=60)
   catalogs.check_size(str(small), 40)
   with pytest.raises(catalogs.CatalogError,
-                     match=r'tiny.png: the image is 40x40, smaller than the 48'
+                     match=r'tiny.png: the image is 60x40, smaller than the 48'
                      r' px centre crop'):
     catalogs.check_size(str(small), 48)
 

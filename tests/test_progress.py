@@ -44,6 +44,7 @@ def test_resumed_count_rate_counts_only_new_work():
                                interval=0, file=out, clock=clock)
   clock.now = 4
   bar.update(20)
+  bar.close()  # Nothing new since the last line: no repeat.
   assert out.getvalue() == '80/100 (80%), 5.0 step/s, 0:04 left, 0:04 elapsed\n'
 
 
