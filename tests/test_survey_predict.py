@@ -283,12 +283,14 @@ def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_output(
   assert not (output / 'part-00002.parquet').exists()
   first_shard = (output / 'part-00000.parquet').stat()
   rerun = subprocess.run([*command, f'--config={tmp_path / "tiny.py"}'],
-                         cwd=REPO, env=env, capture_output=True, text=True,
-                         check=False)
-  assert rerun.returncode == 0, rerun.stderr
-  assert '\r' not in rerun.stderr  # Not a terminal: plain lines.
-  assert ('Wrote 69 predictions in 3 shards' in rerun.stderr and
-          '4 images could not be read' in rerun.stderr), rerun.stderr
+                         cwd=REPO, env=env, capture_output=True, check=False)
+  # Bytes, not text mode: universal newlines would turn '\r' into '\n'.
+  stderr = rerun.stderr.decode()
+  assert rerun.returncode == 0, stderr
+  assert '\r' not in stderr  # Not a terminal: plain lines.
+  assert 'predict: 74/74 (100%)' in stderr, stderr
+  assert ('Wrote 69 predictions in 3 shards' in stderr and
+          '4 images could not be read' in stderr), stderr
   # The finished shard was kept, not predicted again.
   assert (output / 'part-00000.parquet').stat().st_mtime_ns == \
       first_shard.st_mtime_ns
