@@ -297,8 +297,8 @@ def _local_experiment(experiment: train.Experiment) -> train.Experiment:
     return experiment
   mesh = jax.sharding.Mesh(np.array(jax.local_devices()), (train.DATA_AXIS,))
   local = dataclasses.replace(experiment, mesh=mesh)
-  state = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)),
-                       experiment.state)
+  # This process's replica (typed PRNG keys too), placed on its devices.
+  state = jax.tree.map(lambda x: x.addressable_data(0), experiment.state)
   local.state = jax.device_put(state, local.replicated)
   return local
 
