@@ -55,14 +55,17 @@ _RSS_COUNTS = flags.DEFINE_list(
 _RSS_CHILD = flags.DEFINE_string(
     'rss_child', '', 'Internal: run one peak-RSS measurement (its folder).')
 _JSON = flags.DEFINE_string('json_out', '', 'Also write the results here.')
+_TORCH_CHILD = flags.DEFINE_string(
+    'torch_child', '', 'Internal: time PyTorch for "MODEL,WORKERS" (no JAX in'
+    ' the process, so DataLoader workers fork safely).')
 
 CUTOUT = 424
 CROP = 207
 DISTINCT = 128
 # (input side, eval batch, N1, N2) per model: N2 - N1 images are timed.
 SETTINGS = {
-    'cnn': (64, 64, 256, 1280),
-    'efficientnet_b0': (224, 32, 64, 320),
+    'cnn': (64, 64, 128, 640),
+    'efficientnet_b0': (224, 32, 32, 160),
 }
 RSS_SIDE, RSS_CROP, RSS_INPUT, RSS_SHARD = 40, 40, 32, 10_000
 
@@ -264,6 +267,15 @@ def torch_rate(out: pathlib.Path, model: str, workers: int,
   return _difference_rate(run, n1, n2), source
 
 
+def _child(flag: str, value: str) -> dict:
+  """Runs this tool with one internal flag; returns its last JSON line."""
+  result = subprocess.run(
+      [sys.executable, __file__, f'--{flag}={value}',
+       f'--out={_OUT.value}'], check=True, capture_output=True, text=True,
+      env=dict(os.environ, PYTHONPATH=str(pathlib.Path(__file__).parents[1])))
+  return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def rss_child(folder: pathlib.Path) -> None:
   """One peak-RSS run: ``folder/catalog.csv`` into ``folder/out``."""
   from gzjax import predict  # pylint: disable=g-import-not-at-top
@@ -290,23 +302,28 @@ def peak_rss(out: pathlib.Path, rows: int) -> dict:
   subprocess.run(['rm', '-rf', str(folder)], check=True)
   folder.mkdir(parents=True)
   write_catalog(folder / 'catalog.csv', files, rows)
-  result = subprocess.run(
-      [sys.executable, __file__, f'--rss_child={folder}'], check=True,
-      capture_output=True, text=True,
-      env=dict(os.environ, PYTHONPATH=str(pathlib.Path(__file__).parents[1])))
-  return json.loads(result.stdout.strip().splitlines()[-1])
+  return _child('rss_child', str(folder))
 
 
 def main(argv):
   del argv
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  logging.set_verbosity(logging.WARNING)  # Orbax's per-save chatter.
+  if not _OUT.value:
+    flags.FLAGS.out = tempfile.mkdtemp(prefix='bench_predict_')
+  out = pathlib.Path(_OUT.value)
+  out.mkdir(parents=True, exist_ok=True)
   if _RSS_CHILD.value:
     rss_child(pathlib.Path(_RSS_CHILD.value))
     return
+  files = make_cutouts(out / f'cutouts_{CUTOUT}', CUTOUT, DISTINCT)
+  if _TORCH_CHILD.value:
+    model, workers = _TORCH_CHILD.value.split(',')
+    rate, source = torch_rate(out, model, int(workers), files)
+    print(json.dumps({'rate': rate, 'source': source}))
+    return
   import jax  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
-  out = pathlib.Path(_OUT.value or tempfile.mkdtemp(prefix='bench_predict_'))
-  out.mkdir(parents=True, exist_ok=True)
-  files = make_cutouts(out / f'cutouts_{CUTOUT}', CUTOUT, DISTINCT)
   results = {
       'date': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()),
       'machine': (f'{platform.processor() or platform.machine()},'
@@ -323,7 +340,8 @@ def main(argv):
   for model in _MODELS.value:
     for workers in map(int, _WORKER_COUNTS.value):
       ours = gzjax_rate(out, model, workers, files)
-      theirs, source = torch_rate(out, model, workers, files)
+      measured = _child('torch_child', f'{model},{workers}')
+      theirs, source = measured['rate'], measured['source']
       side = SETTINGS[model][0]
       results['throughput'].append(dict(
           model=model, side=side, workers=workers, gzjax=ours, torch=theirs,
