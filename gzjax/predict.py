@@ -394,7 +394,8 @@ def predict_catalog(config: ml_collections.ConfigDict,
   if todo:
     first_row = todo[0] * options.shard_size
     catalogs.check_size(catalog.path(first_row), config.input.crop_size)
-    _predict_shards(experiment, catalog, options, todo, names, done_rows)
+    _predict_shards(experiment, catalog, options, todo, names, done_rows,
+                    process_index)
   _barrier('gzjax_predict_shards')
   summary = Summary(output_dir, False, len(todo))
   if process_index == 0 or process_count == 1 or jax.process_count() == 1:
@@ -404,7 +405,8 @@ def predict_catalog(config: ml_collections.ConfigDict,
 
 def _predict_shards(experiment: train.Experiment, catalog: catalogs.Catalog,
                     options: Options, todo: Sequence[int],
-                    names: dict[int, str], done_rows: int) -> None:
+                    names: dict[int, str], done_rows: int,
+                    process_index: int) -> None:
   config = experiment.config
   output_dir = pathlib.Path(options.output_dir)
   local = _local_experiment(experiment)
@@ -417,6 +419,10 @@ def _predict_shards(experiment: train.Experiment, catalog: catalogs.Catalog,
               for start in range(rows.start, rows.stop, batch_size)]
   input_config = ml_collections.ConfigDict(config.input.to_dict())
   input_config.num_workers = options.num_workers
+  mapped = None
+  if options.num_workers:  # Workers then share one mapped copy of the rows.
+    mapped = output_dir / f'.catalog-process-{process_index}.arrow'
+    catalog.map_to(mapped)
   dataset = grain.MapDataset.source(specs).map(
       _DecodeBatch(catalog, input_config, batch_size))
   batches = pipeline._to_iter_dataset(dataset, input_config)  # pylint: disable=protected-access
@@ -455,6 +461,8 @@ def _predict_shards(experiment: train.Experiment, catalog: catalogs.Catalog,
     bar.close()
     if hasattr(iterator, 'close'):
       iterator.close()
+    if mapped is not None:
+      mapped.unlink(missing_ok=True)
 
 
 def _write_shard(output_dir: pathlib.Path, name: str, ids: list[str],

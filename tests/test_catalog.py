@@ -1,6 +1,7 @@
 """Survey catalogues: folders, globs, CSV and Parquet tables, exact string ids."""
 
 import pathlib
+import pickle
 
 import numpy as np
 import pyarrow as pa
@@ -33,6 +34,11 @@ def test_csv_ids_stay_exact_strings_and_relative_paths_resolve(tmp_path):
   assert catalog.ids(0, len(catalog)) == AWKWARD_IDS
   assert catalog.path(1) == str((tmp_path / 'cutouts' / '1.png').resolve())
   assert pathlib.Path(catalog.path(3)).is_file()
+  # Mapped, it pickles as its file's path (for grain's worker processes).
+  catalog.map_to(tmp_path / 'rows.arrow')
+  copy = pickle.loads(pickle.dumps(catalog))
+  assert len(pickle.dumps(catalog)) < 300 + len(str(tmp_path))
+  assert (copy.ids(0, 4), copy.path(2)) == (AWKWARD_IDS, catalog.path(2))
   # All-digit ids: a type-inferring reader would make them integers (42).
   table.write_text('objid,file\n000042,a.png\n9007199254740993,b.png\n')
   numeric = catalogs.from_table(table, id_column='objid', path_column='file')

@@ -187,8 +187,8 @@ def test_simulated_processes_write_the_same_rows_as_csv(survey, uninterrupted):
       dataclasses.replace(options, num_workers=1), process_index=1,
       process_count=2)
   assert not second.complete and second.shards_written == 1
-  assert sorted(p.name for p in output.glob('part-*.csv')) == [
-      'part-00001.csv', 'part-00001.errors.csv']
+  assert sorted(p.name for p in output.iterdir()) == [
+      '_RUN.json', 'part-00001.csv', 'part-00001.errors.csv']
   first = predict.predict_catalog(survey['config'], survey['workdir'],
                                   _catalog(survey), options, process_index=0,
                                   process_count=2)

@@ -74,6 +74,40 @@ class Catalog:
   def paths(self, start: int, stop: int) -> list[str]:
     return self._paths[start:stop].to_pylist()
 
+  def map_to(self, path: str | pathlib.Path) -> None:
+    """Moves the rows into an uncompressed Arrow file and memory-maps it.
+
+    Grain pickles the dataset, catalogue included, into every worker
+    process; a mapped catalogue pickles as its file's path, and the workers
+    share its pages through the page cache instead of each holding a copy.
+    """
+    path = pathlib.Path(path)
+    batch = pa.record_batch([self._ids, self._paths], names=['id', 'path'])
+    temporary = path.with_name(path.name + '.tmp')
+    with pa.OSFile(str(temporary), 'wb') as sink:
+      with pa.ipc.new_file(sink, batch.schema) as writer:
+        writer.write_batch(batch)
+    temporary.replace(path)
+    self._open_mapped(str(path))
+
+  def _open_mapped(self, path: str) -> None:
+    table = pa.ipc.open_file(pa.memory_map(path)).read_all()
+    self._ids = table.column('id').chunk(0)
+    self._paths = table.column('path').chunk(0)
+    self._mapped = path
+
+  def __getstate__(self):
+    if getattr(self, '_mapped', None):
+      return {'mapped': self._mapped, 'source': self.source}
+    return self.__dict__
+
+  def __setstate__(self, state):
+    if 'mapped' in state:
+      self.source = state['source']
+      self._open_mapped(state['mapped'])
+    else:
+      self.__dict__.update(state)
+
   def fingerprint(self) -> str:
     """SHA-256 of every id and path in order: is it the same catalogue?"""
     digest = hashlib.sha256()
