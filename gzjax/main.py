@@ -26,6 +26,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from gzjax import distributed
+from gzjax import errors
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'An experiment config file (configs/*.py).',
@@ -53,6 +54,34 @@ _DISTRIBUTED = flags.DEFINE_bool(
     'Call jax.distributed.initialize() (default: when JAX_COORDINATOR_ADDRESS'
     ' is set); JAX_NUM_PROCESSES and JAX_PROCESS_ID say how many processes'
     ' and which one, where the cluster is not detected (gzjax/distributed.py).')
+
+
+# Survey prediction (gzjax/predict.py): chosen by --catalog or --output_dir.
+_CATALOG = flags.DEFINE_string(
+    'catalog', None,
+    'predict: a CSV or Parquet table of images to label (see --id_column,'
+    ' --path_column); needs --output_dir.')
+_ID_COLUMN = flags.DEFINE_string(
+    'id_column', 'id', 'predict --catalog: the column of galaxy ids.')
+_PATH_COLUMN = flags.DEFINE_string(
+    'path_column', 'path',
+    'predict --catalog: the column of image paths (relative to the table).')
+_OUTPUT_DIR = flags.DEFINE_string(
+    'output_dir', None,
+    'predict: write sharded predictions of --catalog or --images (a folder,'
+    ' searched recursively, or a glob) here; rerunning resumes.')
+_SHARD_SIZE = flags.DEFINE_integer(
+    'shard_size', 100_000, 'predict --output_dir: rows per output shard.')
+_FORMAT = flags.DEFINE_enum(
+    'format', 'parquet', ['parquet', 'csv'],
+    'predict --output_dir: the shards\' file format.')
+_STRICT = flags.DEFINE_bool(
+    'strict', False,
+    'predict --output_dir: stop at the first unreadable image instead of'
+    ' listing it in errors.csv.')
+_NUM_WORKERS = flags.DEFINE_integer(
+    'num_workers', 0,
+    'predict --output_dir: image-decoding processes (0: in this process).')
 
 flags.mark_flags_as_required(['config', 'workdir'])
 
@@ -121,6 +150,19 @@ def parse_flags(argv: list[str]) -> list[str]:
     raise  # Not a misspelt key: a bug, with its traceback.
 
 
+def _predict_survey(config, workdirs):
+  from gzjax import predict  # pylint: disable=g-import-not-at-top
+  if not _OUTPUT_DIR.value:
+    raise errors.ConfigError(
+        '--catalog writes sharded predictions: give --output_dir.')
+  predict.run(config, workdirs, images=_IMAGES.value, catalog=_CATALOG.value,
+              id_column=_ID_COLUMN.value, path_column=_PATH_COLUMN.value,
+              output_dir=_OUTPUT_DIR.value, shard_size=_SHARD_SIZE.value,
+              format=_FORMAT.value, strict=_STRICT.value,
+              num_workers=_NUM_WORKERS.value, checkpoint=_CHECKPOINT.value,
+              tta=_TTA.value)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
@@ -133,7 +175,6 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   # Imported here so that --help is fast and flags parse before grain starts.
   from gzjax import config_checks  # pylint: disable=g-import-not-at-top
-  from gzjax import errors  # pylint: disable=g-import-not-at-top
   from gzjax import evaluate  # pylint: disable=g-import-not-at-top
   from gzjax import train  # pylint: disable=g-import-not-at-top
 
@@ -144,6 +185,8 @@ def main(argv):
     elif _MODE.value == 'evaluate':
       evaluate.evaluate(config, _WORKDIR.value, split=_SPLIT.value,
                         checkpoint=_CHECKPOINT.value, tta=_TTA.value)
+    elif _CATALOG.value or _OUTPUT_DIR.value:
+      _predict_survey(config, [_WORKDIR.value, *_ENSEMBLE.value])
     else:
       evaluate.predict(config, [_WORKDIR.value, *_ENSEMBLE.value],
                        output=_OUTPUT.value, images=_IMAGES.value,

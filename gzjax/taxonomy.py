@@ -454,6 +454,43 @@ def seven_class_rules(
   return np.stack(rules, axis=-1)
 
 
+def seven_class_scores(
+    votes: np.ndarray,
+    thresholds: SevenClassThresholds = SevenClassThresholds(),
+) -> np.ndarray:
+  """``[..., 7]``: how strongly the fractions support each class's rule.
+
+  The product of the fractions (conditional ones when
+  ``thresholds.conditional``) of the answers that the class's rule in
+  :func:`seven_class_rules` tests, the best odd feature standing for the
+  irregular rule's "any one of": for conditional fractions, the share of
+  volunteers expected to take the rule's whole path through the tree
+  (e.g. barred spiral: features x not edge-on x spiral x bar).  Unknown
+  answers give NaN.
+  """
+  votes = _check_width(votes, 'votes')
+  f = cumulative_to_conditional(votes) if thresholds.conditional else votes
+
+  def answer(name: str) -> np.ndarray:
+    return f[..., _INDEX[name]]
+
+  smooth_odd_no = answer('Class1.1') * answer('Class6.2')
+  face_on_spiral = answer('Class1.2') * answer('Class2.2') * answer('Class4.1')
+  odd_feature = np.max(
+      f[..., [_INDEX[a] for a in ('Class8.3', 'Class8.4', 'Class8.5',
+                                  'Class8.6', 'Class8.7')]], axis=-1)
+  scores = [
+      smooth_odd_no * answer('Class7.1'),
+      smooth_odd_no * answer('Class7.2'),
+      answer('Class1.1') * answer('Class7.3'),
+      answer('Class1.2') * answer('Class2.1') * answer('Class6.2'),
+      face_on_spiral * answer('Class3.1'),
+      face_on_spiral * answer('Class3.2'),
+      answer('Class6.1') * odd_feature,
+  ]
+  return np.stack(scores, axis=-1)
+
+
 def seven_class_labels(
     votes: np.ndarray,
     thresholds: SevenClassThresholds = SevenClassThresholds(),

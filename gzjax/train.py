@@ -25,7 +25,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import tqdm
 
 from gzjax import checkpoint
 from gzjax import config_checks
@@ -36,6 +35,7 @@ from gzjax import metrics
 from gzjax import models
 from gzjax import optimizers
 from gzjax import plots
+from gzjax import progress as progress_bars
 from gzjax import taxonomy
 from gzjax.data import cache
 from gzjax.data import galaxy_zoo
@@ -654,9 +654,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   writer = MetricWriter(workdir, purge_step=start_step + 1)
   pending, window_start, window_time = [], start_step, time.perf_counter()
   validation = {}
-  progress = tqdm.tqdm(total=config.num_train_steps, initial=start_step,
-                       unit='step', dynamic_ncols=True,
-                       disable=jax.process_index() != 0)
+  progress = progress_bars.bar(total=config.num_train_steps,
+                               initial=start_step, unit='step',
+                               disable=jax.process_index() != 0)
   try:
     for step in range(start_step + 1, config.num_train_steps + 1):
       batch = to_global(next(train_iterator), experiment.batch_sharding)

@@ -37,9 +37,9 @@ from typing import Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
-import tqdm
 
 from gzjax import errors
+from gzjax import progress
 from gzjax import taxonomy
 from gzjax.data import kaggle
 from gzjax.data import synthetic
@@ -335,7 +335,7 @@ class GalaxyZoo(tfds.core.GeneratorBasedBuilder):
 
 
 def _progress(split: str, items, total: int):
-  return tqdm.tqdm(
+  return progress.bar(
       items, total=total, desc=f'{split:>10s}', unit=' galaxies', leave=False
   )
 

@@ -391,9 +391,27 @@ class _EvalPreprocess(grain.transforms.Map):
     self._config = config
 
   def map(self, element: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    image = _decode_record(element, self._config, Warp())
-    image = image.astype(np.float32) / 255
-    return make_example(element, _normalize(image, self._config))
+    image = decode_record(
+        element, lambda encoded: eval_image(encoded, self._config)
+    )
+    return make_example(element, image)
+
+
+def eval_image(
+    encoded: bytes, config: ml_collections.ConfigDict
+) -> np.ndarray:
+  """An encoded image as the model sees it in evaluation and prediction.
+
+  The centre crop resized to ``config.image_size``, unaugmented, as float32
+  normalised with the config's mean and std.  JPEG and PNG (any format Pillow
+  reads, recognised by content) work; only JPEG uses the DCT draft scale.
+
+  Raises:
+    ValueError: if ``config.crop_size`` exceeds the image.
+    OSError: if the image cannot be decoded (PIL's error).
+  """
+  image = decode_and_crop(encoded, config.crop_size, config.image_size)
+  return _normalize(image.astype(np.float32) / 255, config)
 
 
 def _padding_example(config: ml_collections.ConfigDict):

@@ -1,0 +1,275 @@
+"""Survey catalogues: which images to predict, and the id of each.
+
+A :class:`Catalog` is an ordered table of ``(id, path)`` rows, from
+
+* a folder, searched recursively for ``.jpg``/``.jpeg``/``.png`` files (any
+  case), id = the file name without its extension, in sorted path order;
+* a glob (``'cutouts/**/*.png'``), id = the file name without extension;
+* a CSV or Parquet table with an id column and a path column (names
+  configurable); relative paths are relative to the table's folder.
+
+Ids are strings and stay exactly as written: ``J123456.78+012345.6``,
+``000123`` or a 64-bit object id such as ``9007199254740993`` (which a float
+would round to ...992).  CSV columns are read as text, never inferred; a
+Parquet id column must hold strings or integers, not floats.
+
+The rows live in two Arrow string arrays rather than Python objects: about
+the bytes of the strings, ~100 MB for a million rows with long paths.
+
+Prediction splits the catalogue into a fixed grid of shards of ``shard_size``
+consecutive rows; :func:`shards_of_process` gives process ``i`` of ``P`` the
+shards ``i, i + P, …``, so every process reads its own slice, and the shard
+files do not depend on the number of processes.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob as globlib
+import hashlib
+import io
+import pathlib
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+from PIL import Image
+
+from gzjax import errors
+
+IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png')
+TABLE_SUFFIXES = ('.csv', '.parquet', '.pq')
+
+
+class CatalogError(errors.DataError):
+  """A catalogue that cannot be read as asked; the message says why."""
+
+
+class Catalog:
+  """Rows of (id, image path), random access by row number."""
+
+  def __init__(self, ids, paths, *, source: str):
+    self._ids = pa.array(ids, pa.string()) if not isinstance(
+        ids, pa.Array) else ids
+    self._paths = pa.array(paths, pa.string()) if not isinstance(
+        paths, pa.Array) else paths
+    if len(self._ids) != len(self._paths):
+      raise ValueError('ids and paths differ in length.')
+    self.source = source
+    if not len(self._ids):
+      raise CatalogError(f'{source}: no images to predict.')
+
+  def __len__(self) -> int:
+    return len(self._ids)
+
+  def id(self, row: int) -> str:
+    return self._ids[row].as_py()
+
+  def path(self, row: int) -> str:
+    return self._paths[row].as_py()
+
+  def ids(self, start: int, stop: int) -> list[str]:
+    return self._ids[start:stop].to_pylist()
+
+  def paths(self, start: int, stop: int) -> list[str]:
+    return self._paths[start:stop].to_pylist()
+
+  def map_to(self, path: str | pathlib.Path) -> None:
+    """Moves the rows into an uncompressed Arrow file and memory-maps it.
+
+    Grain pickles the dataset, catalogue included, into every worker
+    process; a mapped catalogue pickles as its file's path, and the workers
+    share its pages through the page cache instead of each holding a copy.
+    """
+    path = pathlib.Path(path)
+    batch = pa.record_batch([self._ids, self._paths], names=['id', 'path'])
+    temporary = path.with_name(path.name + '.tmp')
+    with pa.OSFile(str(temporary), 'wb') as sink:
+      with pa.ipc.new_file(sink, batch.schema) as writer:
+        writer.write_batch(batch)
+    temporary.replace(path)
+    self._open_mapped(str(path))
+
+  def _open_mapped(self, path: str) -> None:
+    table = pa.ipc.open_file(pa.memory_map(path)).read_all()
+    self._ids = table.column('id').chunk(0)
+    self._paths = table.column('path').chunk(0)
+    self._mapped = path
+
+  def __getstate__(self):
+    if getattr(self, '_mapped', None):
+      return {'mapped': self._mapped, 'source': self.source}
+    return self.__dict__
+
+  def __setstate__(self, state):
+    if 'mapped' in state:
+      self.source = state['source']
+      self._open_mapped(state['mapped'])
+    else:
+      self.__dict__.update(state)
+
+  def fingerprint(self) -> str:
+    """SHA-256 of every id and path in order: is it the same catalogue?"""
+    digest = hashlib.sha256()
+    for array in (self._ids, self._paths):
+      for chunk in range(0, len(array), 65536):
+        for value in array[chunk:chunk + 65536].to_pylist():
+          digest.update(value.encode())
+          digest.update(b'\0')
+    return digest.hexdigest()
+
+
+def _stem_rows(files: list[pathlib.Path], source: str) -> Catalog:
+  seen = {}
+  for path in files:
+    if path.stem in seen:
+      raise CatalogError(
+          f'{source}: two images have the id {path.stem!r}: {seen[path.stem]}'
+          f' and {path}; give a catalogue with an id column instead.')
+    seen[path.stem] = path
+  return Catalog([p.stem for p in files], [str(p) for p in files],
+                 source=source)
+
+
+def from_folder(folder: str | pathlib.Path) -> Catalog:
+  """Every JPEG/PNG under ``folder`` (recursively), sorted by path."""
+  folder = pathlib.Path(folder)
+  if not folder.is_dir():
+    raise CatalogError(f'{folder}: no such folder.')
+  files = sorted(p for p in folder.rglob('*')
+                 if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+  if not files:
+    raise CatalogError(
+        f'{folder}: no .jpg, .jpeg or .png files in it or its subfolders.')
+  return _stem_rows(files, str(folder))
+
+
+def from_glob(pattern: str) -> Catalog:
+  """The files matching ``pattern`` (``**`` recurses), sorted by path."""
+  files = sorted(pathlib.Path(p) for p in globlib.glob(pattern, recursive=True)
+                 if pathlib.Path(p).is_file())
+  if not files:
+    raise CatalogError(f'{pattern}: the pattern matches no files.')
+  return _stem_rows(files, pattern)
+
+
+def _table_column(table: pa.Table, name: str, path: pathlib.Path,
+                  role: str) -> pa.Array:
+  if name not in table.column_names:
+    raise CatalogError(
+        f'{path}: no column {name!r} for the {role}s (columns:'
+        f' {", ".join(table.column_names)}); set --{role}_column.')
+  column = table.column(name).combine_chunks()
+  if pa.types.is_integer(column.type):
+    column = column.cast(pa.string())  # Exact, unlike a float.
+  elif not (pa.types.is_string(column.type) or
+            pa.types.is_large_string(column.type)):
+    raise CatalogError(
+        f'{path}: column {name!r} holds {column.type}, not strings or'
+        f' integers{"; ids stored as floats may have lost digits" if pa.types.is_floating(column.type) else ""}.'
+        ' Write it as strings.')
+  column = column.cast(pa.string())
+  if column.null_count:
+    row = column.is_null().to_pylist().index(True)
+    raise CatalogError(
+        f'{path}: row {row + 1} has no {role} (column {name!r} is empty).')
+  return column
+
+
+def from_table(table_path: str | pathlib.Path, *, id_column: str = 'id',
+               path_column: str = 'path') -> Catalog:
+  """A CSV or Parquet catalogue; relative paths are from its folder."""
+  table_path = pathlib.Path(table_path)
+  if not table_path.is_file():
+    raise CatalogError(f'{table_path}: no such catalogue file.')
+  suffix = table_path.suffix.lower()
+  try:
+    if suffix == '.csv':
+      header = next(csv.reader(io.StringIO(
+          table_path.open(encoding='utf-8').readline())), [])
+      table = pa_csv.read_csv(
+          table_path,
+          convert_options=pa_csv.ConvertOptions(
+              column_types={c: pa.string() for c in header},
+              strings_can_be_null=False))
+    else:
+      table = pq.read_table(table_path)
+  except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as error:
+    raise CatalogError(f'{table_path}: cannot read the catalogue ({error}).'
+                       ) from None
+  ids = _table_column(table, id_column, table_path, 'id')
+  paths = _table_column(table, path_column, table_path, 'path')
+  empty = pc.equal(pc.utf8_length(paths), 0)
+  if pc.any(empty).as_py():
+    row = empty.to_pylist().index(True)
+    raise CatalogError(f'{table_path}: row {row + 1} has an empty path.')
+  base = str(table_path.parent.resolve())
+  relative = pc.invert(pc.starts_with(paths, '/'))
+  joined = pc.binary_join_element_wise(base, paths, '/')
+  paths = pc.if_else(relative, joined, paths)
+  return Catalog(ids, paths, source=str(table_path))
+
+
+def open_catalog(images: str | None = None, catalog: str | None = None, *,
+                 id_column: str = 'id', path_column: str = 'path') -> Catalog:
+  """``catalog`` (a table) or ``images`` (a folder or a glob)."""
+  if bool(images) == bool(catalog):
+    raise CatalogError('Give exactly one of --images (a folder or a glob) and'
+                       ' --catalog (a CSV or Parquet table).')
+  if catalog:
+    if pathlib.Path(catalog).suffix.lower() not in TABLE_SUFFIXES:
+      raise CatalogError(
+          f'{catalog}: a catalogue is a .csv or .parquet file.')
+    return from_table(catalog, id_column=id_column, path_column=path_column)
+  if pathlib.Path(images).is_dir():
+    return from_folder(images)
+  if globlib.has_magic(images):
+    return from_glob(images)
+  raise CatalogError(f'{images}: neither a folder nor a glob pattern.')
+
+
+def check_size(path: str, crop_size: int) -> None:
+  """Fails with the file's name when its image is smaller than the crop.
+
+  Reads only the header; an unreadable file is left to the prediction's
+  errors report.
+  """
+  try:
+    with Image.open(path) as image:
+      width, height = image.size
+  except (OSError, SyntaxError, ValueError):
+    return
+  if crop_size > min(width, height):
+    raise CatalogError(
+        f'{path}: the image is {width}x{height}, smaller than the'
+        f' {crop_size} px centre crop; predict with a config whose'
+        ' input.crop_size fits the survey\'s cutouts.')
+
+
+def num_shards(num_rows: int, shard_size: int) -> int:
+  if shard_size <= 0:
+    raise errors.ConfigError(
+        f'--shard_size={shard_size}: rows per shard must be positive.')
+  return -(-num_rows // shard_size)
+
+
+def shard_rows(shard: int, num_rows: int, shard_size: int) -> range:
+  """The catalogue rows of shard ``shard``."""
+  return range(shard * shard_size, min((shard + 1) * shard_size, num_rows))
+
+
+def shards_of_process(num_rows: int, shard_size: int, process_index: int,
+                      process_count: int) -> range:
+  """Shards ``i, i + P, …`` of the grid: process ``i``'s share."""
+  if not 0 <= process_index < process_count:
+    raise ValueError(
+        f'process_index={process_index} is not in [0, {process_count}).')
+  return range(process_index, num_shards(num_rows, shard_size), process_count)
+
+
+def iter_rows(catalog: Catalog, rows: range) -> Iterator[tuple[str, str]]:
+  ids = catalog.ids(rows.start, rows.stop)
+  paths = catalog.paths(rows.start, rows.stop)
+  return zip(ids, paths)

@@ -1,0 +1,532 @@
+"""Survey-scale prediction: streamed, sharded, resumable, one process or many.
+
+``predict_catalog`` labels every row of a :class:`gzjax.data.catalog.Catalog`
+with a trained checkpoint and writes the rows as it goes, in memory that does
+not grow with the catalogue:
+
+* grain decodes whole batches (in ``num_workers`` processes, with bounded
+  prefetch buffers) with the evaluation preprocessing of
+  ``gzjax.data.pipeline.eval_image``; the jitted ``train.make_predict_fn``
+  (TTA too) runs them; a shard's rows are held until it is written.
+* The catalogue is cut into a fixed grid of shards of ``shard_size`` rows
+  (the last is shorter).  Each shard is written atomically (a ``.tmp`` file,
+  then ``os.replace``) as Parquet or CSV, so a file named ``part-*`` is
+  always complete.  Process ``i`` of ``P`` predicts shards ``i, i + P, …``
+  on its own devices: nothing is gathered across processes, and the files
+  are the same whatever ``P``.
+* Rerunning the same command after a kill keeps the finished shards and
+  predicts the rest; batches never straddle shards, so every shard is
+  computed from the same batches and the result is identical to an
+  uninterrupted run.  ``_RUN.json``, written first, records the run's
+  settings; a rerun with other settings (another checkpoint, catalogue,
+  shard size, format, crop…) is refused instead of mixing outputs.
+* An image that cannot be read or decoded does not stop the run: it is
+  listed, with the reason, in ``errors.csv`` (per shard while running) and
+  counted at the end.  ``strict`` turns the first one into an error.
+* When every shard exists, ``_SUCCESS.json`` lists the shards and their row
+  and error counts, the checkpoint and the settings.
+
+Output layout::
+
+  OUTPUT_DIR/
+    _RUN.json                 settings of the run (checked on resume)
+    part-00000.parquet        rows 0 … shard_size-1 of the catalogue
+    part-00001.parquet        (minus unreadable images)
+    part-00001.errors.csv     that shard's unreadable images, if any
+    errors.csv                all unreadable images: id, path, reason
+    _SUCCESS.json             the manifest, written last
+
+Each row: ``id`` (a string, as in the catalogue); for the votes task the 37
+vote fractions ``Class1.1`` … ``Class11.6`` (tree-consistent from the votes
+head) and the derived labels ``label_3class``/``name_3class``/``p_3class``
+and ``label_7class``/``name_7class``/``p_7class`` (``gzjax.taxonomy``'s
+labels, -1 and an empty name when no class is confident; ``p`` is the
+leading question-1 fraction, or ``taxonomy.seven_class_scores`` of the
+class, NaN without a class); for classifiers, one probability per class, the
+``predicted`` class name and its probability ``p_predicted``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import pathlib
+import re
+import sys
+from typing import Any, Sequence
+
+import grain
+import jax
+from jax.experimental import multihost_utils
+import ml_collections
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from gzjax import errors
+from gzjax import evaluate
+from gzjax import progress
+from gzjax import taxonomy
+from gzjax import train
+from gzjax.data import catalog as catalogs
+from gzjax.data import pipeline
+
+FORMATS = ('parquet', 'csv')
+RUN_FILE = '_RUN.json'
+SUCCESS_FILE = '_SUCCESS.json'
+ERRORS_FILE = 'errors.csv'
+ERRORS_HEADER = ('id', 'path', 'reason')
+
+
+class PredictionError(errors.GzjaxError, ValueError):
+  """A survey prediction that cannot go on; the message says what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """How a survey prediction runs and writes.
+
+  Attributes:
+    output_dir: where the shards, errors and manifest go.
+    shard_size: catalogue rows per output shard.
+    format: 'parquet' or 'csv'.
+    strict: the first unreadable image is an error instead of a listed one.
+    num_workers: grain decoding processes (0 decodes in this process).
+    checkpoint: 'latest', 'best' or a step number.
+    tta: average over the 8 rotations and flips.
+    progress_interval: seconds between plain progress lines (not a TTY).
+  """
+
+  output_dir: str | pathlib.Path
+  shard_size: int = 100_000
+  format: str = 'parquet'
+  strict: bool = False
+  num_workers: int = 0
+  checkpoint: str = 'latest'
+  tta: bool = False
+  progress_interval: float = progress.DEFAULT_INTERVAL
+
+  def __post_init__(self):
+    if self.format not in FORMATS:
+      raise PredictionError(
+          f'format={self.format!r}: use one of {", ".join(FORMATS)}.')
+    if self.shard_size <= 0:
+      raise PredictionError(
+          f'shard_size={self.shard_size}: give a positive number of rows.')
+    if self.num_workers < 0:
+      raise PredictionError(f'num_workers={self.num_workers} is negative.')
+
+
+@dataclasses.dataclass(frozen=True)
+class Summary:
+  """What a call did: rows and errors over the whole catalogue if complete."""
+
+  output_dir: pathlib.Path
+  complete: bool
+  shards_written: int
+  rows: int | None = None
+  errors: int | None = None
+
+
+# ------------------------------------------------------------------ files ---
+
+
+def shard_name(shard: int, num_shards: int, fmt: str) -> str:
+  width = max(5, len(str(num_shards - 1)))
+  return f'part-{shard:0{width}d}.{fmt}'
+
+
+def _errors_name(name: str) -> str:
+  return name.rsplit('.', 1)[0] + '.errors.csv'
+
+
+def _write_atomically(path: pathlib.Path, data: bytes) -> None:
+  temporary = path.with_name(path.name + '.tmp')
+  temporary.write_bytes(data)
+  os.replace(temporary, path)
+
+
+def _csv_bytes(header: Sequence[str], rows) -> bytes:
+  buffer = io.StringIO()
+  writer = csv.writer(buffer, lineterminator='\n')
+  writer.writerow(header)
+  writer.writerows(rows)
+  return buffer.getvalue().encode()
+
+
+def read_errors(path: pathlib.Path) -> list[list[str]]:
+  with path.open(newline='', encoding='utf-8') as f:
+    return list(csv.reader(f))[1:]
+
+
+# ------------------------------------------------------------------- rows ---
+
+
+def _float_text(value: float) -> str:
+  # 9 significant digits round-trip a float32 exactly; NaN is an empty cell.
+  return '' if math.isnan(value) else f'{value:.9g}'
+
+
+def output_columns(ids: Sequence[str], outputs: np.ndarray,
+                   task: train.Task) -> dict[str, Any]:
+  """The shard's columns, in order, for ``outputs`` of ``task``."""
+  outputs = np.asarray(outputs, np.float32).reshape(len(ids), -1)
+  columns: dict[str, Any] = {'id': list(ids)}
+  if task.is_classification:
+    for k, name in enumerate(task.class_names):
+      columns[name] = outputs[:, k]
+    best = np.argmax(outputs, axis=1)
+    columns['predicted'] = [task.class_names[k] for k in best]
+    columns['p_predicted'] = outputs[np.arange(len(ids)), best]
+    return columns
+  for k, name in enumerate(taxonomy.ANSWERS):
+    columns[name] = outputs[:, k]
+  votes = outputs.astype(np.float64)
+  q1 = votes[:, taxonomy.QUESTIONS[0].slice]
+  derived = (
+      ('3class', taxonomy.three_class_labels(votes),
+       taxonomy.THREE_CLASS_NAMES, q1),
+      ('7class', taxonomy.seven_class_labels(votes),
+       taxonomy.SEVEN_CLASS_NAMES, taxonomy.seven_class_scores(votes)),
+  )
+  for suffix, labels, names, scores in derived:
+    chosen = np.take_along_axis(scores, np.maximum(labels, 0)[:, None],
+                                axis=1)[:, 0]
+    columns[f'label_{suffix}'] = labels.astype(np.int64)
+    columns[f'name_{suffix}'] = [names[k] if k >= 0 else '' for k in labels]
+    columns[f'p_{suffix}'] = np.where(labels >= 0, chosen,
+                                      np.nan).astype(np.float32)
+  return columns
+
+
+def _encode_shard(columns: dict[str, Any], fmt: str) -> bytes:
+  if fmt == 'parquet':
+    table = pa.table({
+        name: (pa.array(values, pa.string()) if name == 'id' else
+               pa.array(values))
+        for name, values in columns.items()
+    })
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    return buffer.getvalue()
+  names = list(columns)
+  rows = []
+  for i in range(len(columns['id'])):
+    row = []
+    for name in names:
+      value = columns[name][i]
+      row.append(_float_text(float(value))
+                 if isinstance(value, (float, np.floating)) else str(value))
+    rows.append(row)
+  return _csv_bytes(names, rows)
+
+
+def read_shards(output_dir: str | pathlib.Path) -> pa.Table:
+  """All rows of a finished prediction, in catalogue order (for checks)."""
+  output_dir = pathlib.Path(output_dir)
+  manifest = json.loads((output_dir / SUCCESS_FILE).read_text())
+  tables = []
+  for shard in manifest['shards']:
+    path = output_dir / shard['file']
+    if manifest['format'] == 'parquet':
+      tables.append(pq.read_table(path))
+    else:
+      import pyarrow.csv as pa_csv  # pylint: disable=g-import-not-at-top
+      tables.append(pa_csv.read_csv(path, convert_options=pa_csv.ConvertOptions(
+          column_types={'id': pa.string()})))
+  return pa.concat_tables(tables)
+
+
+# ----------------------------------------------------------------- decode ---
+
+
+class _DecodeBatch(grain.transforms.Map):
+  """(shard, start, stop) to a padded batch of images and the failures."""
+
+  def __init__(self, catalog: catalogs.Catalog,
+               config: ml_collections.ConfigDict, batch_size: int):
+    self._catalog = catalog
+    self._config = config
+    self._batch_size = batch_size
+
+  def map(self, element):
+    shard, start, stop = element
+    size = self._config.image_size
+    images = np.zeros((self._batch_size, size, size, 3), np.float32)
+    readable = np.zeros(self._batch_size, bool)
+    errors = []
+    for i, path in enumerate(self._catalog.paths(start, stop)):
+      try:
+        with open(path, 'rb') as f:
+          encoded = f.read()
+        images[i] = pipeline.eval_image(encoded, self._config)
+        readable[i] = True
+      # Any failure of one file (PIL raises many kinds for broken data) is
+      # that file's error row, never the run's end.
+      except Exception as error:  # pylint: disable=broad-exception-caught
+        errors.append((start + i, _reason(error)))
+    return {'shard': shard, 'start': start, 'stop': stop, 'image': images,
+            'readable': readable, 'errors': errors}
+
+
+def _reason(error: BaseException) -> str:
+  """One line, the same on every run (no object addresses)."""
+  text = ' '.join(str(error).split()) or type(error).__name__
+  text = re.sub(r'<_io\.BytesIO object at 0x[0-9a-fA-F]+>', 'the file', text)
+  if isinstance(error, FileNotFoundError):
+    return 'no such file'
+  if 'crop_size' in text and 'exceeds' in text:
+    return f'smaller than the crop: {text}'
+  return f'cannot decode the image ({type(error).__name__}: {text})'
+
+
+# ------------------------------------------------------------------- run ---
+
+
+def _barrier(name: str) -> None:
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
+def _local_experiment(experiment: train.Experiment) -> train.Experiment:
+  """The experiment on this process's devices only: no cross-process step."""
+  if jax.process_count() == 1:
+    return experiment
+  mesh = jax.sharding.Mesh(np.array(jax.local_devices()), (train.DATA_AXIS,))
+  local = dataclasses.replace(experiment, mesh=mesh)
+  # This process's replica (typed PRNG keys too), placed on its devices.
+  state = jax.tree.map(lambda x: x.addressable_data(0), experiment.state)
+  local.state = jax.device_put(state, local.replicated)
+  return local
+
+
+def _settings(config, workdir, catalog, options, step, task) -> dict[str, Any]:
+  return {
+      'catalog': {'source': catalog.source, 'rows': len(catalog),
+                  'sha256': catalog.fingerprint()},
+      'checkpoint': {'workdir': str(pathlib.Path(workdir).resolve()),
+                     'which': str(options.checkpoint), 'step': int(step)},
+      'model': {'name': config.model.name, 'task': task.name,
+                'crop_size': int(config.input.crop_size),
+                'image_size': int(config.input.image_size),
+                'normalization': config.input.normalization.to_dict(),
+                'tta': bool(options.tta)},
+      'shard_size': options.shard_size,
+      'format': options.format,
+  }
+
+
+def _differences(old: Any, new: Any, prefix: str = '') -> list[str]:
+  if isinstance(old, dict) and isinstance(new, dict):
+    found = []
+    for key in sorted(set(old) | set(new)):
+      found += _differences(old.get(key), new.get(key), f'{prefix}{key}.')
+    return found
+  old = list(old) if isinstance(old, tuple) else old
+  new = list(new) if isinstance(new, tuple) else new
+  return [] if old == new else [f'{prefix[:-1]}: {old!r} then, {new!r} now']
+
+
+def _check_run(output_dir: pathlib.Path, settings: dict[str, Any]) -> None:
+  """Records the settings, or refuses a resume with different ones."""
+  path = output_dir / RUN_FILE
+  if jax.process_index() == 0 and not path.exists():
+    output_dir.mkdir(parents=True, exist_ok=True)
+    _write_atomically(path, json.dumps(settings, indent=2).encode())
+  _barrier('gzjax_predict_run_file')
+  recorded = json.loads(path.read_text())
+  differences = _differences(recorded, json.loads(json.dumps(settings)))
+  if differences:
+    raise PredictionError(
+        f'{output_dir} holds predictions of another run ('
+        + '; '.join(differences) + '): give a new --output_dir, or delete'
+        ' that one to start again.')
+
+
+def _batch_size(config: ml_collections.ConfigDict) -> int:
+  batch = config.eval_batch_size or config.input.batch_size
+  devices = jax.local_device_count()
+  return -(-batch // devices) * devices
+
+
+def predict_catalog(config: ml_collections.ConfigDict,
+                    workdir: str | pathlib.Path,
+                    catalog: catalogs.Catalog, options: Options, *,
+                    process_index: int | None = None,
+                    process_count: int | None = None) -> Summary:
+  """Predicts this process's shards of ``catalog``; see the module doc.
+
+  Args:
+    config: the experiment config of ``workdir``.
+    workdir: the training workdir holding the checkpoint.
+    catalog: the rows to predict.
+    options: output and run settings.
+    process_index: this process's share; defaults to ``jax.process_index()``.
+    process_count: the number of shares; defaults to ``jax.process_count()``.
+      (Given explicitly, one process can play each share in turn.)
+
+  Returns:
+    A :class:`Summary`; ``complete`` when every shard of every process
+    exists and the manifest is written.
+  """
+  process_index = (jax.process_index() if process_index is None
+                   else process_index)
+  process_count = (jax.process_count() if process_count is None
+                   else process_count)
+  output_dir = pathlib.Path(options.output_dir)
+  experiment, step = evaluate.restore(config, workdir, options.checkpoint)
+  task = experiment.task
+  settings = _settings(config, workdir, catalog, options, step, task)
+  _check_run(output_dir, settings)
+  total_shards = catalogs.num_shards(len(catalog), options.shard_size)
+  mine = catalogs.shards_of_process(len(catalog), options.shard_size,
+                                    process_index, process_count)
+  names = {k: shard_name(k, total_shards, options.format) for k in mine}
+  for name in names.values():  # A killed run's partial files.
+    for stale in (name, _errors_name(name)):
+      output_dir.joinpath(stale + '.tmp').unlink(missing_ok=True)
+  todo = [k for k in mine if not (output_dir / names[k]).exists()]
+  done_rows = sum(len(catalogs.shard_rows(k, len(catalog), options.shard_size))
+                  for k in mine if k not in todo)
+  if todo:
+    first_row = todo[0] * options.shard_size
+    catalogs.check_size(catalog.path(first_row), config.input.crop_size)
+    _predict_shards(experiment, catalog, options, todo, names, done_rows,
+                    process_index)
+  _barrier('gzjax_predict_shards')
+  summary = Summary(output_dir, False, len(todo))
+  if process_index == 0 or process_count == 1 or jax.process_count() == 1:
+    summary = finalize(output_dir, catalog, options, settings) or summary
+  return dataclasses.replace(summary, shards_written=len(todo))
+
+
+def _predict_shards(experiment: train.Experiment, catalog: catalogs.Catalog,
+                    options: Options, todo: Sequence[int],
+                    names: dict[int, str], done_rows: int,
+                    process_index: int) -> None:
+  config = experiment.config
+  output_dir = pathlib.Path(options.output_dir)
+  local = _local_experiment(experiment)
+  predict_fn = train.make_predict_fn(local, tta=options.tta)
+  batch_size = _batch_size(config)
+  specs = []
+  for shard in todo:
+    rows = catalogs.shard_rows(shard, len(catalog), options.shard_size)
+    specs += [(shard, start, min(start + batch_size, rows.stop))
+              for start in range(rows.start, rows.stop, batch_size)]
+  input_config = ml_collections.ConfigDict(config.input.to_dict())
+  input_config.num_workers = options.num_workers
+  mapped = None
+  if options.num_workers:  # Workers then share one mapped copy of the rows.
+    mapped = output_dir / f'.catalog-process-{process_index}.arrow'
+    catalog.map_to(mapped)
+  dataset = grain.MapDataset.source(specs).map(
+      _DecodeBatch(catalog, input_config, batch_size))
+  batches = pipeline._to_iter_dataset(dataset, input_config)  # pylint: disable=protected-access
+  remaining = sum(len(catalogs.shard_rows(k, len(catalog), options.shard_size))
+                  for k in todo)
+  bar = progress.bar(total=done_rows + remaining, initial=done_rows,
+                     desc='predict', unit='images',
+                     interval=options.progress_interval)
+  pending_ids, pending_outputs, pending_errors = [], [], []
+  iterator = iter(batches)
+  try:
+    for batch in iterator:
+      shard, start, stop = batch['shard'], batch['start'], batch['stop']
+      count = stop - start
+      if batch['errors'] and options.strict:
+        row, reason = batch['errors'][0]
+        raise PredictionError(
+            f'{catalog.path(row)} (id {catalog.id(row)}): {reason}; rerun'
+            ' without --strict to list unreadable images in errors.csv and'
+            ' go on.')
+      outputs = np.asarray(predict_fn(local.state, batch['image']))[:count]
+      readable = np.asarray(batch['readable'][:count])
+      ids = catalog.ids(start, stop)
+      pending_ids += [i for i, ok in zip(ids, readable) if ok]
+      pending_outputs.append(outputs[readable])
+      pending_errors += [(catalog.id(r), catalog.path(r), reason)
+                         for r, reason in batch['errors']]
+      bar.update(count)
+      if stop == catalogs.shard_rows(shard, len(catalog),
+                                     options.shard_size).stop:
+        _write_shard(output_dir, names[shard], pending_ids,
+                     np.concatenate(pending_outputs), pending_errors,
+                     local.task, options.format)
+        pending_ids, pending_outputs, pending_errors = [], [], []
+  finally:
+    bar.close()
+    if hasattr(iterator, 'close'):
+      iterator.close()
+    if mapped is not None:
+      mapped.unlink(missing_ok=True)
+
+
+def _write_shard(output_dir: pathlib.Path, name: str, ids: list[str],
+                 outputs: np.ndarray, errors: list[tuple[str, str, str]],
+                 task: train.Task, fmt: str) -> None:
+  """The errors first, then the shard: a shard's file means it is done."""
+  errors_path = output_dir / _errors_name(name)
+  if errors:
+    _write_atomically(errors_path, _csv_bytes(ERRORS_HEADER, errors))
+  else:
+    errors_path.unlink(missing_ok=True)
+  columns = output_columns(ids, outputs, task)
+  _write_atomically(output_dir / name, _encode_shard(columns, fmt))
+
+
+def finalize(output_dir: pathlib.Path, catalog: catalogs.Catalog,
+             options: Options, settings: dict[str, Any]) -> Summary | None:
+  """Writes errors.csv and the manifest once every shard exists.
+
+  Returns:
+    The summary, or None while shards of other processes are missing.
+  """
+  total_shards = catalogs.num_shards(len(catalog), options.shard_size)
+  shards, all_errors = [], []
+  for k in range(total_shards):
+    name = shard_name(k, total_shards, options.format)
+    if not (output_dir / name).exists():
+      return None
+    rows = catalogs.shard_rows(k, len(catalog), options.shard_size)
+    errors_path = output_dir / _errors_name(name)
+    errors = read_errors(errors_path) if errors_path.exists() else []
+    all_errors += errors
+    shards.append({'file': name, 'first_row': rows.start,
+                   'stop_row': rows.stop, 'rows': len(rows) - len(errors),
+                   'errors': len(errors)})
+  _write_atomically(output_dir / ERRORS_FILE,
+                    _csv_bytes(ERRORS_HEADER, all_errors))
+  rows = sum(s['rows'] for s in shards)
+  manifest = {
+      'rows': rows, 'errors': len(all_errors), 'errors_file': ERRORS_FILE,
+      'format': options.format, 'shard_size': options.shard_size,
+      'shards': shards, 'checkpoint': settings['checkpoint'],
+      'catalog': settings['catalog'], 'model': settings['model'],
+  }
+  _write_atomically(output_dir / SUCCESS_FILE,
+                    json.dumps(manifest, indent=2).encode())
+  line = f'Wrote {rows} predictions in {total_shards} shards to {output_dir}'
+  if all_errors:
+    line += (f'; {len(all_errors)} images could not be read (listed in'
+             f' {output_dir / ERRORS_FILE})')
+  print(line + '.', file=sys.stderr)
+  return Summary(output_dir, True, 0, rows, len(all_errors))
+
+
+def run(config: ml_collections.ConfigDict, workdirs: Sequence[str], *,
+        images: str | None = None, catalog: str | None = None,
+        id_column: str = 'id', path_column: str = 'path',
+        **options) -> Summary:
+  """The command line's survey prediction (``--output_dir`` and friends)."""
+  if len(workdirs) != 1:
+    raise PredictionError(
+        'Survey prediction (--output_dir/--catalog) takes one workdir; an'
+        ' --ensemble is only for the Kaggle CSV (--output).')
+  opened = catalogs.open_catalog(images, catalog, id_column=id_column,
+                                 path_column=path_column)
+  return predict_catalog(config, workdirs[0], opened, Options(**options))

@@ -1,0 +1,303 @@
+"""Survey prediction: shards, manifest, errors, simulated processes, resume."""
+
+import csv
+import dataclasses
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+from absl import flags
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from gzjax import checkpoint
+from gzjax import predict
+from gzjax import taxonomy
+from gzjax import train
+from gzjax.data import catalog as catalogs
+from tests.conftest import tiny_config
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+NUM_GOOD = 69
+SHARD_SIZE = 25
+
+
+def _galaxy(rng, size=64) -> np.ndarray:
+  """A blurry ellipse on dark sky: outputs vary from image to image."""
+  y, x = np.mgrid[:size, :size] - size / 2
+  a, b, angle = rng.uniform(3, 14), rng.uniform(2, 8), rng.uniform(0, np.pi)
+  u = x * np.cos(angle) + y * np.sin(angle)
+  v = -x * np.sin(angle) + y * np.cos(angle)
+  light = np.exp(-(u / a) ** 2 - (v / b) ** 2)
+  colour = rng.uniform(0.5, 1.0, 3)
+  return (255 * light[..., None] * colour).astype(np.uint8)
+
+
+def _save_checkpoint(workdir: pathlib.Path, config) -> None:
+  """A checkpoint of the initial state: any fixed weights serve here."""
+  experiment = train.create_experiment(config)
+  checkpointer = checkpoint.Checkpointer(workdir)
+  checkpointer.save(3, experiment.state, {'position': 0})
+  checkpointer.wait()
+  checkpointer.close()
+  (workdir / 'config.json').write_text(config.to_json_best_effort())
+
+
+@pytest.fixture(scope='module')
+def survey(tmp_path_factory):
+  """A votes checkpoint and a 73-row catalogue with 4 unusable images.
+
+  The other 69 rows are good 64 px cut-outs (JPEG and PNG, in two folders) with
+  awkward string ids; row 30 is random bytes, row 55 a truncated PNG, row
+  71 a 40 px image, smaller than the 48 px crop, and row 72 is missing.
+  """
+  root = tmp_path_factory.mktemp('survey')
+  rng = np.random.default_rng(0)
+  rows = []
+  for i in range(NUM_GOOD):
+    galaxy = f'J{i:06d}.00+0{i:05d}.6' if i % 3 else str(2**53 + 1 + i)
+    folder, suffix = ('jpg', '.jpg') if i % 2 else ('png', '.PNG')
+    path = root / folder / f'{galaxy}{suffix}'
+    path.parent.mkdir(exist_ok=True)
+    Image.fromarray(_galaxy(rng)).save(path, 'JPEG' if i % 2 else 'PNG')
+    rows.append((galaxy, f'{folder}/{path.name}'))
+  (root / 'bad.jpg').write_bytes(rng.bytes(3000))
+  png = (root / 'png' / f'{rows[0][0]}.PNG').read_bytes()
+  (root / 'truncated.png').write_bytes(png[:len(png) // 2])
+  Image.fromarray(_galaxy(rng, 40)).save(root / 'small.png')
+  rows.insert(30, ('bad-30', 'bad.jpg'))
+  rows.insert(55, ('truncated-55', 'truncated.png'))
+  rows.insert(71, ('small-71', 'small.png'))
+  rows.append(('missing-72', 'nowhere.jpg'))
+  table = root / 'catalogue.csv'
+  with table.open('w', newline='') as f:
+    csv.writer(f).writerows([('objid', 'file'), *rows])
+  config = tiny_config('/nonexistent', **{'input.batch_size': 8})
+  workdir = root / 'workdir'
+  _save_checkpoint(workdir, config)
+  return {'root': root, 'table': table, 'rows': rows, 'config': config,
+          'workdir': workdir}
+
+
+def _catalog(survey):
+  return catalogs.from_table(survey['table'], id_column='objid',
+                             path_column='file')
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(survey):
+  """The reference run: Parquet shards of 25 rows, one process."""
+  output = survey['root'] / 'uninterrupted'
+  summary = predict.predict_catalog(
+      survey['config'], survey['workdir'], _catalog(survey),
+      predict.Options(output, shard_size=SHARD_SIZE, progress_interval=0))
+  return output, summary
+
+
+BAD = {30: 'cannot decode', 55: 'cannot decode', 71: 'smaller than the crop',
+       72: 'no such file'}
+
+
+def test_shards_manifest_errors_and_rows_match_the_eval_path(
+    survey, uninterrupted):
+  output, summary = uninterrupted
+  rows = survey['rows']
+  assert (summary.complete, summary.rows, summary.errors) == (True, 69, 4)
+  manifest = json.loads((output / '_SUCCESS.json').read_text())
+  # 73 rows in shards of 25: [0, 25), [25, 50) with row 30 bad, [50, 73)
+  # with rows 55, 71 and 72 bad.
+  assert [(s['file'], s['first_row'], s['stop_row'], s['rows'], s['errors'])
+          for s in manifest['shards']] == [
+              ('part-00000.parquet', 0, 25, 25, 0),
+              ('part-00001.parquet', 25, 50, 24, 1),
+              ('part-00002.parquet', 50, 73, 20, 3)]
+  assert (manifest['rows'], manifest['errors']) == (69, 4)
+  assert manifest['checkpoint']['step'] == 3
+  assert manifest['catalog']['rows'] == 73
+  assert sorted(p.name for p in output.iterdir()) == [
+      '_RUN.json', '_SUCCESS.json', 'errors.csv', 'part-00000.parquet',
+      'part-00001.errors.csv', 'part-00001.parquet', 'part-00002.errors.csv',
+      'part-00002.parquet']
+  errors = predict.read_errors(output / 'errors.csv')
+  assert [e[0] for e in errors] == [rows[r][0] for r in BAD]
+  for (row, reason), error in zip(BAD.items(), errors):
+    assert error[1].endswith(rows[row][1]) and reason in error[2], error
+
+  table = predict.read_shards(output)
+  good = [r for i, r in enumerate(rows) if i not in BAD]
+  assert table.column('id').to_pylist() == [g for g, _ in good]
+  assert str(2**53 + 1) in table.column('id').to_pylist()
+  votes = np.stack([table.column(c).to_numpy() for c in taxonomy.ANSWERS], 1)
+  # Reference: the engine's evaluation path over the same files, by index.
+  experiment, _ = predict.evaluate.restore(survey['config'], survey['workdir'])
+  records = [{'image': (survey['root'] / path).read_bytes(), 'galaxy_id': i,
+              'votes': np.full(37, np.nan, np.float32),
+              'votes_mask': np.zeros(37, bool), 'label_3class': -1,
+              'label_7class': -1} for i, (_, path) in enumerate(good)]
+  reference = train.predict_split(experiment, records)
+  np.testing.assert_array_equal(reference['galaxy_id'], np.arange(len(good)))
+  np.testing.assert_allclose(votes, reference['outputs'], atol=1e-6)
+  assert np.ptp(votes[:, 0]) > 1e-4  # Rows differ: a mix-up would show.
+  np.testing.assert_array_equal(table.column('label_7class').to_numpy(),
+                                taxonomy.seven_class_labels(votes))
+
+
+def test_derived_labels_and_their_probabilities_by_hand():
+  smooth_round = np.zeros(37)
+  smooth_round[taxonomy.index('Class1.1')] = 0.9
+  smooth_round[taxonomy.index('Class1.2')] = 0.1
+  smooth_round[taxonomy.index('Class6.2')] = 0.8
+  smooth_round[taxonomy.index('Class7.1')] = 0.9 * 0.7  # Cumulative.
+  undecided = np.zeros(37)
+  undecided[[0, 1, 2]] = (0.4, 0.35, 0.25)
+  columns = predict.output_columns(['a', 'b'], np.stack(
+      [smooth_round, undecided]), train.TASKS['votes'])
+  assert columns['label_3class'].tolist() == [0, -1]
+  assert columns['name_3class'] == ['smooth', '']
+  np.testing.assert_allclose(columns['p_3class'], [0.9, np.nan])
+  assert columns['label_7class'].tolist() == [0, -1]
+  assert columns['name_7class'] == ['completely round', '']
+  # Path share: smooth 0.9 x odd-no 0.8 x round (conditional) 0.7.
+  np.testing.assert_allclose(columns['p_7class'], [0.9 * 0.8 * 0.7, np.nan],
+                             rtol=1e-6)
+  probabilities = np.array([[0.2, 0.7, 0.1]])
+  columns = predict.output_columns(['J1'], probabilities,
+                                   train.TASKS['3class'])
+  assert list(columns) == ['id', 'smooth', 'features or disk',
+                           'star or artifact', 'predicted', 'p_predicted']
+  assert (columns['predicted'], columns['p_predicted'].tolist()) == (
+      ['features or disk'], [pytest.approx(0.7)])
+
+
+def test_simulated_processes_write_the_same_rows_as_csv(survey, uninterrupted):
+  if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags.
+    flags.FLAGS.mark_as_parsed()
+  output = survey['root'] / 'two_processes'
+  options = predict.Options(output, shard_size=SHARD_SIZE, format='csv',
+                            progress_interval=0)
+  # Process 1 decodes in a grain worker process: the catalogue pickles.
+  second = predict.predict_catalog(
+      survey['config'], survey['workdir'], _catalog(survey),
+      dataclasses.replace(options, num_workers=1), process_index=1,
+      process_count=2)
+  assert not second.complete and second.shards_written == 1
+  assert sorted(p.name for p in output.iterdir()) == [
+      '_RUN.json', 'part-00001.csv', 'part-00001.errors.csv']
+  first = predict.predict_catalog(survey['config'], survey['workdir'],
+                                  _catalog(survey), options, process_index=0,
+                                  process_count=2)
+  assert (first.complete, first.shards_written, first.rows) == (True, 2, 69)
+  with (output / 'part-00000.csv').open(newline='') as f:
+    assert next(csv.reader(f))[:3] == ['id', 'Class1.1', 'Class1.2']
+  table, reference = predict.read_shards(output), predict.read_shards(
+      uninterrupted[0])
+  assert table.column('id').to_pylist() == reference.column(
+      'id').to_pylist()
+  for name in [*taxonomy.ANSWERS, 'p_3class', 'p_7class']:
+    # 9 significant digits in the CSV give back the float32 exactly.
+    np.testing.assert_array_equal(
+        table.column(name).to_numpy().astype(np.float32),
+        reference.column(name).to_numpy(), err_msg=name)
+
+
+def test_strict_stops_at_the_first_bad_image_and_keeps_finished_shards(
+    survey):
+  output = survey['root'] / 'strict'
+  with pytest.raises(predict.PredictionError) as error:
+    predict.predict_catalog(
+        survey['config'], survey['workdir'], _catalog(survey),
+        predict.Options(output, shard_size=SHARD_SIZE, strict=True))
+  message = str(error.value)
+  assert '\n' not in message
+  assert message.startswith(str(survey['root'] / 'bad.jpg') + ' (id bad-30):'
+                            ' cannot decode the image')
+  assert 'without --strict' in message
+  assert sorted(p.name for p in output.iterdir()) == [
+      '_RUN.json', 'part-00000.parquet']
+
+
+def test_a_rerun_with_other_settings_or_a_small_first_image_is_refused(
+    survey, uninterrupted, tmp_path):
+  with pytest.raises(predict.PredictionError,
+                     match=r'holds predictions of another run \(shard_size:'
+                     r' 25 then, 10 now\)'):
+    predict.predict_catalog(
+        survey['config'], survey['workdir'], _catalog(survey),
+        predict.Options(uninterrupted[0], shard_size=10))
+  table = tmp_path / 'small_first.csv'
+  table.write_text(f'id,path\nS,{survey["root"] / "small.png"}\n')
+  with pytest.raises(catalogs.CatalogError,
+                     match=r'small.png: the image is 40x40, smaller than the'
+                     r' 48 px centre crop'):
+    predict.predict_catalog(survey['config'], survey['workdir'],
+                            catalogs.from_table(table),
+                            predict.Options(tmp_path / 'out'))
+
+
+_CONFIG_FILE = '''
+from tests.conftest import tiny_config
+def get_config():
+  return tiny_config('/nonexistent', **{'input.batch_size': 8})
+'''
+# The killed run decodes slowly (20 ms an image, ~1.5 s in all), so that the
+# kill lands after the first shard and before the last.
+_SLOW_CONFIG_FILE = _CONFIG_FILE + '''
+import time
+from gzjax.data import pipeline
+_eval_image = pipeline.eval_image
+def _slow_eval_image(*args, **kwargs):
+  time.sleep(0.02)
+  return _eval_image(*args, **kwargs)
+pipeline.eval_image = _slow_eval_image
+'''
+
+
+def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_output(
+    survey, uninterrupted, tmp_path):
+  (tmp_path / 'tiny.py').write_text(_CONFIG_FILE)
+  (tmp_path / 'slow.py').write_text(_SLOW_CONFIG_FILE)
+  output = tmp_path / 'killed'
+  command = [sys.executable, '-m', 'gzjax.main',
+             f'--workdir={survey["workdir"]}', '--mode=predict',
+             f'--catalog={survey["table"]}', '--id_column=objid',
+             '--path_column=file', f'--output_dir={output}',
+             f'--shard_size={SHARD_SIZE}']
+  env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS='cpu')
+  process = subprocess.Popen([*command, f'--config={tmp_path / "slow.py"}'],
+                             cwd=REPO, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  deadline = time.monotonic() + 120
+  while not (output / 'part-00000.parquet').exists():
+    assert process.poll() is None, process.communicate()[1].decode()
+    assert time.monotonic() < deadline
+    time.sleep(0.01)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  assert not (output / '_SUCCESS.json').exists()
+  assert not (output / 'part-00002.parquet').exists()
+  first_shard = (output / 'part-00000.parquet').stat()
+  rerun = subprocess.run([*command, f'--config={tmp_path / "tiny.py"}'],
+                         cwd=REPO, env=env, capture_output=True, check=False)
+  # Bytes, not text mode: universal newlines would turn '\r' into '\n'.
+  stderr = rerun.stderr.decode()
+  assert rerun.returncode == 0, stderr
+  assert '\r' not in stderr  # Not a terminal: plain lines.
+  assert 'predict: 73/73 (100%)' in stderr, stderr
+  assert ('Wrote 69 predictions in 3 shards' in stderr and
+          '4 images could not be read' in stderr), stderr
+  # The finished shard was kept, not predicted again.
+  assert (output / 'part-00000.parquet').stat().st_mtime_ns == \
+      first_shard.st_mtime_ns
+  reference = uninterrupted[0]
+  for name in ('part-00000.parquet', 'part-00001.parquet',
+               'part-00002.parquet', 'errors.csv'):
+    assert (output / name).read_bytes() == (reference / name).read_bytes(), \
+        name
+  assert pq.read_table(output / 'part-00002.parquet').num_rows == 20
+  assert not list(output.glob('*.tmp'))
