@@ -400,3 +400,16 @@ def test_plateau_reduces_each_update_and_the_reported_rate():
   expected = [0.4] * 3 + [0.1] * 4 + [0.025] * 2 + [0.00625] * 2
   np.testing.assert_allclose(applied, expected, rtol=1e-6)
   np.testing.assert_allclose(reported, expected, rtol=1e-6)
+
+
+def test_default_config_is_the_documented_one():
+  # Found by mutation testing (BUILD.md): nothing pinned the defaults, so a
+  # weight decay of 1.0 or a plateau window of 51 went unnoticed.  These are
+  # the values default_config's comments describe.
+  assert optimizers.default_config().to_dict() == {
+      'name': 'adam', 'learning_rate': 1e-3, 'schedule': 'cosine',
+      'warmup_steps': 0, 'final_fraction': 0.01, 'boundaries': {},
+      'plateau_factor': 0.5, 'plateau_patience': 5, 'plateau_window': 50,
+      'plateau_min_delta': 1e-3, 'momentum': 0.9, 'weight_decay': 0.0,
+      'grad_clip_norm': 0.0, 'freeze_backbone': False, 'layer_decay': 1.0,
+  }
