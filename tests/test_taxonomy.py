@@ -293,3 +293,39 @@ def test_consistency_report_edges():
   first = taxonomy.consistency_report(unknown)[0]
   assert (first.checked, first.inconsistent, first.worst_deviation,
           first.worst_row) == (0, 0, 0.0, -1)
+
+
+def test_fill_unknown_puts_nan_where_the_mask_is_false():
+  # Had no test at all (mutmut: 14 mutants "no tests").
+  votes = np.array([[0.5, 0.25], [1.0, 0.0]], np.float32)
+  mask = np.array([[1, 0], [0, 1]])
+  filled = taxonomy.fill_unknown(votes, mask)
+  assert filled.dtype == np.float64
+  np.testing.assert_array_equal(filled, [[0.5, np.nan], [np.nan, 0.0]])
+  np.testing.assert_array_equal(taxonomy.fill_unknown(votes, mask, -1.0),
+                                [[0.5, -1.0], [-1.0, 0.0]])
+
+
+@pytest.mark.parametrize('function, name', [
+    (taxonomy.cumulative_to_conditional, 'votes'),
+    (taxonomy.conditional_to_cumulative, 'conditional'),
+    (taxonomy.consistency_report, 'votes'),
+    (taxonomy.three_class_labels, 'votes'),
+    (taxonomy.seven_class_rules, 'votes'),
+])
+def test_wrong_width_names_the_argument_and_the_shape(function, name):
+  # Mutation testing left the argument's name in these messages unchecked.
+  with pytest.raises(ValueError) as info:
+    function(np.zeros((2, 36)))
+  assert str(info.value) == (
+      f'{name} must have a trailing axis of 37 answers (Class1.1 …'
+      ' Class11.6), got shape (2, 36)')
+
+
+def test_unknown_answer_message_and_report_header():
+  with pytest.raises(KeyError) as info:
+    taxonomy.index('Class12.1')
+  assert "'Class12.1' is not a Galaxy Zoo answer" in str(info.value)
+  assert 'expected one of Class1.1 … Class11.6' in str(info.value)
+  table = taxonomy.format_consistency_report([])
+  assert table == 'question  checked  inconsistent  worst deviation'
