@@ -63,9 +63,12 @@ def test_profile_step_splits_the_step(tmp_path):
   # 12, 10, pool, 3, 1 px) cost 2 * 9 * (30*30*3*64 + 28*28*64*64
   # + 12*12*64*128 + 10*10*128*128 + 3*3*128*128 + 128*128) = 114.6 MFLOP
   # forward per image; a step is forward + 2x for the backward, batch 8.
+  # BUILD.md claims XLA's count matches this within 1 %: it reports 2.74
+  # against 2.750 (-0.4 %: the first convolution needs no input gradient,
+  # -0.9 %, and the biases, ReLUs, pools, dense head and Adam add the rest).
   by_hand = 2 * 9 * (30 * 30 * 3 * 64 + 28 * 28 * 64 * 64 + 12 * 12 * 64 * 128
                      + 10 * 10 * 128 * 128 + 3 * 3 * 128 * 128 + 128 * 128)
   by_hand *= 3 * 8 / 1e9
   reported = float(re.search(r'([\d.]+) GFLOP per step', result.stdout)[1])
-  assert abs(reported - by_hand) / by_hand < 0.02, (reported, by_hand)
+  assert abs(reported - by_hand) / by_hand < 0.01, (reported, by_hand)
   assert any((tmp_path / 'trace').rglob('*.xplane.pb'))

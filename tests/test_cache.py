@@ -118,6 +118,99 @@ def test_a_stale_cache_is_refused_by_name(tmp_path):
     _cache(_records(4), tmp_path, config)
 
 
+def test_a_cache_is_current_only_for_the_same_content_and_options(
+    tmp_path, monkeypatch):
+  """Same galaxy ids, other pixels / votes / labels / decoding: refused."""
+  records = _records(4)
+  config = _config(cache='host')
+  path = _cache(records, tmp_path, config).path
+  images_npy = path / 'images.npy'
+  built_at = images_npy.stat().st_mtime_ns
+
+  # An identical source, record for record (a fresh copy, as after rebuilding
+  # the dataset with the same seed), is reused, not rebuilt.
+  monkeypatch.setattr(cache, '_write', None)
+  assert _cache(_records(4), tmp_path, config).path == path
+  assert images_npy.stat().st_mtime_ns == built_at
+
+  def refused(source, config=config):
+    with pytest.raises(cache.CacheError) as info:
+      _cache(source, tmp_path, config)
+    message = str(info.value)
+    assert f'The input cache {path} was built' in message
+    assert 'delete it' in message and 'config.input.cache_dir' in message
+    return message
+
+  # The same ids and labels around another record's pixels (the synthetic
+  # set rebuilt with another seed keeps its ids): the images are named.
+  pixels = [dict(record) for record in records]
+  pixels[2]['image'] = _records(6)[5]['image']
+  message = refused(pixels)
+  assert 'other images:' in message and 'votes' not in message
+  assert message.count(json.loads(
+      (path / 'cache.json').read_text())['fingerprint']) == 1
+
+  # The same ids and pixels, one vote fraction changed by 1e-6.
+  votes = [dict(record) for record in records]
+  votes[3]['votes'] = votes[3]['votes'].copy()
+  votes[3]['votes'][0] += 1e-6
+  assert 'other votes:' in refused(votes)
+  # Or a vote's mask.
+  mask = [dict(record) for record in records]
+  mask[0]['votes_mask'] = ~mask[0]['votes_mask']
+  assert 'other votes:' in refused(mask)
+  # Or a class label.
+  label = [dict(record) for record in records]
+  label[1]['label_7class'] = np.int64(4)
+  assert 'other class labels:' in refused(label)
+  # Two galaxies' records swapped: every id is there, in another order.
+  swapped = [records[1], records[0], *records[2:]]
+  assert 'other images, galaxy ids, class labels:' in refused(swapped)
+
+  # Options that change the decoded bytes.  Another libjpeg (Pillow) decodes
+  # other pixels from the same JPEG:
+  pillow = cache.PIL.__version__
+  monkeypatch.setattr(cache.PIL, '__version__', '0.0-test')
+  assert f"(pillow {pillow!r} then, '0.0-test' now)" in refused(records)
+  monkeypatch.undo()
+  # A zoom the directory name rounds to the same 6 digits:
+  near = _config(cache='host')
+  near.augment.zoom = tuple(config.augment.zoom[:1]) + (
+      config.augment.zoom[1] * (1 + 1e-9),)
+  assert cache.cache_name('test', 'train', near) == path.name
+  assert 'other options (zoom' in refused(records, near)
+  # Crop and output size name another directory: a cache of its own.
+  for key, value in (('crop_size', 48), ('image_size', 12)):
+    other = _config(cache='host')
+    other[key] = value
+    assert _cache(records, tmp_path, other).path != path
+  # Nothing above touched the cache.
+  assert images_npy.stat().st_mtime_ns == built_at
+  assert _cache(records, tmp_path, config).path == path
+
+
+def test_the_fingerprint_hashes_every_record_field_but_decodes_nothing(
+    monkeypatch):
+  records = _records(3)
+  # No JPEG is opened: the stored bytes are hashed as they are.
+  monkeypatch.setattr(pipeline, 'open_drafted', None)
+  before = cache.source_fingerprint(records)
+  assert before['num_records'] == 3
+  for key, part in (('image', 'images'), ('galaxy_id', 'galaxy ids'),
+                    ('votes', 'votes'), ('votes_mask', 'votes'),
+                    ('label_3class', 'class labels'),
+                    ('label_7class', 'class labels')):
+    changed = [dict(record) for record in records]
+    value = records[-1][key]
+    changed[-1][key] = (value + b'\0' if key == 'image' else
+                        ~value if key == 'votes_mask' else value + 1)
+    after = cache.source_fingerprint(changed, num_threads=2)
+    assert [name for name in before if before[name] != after[name]] == [
+        part], key
+  # Threads change nothing: the hashes are fed in record order.
+  assert cache.source_fingerprint(records, num_threads=3) == before
+
+
 def _take(iterator, count):
   batches = [next(iterator) for _ in range(count)]
   iterator.close()

@@ -10,6 +10,7 @@ import os
 os.environ['KERAS_BACKEND'] = 'jax'
 
 # pylint: disable=g-import-not-at-top,g-bad-import-order
+import functools
 import pathlib
 import subprocess
 import sys
@@ -40,20 +41,38 @@ KERAS_COUNTS = {
     'b0': 4_049_564, 'b1': 6_575_232, 'b2': 7_768_562, 'b3': 10_783_528,
     'b4': 17_673_816, 'b5': 28_513_520, 'b6': 40_960_136, 'b7': 64_097_680,
 }
-# Ours, with batch-norm statistics; Lite0 is checked against the torch file.
+# Ours, with batch-norm statistics.  Lite0 is checked exactly against the
+# torch file; Lite1-4 are this code's output, tied to the published figures
+# below by test_lite_counts_match_the_published_figures.
 LITE_COUNTS = {
     'lite0': 3_413_024, 'lite1': 4_189_344, 'lite2': 4_869_168,
     'lite3': 6_992_768, 'lite4': 11_837_936,
+}
+# Published parameter counts with the 1000-class ImageNet head, trainable
+# weights only (batch-norm moving statistics excluded): tensorflow/tpu,
+# models/official/efficientnet/lite/README.md (4.7M ... 13.0M, to 0.1 M),
+# and d-li14/efficientnet-lite.pytorch's README, an independent PyTorch port
+# (4.652M ... 13.007M, to 0.001 M).
+PUBLISHED_LITE_MILLIONS = {
+    'lite0': (4.7, 4.652), 'lite1': (5.4, 5.417), 'lite2': (6.1, 6.092),
+    'lite3': (8.2, 8.197), 'lite4': (13.0, 13.007),
 }
 IMAGENET_CATS = {281, 282, 283, 284, 285}  # tabby ... Egyptian cat
 IMAGENET_COFFEE = {967, 968, 504}  # espresso, cup, coffee mug
 
 
-def _backbone_count(variant: str) -> int:
+@functools.lru_cache(maxsize=None)
+def _counts(variant: str) -> tuple[dict[str, int], int]:
+  """count_params of the variant with a 1-output linear head, and its
+  feature width (cached: building a Lite4 takes seconds)."""
   model = models.abstract(f'efficientnet_{variant}', head='linear',
                           num_outputs=1)
-  head = model.backbone.num_features + 1
-  return models.count_params(model)['total'] - head
+  return models.count_params(model), model.backbone.num_features
+
+
+def _backbone_count(variant: str) -> int:
+  counts, features = _counts(variant)
+  return counts['total'] - (features + 1)
 
 
 def _normalize(pixels: np.ndarray, family: str) -> np.ndarray:
@@ -129,6 +148,23 @@ def _lite0(state) -> models.GalaxyModel:
   return _loaded('efficientnet_lite0',
                  (efficientnet.from_torch(state), 'backbone/'),
                  (efficientnet.torch_classifier(state), 'head/'))
+
+
+def test_lite_counts_match_the_published_figures():
+  for variant, (tpu, port) in PUBLISHED_LITE_MILLIONS.items():
+    counts, features = _counts(variant)
+    assert features == 1280  # Lite fixes the head's width while scaling.
+    backbone = counts['params'] - (features + 1)
+    # With the ImageNet classifier: a dense layer of 1000 classes.
+    imagenet = backbone + features * 1000 + 1000
+    assert round(imagenet / 1e6, 1) == tpu, variant
+    assert round(imagenet / 1e6, 3) == port, variant
+    # The backbone alone, derived from the published figure: within its
+    # rounding (500 weights) of it less the classifier, plus the statistics.
+    published_backbone = port * 1e6 - (features * 1000 + 1000)
+    assert abs(backbone - published_backbone) <= 500, variant
+    assert abs(LITE_COUNTS[variant] - counts['batch_stats']
+               - published_backbone) <= 500, variant
 
 
 def test_lite_parameter_counts(lite0_state):

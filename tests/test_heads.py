@@ -117,3 +117,24 @@ def test_dropout_follows_train_and_eval():
   assert not np.allclose(model(images), model(images))
   model.eval()
   np.testing.assert_array_equal(model(images), model(images))
+
+
+def test_votes_head_starts_as_dieleman_initialised_it():
+  # Found by mutation testing (BUILD.md): nothing checked the votes head's
+  # initialisation (weights N(0, 0.01), bias 0.1, so that no question
+  # starts with all its ReLUs dead), nor that 'votes' is the default head.
+  head = heads.Head(64, 37, rngs=nnx.Rngs(0))
+  assert head.kind == 'votes'
+  np.testing.assert_array_equal(np.asarray(head.output.bias[...]),
+                                np.full(37, 0.1, np.float32))
+  kernel = np.asarray(head.output.kernel[...])
+  assert kernel.shape == (64, 37)
+  # 2,368 draws: the sample std is within 5% of 0.01 (4 standard errors).
+  assert abs(kernel.std() - 0.01) < 0.0005, kernel.std()
+  assert abs(kernel.mean()) < 0.001
+  # Other heads keep Flax's defaults: zero bias, LeCun-normal weights
+  # (std 1/8 for 64 inputs, truncated), far from 0.01.
+  classes = heads.Head(64, 3, 'classes', rngs=nnx.Rngs(0))
+  np.testing.assert_array_equal(np.asarray(classes.output.bias[...]),
+                                np.zeros(3, np.float32))
+  assert np.asarray(classes.output.kernel[...]).std() > 0.08

@@ -206,3 +206,23 @@ def test_compute_unknown_kind_raises():
   assert losses.LOSSES == ('mse', 'bce', 'softmax')
   with pytest.raises(ValueError, match=r"Unknown loss 'hinge'.*mse"):
     losses.compute('hinge', PREDICTIONS, _batch())
+
+
+def test_masked_bce_clips_the_top_end_too():
+  # Found by mutation testing (BUILD.md): p = 1 with target 0 is the mirror
+  # case; clipping at 1 - eps keeps it finite.  1 - 1e-7 rounds to
+  # 1 - 2**-23 in float32, so the loss is -log(2**-23).
+  value = losses.masked_bce(np.array([[1.0]], np.float32),
+                            np.array([[0.0]], np.float32),
+                            np.array([[True]]), np.array([True]))
+  np.testing.assert_allclose(float(value), 23 * np.log(2), rtol=1e-4)
+
+
+def test_softmax_cross_entropy_of_bfloat16_logits_is_computed_in_float32():
+  # Found by mutation testing (BUILD.md): a bfloat16 model's logits (exact
+  # in bfloat16 here) must give the float32 loss, not bfloat16's 3 digits.
+  value = losses.softmax_cross_entropy(jnp.asarray(LOGITS, jnp.bfloat16),
+                                       LABELS, LABEL_MASK)
+  assert value.dtype == jnp.float32
+  np.testing.assert_allclose(float(value), (CE[0] + CE[1] + CE[2]) / 3,
+                             rtol=1e-6)

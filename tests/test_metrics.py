@@ -184,3 +184,24 @@ def test_classification_report_with_no_labelled_rows_is_nan():
   assert math.isnan(report['accuracy'])
   assert math.isnan(report['macro_f1'])
   assert all(v['support'] == 0 for v in report['per_class'].values())
+
+
+def test_classification_report_low_scores_by_hand():
+  # Found by mutation testing (BUILD.md): F1 where precision + recall < 1, a
+  # class with support 1, and a class never predicted right.
+  labels = [0, 0, 0, 0, 1, 2, 2]
+  predicted = [0, 1, 1, 1, 0, 0, 0]
+  report = metrics.classification_report(labels, predicted, ['a', 'b', 'c'])
+  # a: 1 right of 4 predicted (0.25), of 4 true (0.25): F1 0.25.
+  assert report['per_class']['a'] == {'precision': 0.25, 'recall': 0.25,
+                                      'f1': 0.25, 'support': 4}
+  for name, support in (('b', 1), ('c', 2)):
+    assert report['per_class'][name] == {'precision': 0.0, 'recall': 0.0,
+                                         'f1': 0.0, 'support': support}
+  # Every class has support, b's single row included: (0.25 + 0 + 0) / 3.
+  assert report['macro_f1'] == pytest.approx(0.25 / 3, rel=1e-12)
+  assert report['accuracy'] == pytest.approx(1 / 7, rel=1e-12)
+  assert report['confusion_matrix'] == [[1, 3, 0], [1, 0, 0], [2, 0, 0]]
+  assert all(type(v) is int for row in report['confusion_matrix']
+             for v in row)
+  assert metrics.confusion_matrix(labels, predicted, 3).dtype == np.int64

@@ -320,3 +320,96 @@ def test_learning_rate_of_a_non_plateau_schedule_is_the_schedule():
   tx = optimizers.create_optimizer(config, LABELS, NUM_BLOCKS, 10)
   rate = optimizers.learning_rate(config, schedule, tx.init(PARAMS), 5)
   np.testing.assert_allclose(float(rate), 0.5, rtol=1e-6)
+
+
+# ------------------------------------- schedules reaching the update step ---
+# Plain SGD (momentum 0) makes each step's update -rate(step) * grad, so the
+# rate the optimizer actually applied can be read off the update and checked
+# against the schedule's formula, written out by hand below, and against
+# optimizers.learning_rate: what the train step reports as `learning_rate`
+# (called there with the state after the update and the step before it).
+
+
+def _applied_rates(config, num_train_steps, losses):
+  """(rates read off the updates, rates learning_rate reports) per step."""
+  schedule = optimizers.create_schedule(config, num_train_steps)
+  tx = optimizers.create_optimizer(config, LABELS, NUM_BLOCKS,
+                                   num_train_steps)
+  state = tx.init(PARAMS)
+  update = jax.jit(tx.update)
+  g = np.asarray(GRADS['head'])
+  applied, reported = [], []
+  for step, loss in enumerate(losses):
+    updates, state = update(GRADS, state, PARAMS, value=jnp.float32(loss))
+    # Every leaf moved by the same rate (no layer decay here).
+    for leaf, grad in zip(jax.tree.leaves(updates), jax.tree.leaves(GRADS)):
+      np.testing.assert_allclose(np.asarray(leaf),
+                                 np.asarray(updates['head']) / g
+                                 * np.asarray(grad), rtol=1e-5, atol=1e-9)
+    applied.append(float(-np.asarray(updates['head'])[0] / g[0]))
+    reported.append(float(optimizers.learning_rate(
+        config, schedule, state, jnp.int32(step))))
+  return np.array(applied), np.array(reported)
+
+
+def test_warmup_cosine_reaches_each_update():
+  # Warm-up 4 steps to 0.2, then cosine over the 12 - 4 = 8 remaining steps
+  # down to 0.1 * 0.2.
+  config = _config(name='sgd', momentum=0.0, schedule='cosine',
+                   learning_rate=0.2, warmup_steps=4, final_fraction=0.1)
+  applied, reported = _applied_rates(config, 12, [1.0] * 13)
+  c = lambda k: 0.2 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * k / 8)))
+  expected = [0.0, 0.05, 0.1, 0.15,  # 0.2 * step / 4: zero at step 0.
+              0.2,  # The peak exactly at the end of warm-up.
+              c(1), c(2), c(3),
+              0.11,  # Half-way: 0.2 * (0.1 + 0.9 / 2).
+              c(5), c(6), c(7),
+              0.02]  # The end of training: final_fraction * peak.
+  np.testing.assert_allclose(applied, expected, rtol=1e-5, atol=1e-9)
+  np.testing.assert_allclose(reported, expected, rtol=1e-5, atol=1e-9)
+  # Hand values of the cosine part, so the lambda above is checked too.
+  np.testing.assert_allclose([c(2), c(6)], [0.2 * (0.1 + 0.45 * (1 + 0.5 ** 0.5)),
+                                            0.2 * (0.1 + 0.45 * (1 - 0.5 ** 0.5))],
+                             rtol=1e-12)
+
+
+def test_piecewise_with_warmup_reaches_each_update():
+  # Boundaries are global steps, counted with the warm-up.
+  config = _config(name='sgd', momentum=0.0, schedule='piecewise',
+                   learning_rate=1.0, warmup_steps=2,
+                   boundaries={'6': 0.5, '9': 0.1})
+  applied, reported = _applied_rates(config, 12, [1.0] * 11)
+  expected = [0.0, 0.5, 1.0, 1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.1, 0.1]
+  np.testing.assert_allclose(applied, expected, rtol=1e-6, atol=1e-9)
+  np.testing.assert_allclose(reported, expected, rtol=1e-6, atol=1e-9)
+
+
+def test_plateau_reduces_each_update_and_the_reported_rate():
+  # Windows of 2 steps, patience 1: each window whose mean loss does not beat
+  # the best by 1% cuts the scale by 4 at its last step.  Window 1 (steps
+  # 0-1, mean 1.0) sets the best; window 2 (1.0) cuts at step 3; window 3
+  # (0.5) improves; windows 4 and 5 (0.5) cut at steps 7 and 9.
+  config = _config(name='sgd', momentum=0.0, schedule='plateau',
+                   learning_rate=0.4, plateau_window=2, plateau_patience=1,
+                   plateau_factor=0.25, plateau_min_delta=0.01)
+  losses = [1.0, 1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]
+  applied, reported = _applied_rates(config, 100, losses)
+  # reduce_on_plateau comes last in the chain, so a cut applies to the very
+  # step whose loss triggered it, and the reported rate (the state after the
+  # update) is the rate that step applied.
+  expected = [0.4] * 3 + [0.1] * 4 + [0.025] * 2 + [0.00625] * 2
+  np.testing.assert_allclose(applied, expected, rtol=1e-6)
+  np.testing.assert_allclose(reported, expected, rtol=1e-6)
+
+
+def test_default_config_is_the_documented_one():
+  # Found by mutation testing (BUILD.md): nothing pinned the defaults, so a
+  # weight decay of 1.0 or a plateau window of 51 went unnoticed.  These are
+  # the values default_config's comments describe.
+  assert optimizers.default_config().to_dict() == {
+      'name': 'adam', 'learning_rate': 1e-3, 'schedule': 'cosine',
+      'warmup_steps': 0, 'final_fraction': 0.01, 'boundaries': {},
+      'plateau_factor': 0.5, 'plateau_patience': 5, 'plateau_window': 50,
+      'plateau_min_delta': 1e-3, 'momentum': 0.9, 'weight_decay': 0.0,
+      'grad_clip_norm': 0.0, 'freeze_backbone': False, 'layer_decay': 1.0,
+  }

@@ -217,3 +217,115 @@ def test_labels_on_the_real_sample_match_a_plain_loop(kaggle_sample):
   assert checked == {1: 600, 2: 600, 3: 0, 4: 0, 5: 0, 6: 600, 7: 600,
                      8: 600, 9: 0, 10: 0, 11: 0}
   assert all(r.inconsistent == 0 for r in report)
+
+
+# ------------------------------------------- mutation-testing survivors ---
+# Written against the mutants mutmut left alive (BUILD.md, "Mutation
+# testing"): rows in batches, not only one row at a time; the 'first'
+# conflict mode with one rule met; edge cases of the report and conversions.
+
+
+def test_seven_class_labels_of_a_batch_in_both_conflict_modes():
+  round_only = _seven(**SMOOTH, Class7_1=0.7, Class7_2=0.3, Class7_3=0.0)
+  # Round and cigar both hold (0.5 >= 0.5 each): a conflict.
+  round_and_cigar = _seven(**SMOOTH, Class7_1=0.5, Class7_2=0.0,
+                           Class7_3=0.5)
+  neither = _seven(**SMOOTH, Class7_1=0.45, Class7_2=0.45, Class7_3=0.1)
+  unbarred = _seven(**DISK, Class2_1=0.1, Class2_2=0.9, Class3_1=0.2,
+                    Class3_2=0.8, Class4_1=0.7, Class4_2=0.3)
+  batch = np.stack([round_only, round_and_cigar, neither, unbarred])
+  rules = taxonomy.seven_class_rules(batch)
+  assert rules.sum(axis=-1).tolist() == [1, 2, 0, 1]
+  reject = taxonomy.seven_class_labels(batch)
+  assert reject.dtype == np.int64
+  assert reject.tolist() == [0, -1, -1, 5]
+  first = taxonomy.SevenClassThresholds(on_conflict='first')
+  # 'first' keeps a single rule's class too, not only conflicts'.
+  assert taxonomy.seven_class_labels(batch, first).tolist() == [0, 0, -1, 5]
+  assert taxonomy.seven_class_labels(unbarred, first) == 5
+
+
+def test_a_disk_seen_half_edge_on_is_no_spiral():
+  # Features 0.9 but edge-on no only 0.5 (< 0.715): not a face-on disk, so
+  # neither spiral rule fires however spiral and unbarred it looks, and
+  # edge-on yes 0.5 (< 0.602) is no lenticular either.
+  votes = _seven(**DISK, Class2_1=0.5, Class2_2=0.5, Class3_1=0.0,
+                 Class3_2=1.0, Class4_1=1.0, Class4_2=0.0)
+  assert not taxonomy.seven_class_rules(votes).any()
+  assert taxonomy.seven_class_labels(votes) == -1
+
+
+def test_three_class_labels_of_one_row():
+  row = np.full(37, np.nan)
+  row[:3] = [0.1, 0.85, 0.05]
+  labels = taxonomy.three_class_labels(row)
+  assert labels.shape == () and labels.dtype == np.int64 and labels == 1
+  row[2] = np.nan  # Any unknown Q1 answer: no label.
+  assert taxonomy.three_class_labels(row) == -1
+
+
+def test_conversions_default_to_zero_and_float64():
+  votes = taxonomy.conditional_to_cumulative(
+      _conditional_row(Class1_1=1.0, Class1_2=0.0, Class1_3=0.0))
+  # Unreached answers read 0 by default (so no rule fires on them).
+  conditional = taxonomy.cumulative_to_conditional(votes)
+  assert conditional[taxonomy.QUESTIONS[1].slice].tolist() == [0.0, 0.0]
+  # float32 input is converted in float64.
+  row = _conditional_row(Class1_1=0.3, Class1_2=0.7, Class1_3=0.0)
+  cumulative = taxonomy.conditional_to_cumulative(row.astype(np.float32))
+  assert cumulative.dtype == np.float64
+  assert cumulative[taxonomy.index('Class2.2')] == np.float32(0.7)
+
+
+def test_consistency_report_edges():
+  # Exactly consistent sums (powers of two) at tolerance 0: nothing flagged.
+  exact = taxonomy.conditional_to_cumulative(_conditional_row(
+      Class1_1=0.5, Class1_2=0.25, Class1_3=0.25, Class2_1=0.5, Class2_2=0.5))
+  report = taxonomy.consistency_report(np.stack([exact, exact]),
+                                       tolerance=0.0)
+  assert all(q.inconsistent == 0 for q in report)
+  assert report[0] == taxonomy.QuestionConsistency(
+      question=1, checked=2, inconsistent=0, worst_deviation=0.0,
+      worst_row=0)
+  # A question no row can be checked for: worst row -1, deviation 0.
+  unknown = exact.copy()
+  unknown[taxonomy.QUESTIONS[0].slice] = np.nan
+  first = taxonomy.consistency_report(unknown)[0]
+  assert (first.checked, first.inconsistent, first.worst_deviation,
+          first.worst_row) == (0, 0, 0.0, -1)
+
+
+def test_fill_unknown_puts_nan_where_the_mask_is_false():
+  # Had no test at all (mutmut: 14 mutants "no tests").
+  votes = np.array([[0.5, 0.25], [1.0, 0.0]], np.float32)
+  mask = np.array([[1, 0], [0, 1]])
+  filled = taxonomy.fill_unknown(votes, mask)
+  assert filled.dtype == np.float64
+  np.testing.assert_array_equal(filled, [[0.5, np.nan], [np.nan, 0.0]])
+  np.testing.assert_array_equal(taxonomy.fill_unknown(votes, mask, -1.0),
+                                [[0.5, -1.0], [-1.0, 0.0]])
+
+
+@pytest.mark.parametrize('function, name', [
+    (taxonomy.cumulative_to_conditional, 'votes'),
+    (taxonomy.conditional_to_cumulative, 'conditional'),
+    (taxonomy.consistency_report, 'votes'),
+    (taxonomy.three_class_labels, 'votes'),
+    (taxonomy.seven_class_rules, 'votes'),
+])
+def test_wrong_width_names_the_argument_and_the_shape(function, name):
+  # Mutation testing left the argument's name in these messages unchecked.
+  with pytest.raises(ValueError) as info:
+    function(np.zeros((2, 36)))
+  assert str(info.value) == (
+      f'{name} must have a trailing axis of 37 answers (Class1.1 …'
+      ' Class11.6), got shape (2, 36)')
+
+
+def test_unknown_answer_message_and_report_header():
+  with pytest.raises(KeyError) as info:
+    taxonomy.index('Class12.1')
+  assert "'Class12.1' is not a Galaxy Zoo answer" in str(info.value)
+  assert 'expected one of Class1.1 … Class11.6' in str(info.value)
+  table = taxonomy.format_consistency_report([])
+  assert table == 'question  checked  inconsistent  worst deviation'

@@ -68,6 +68,36 @@ def test_parameter_count_is_worked_out_in_the_docstring():
   }
 
 
+def test_each_layer_has_the_papers_parameter_count():
+  """Layer by layer, the created model against a count written from the
+  paper's architecture (Dieleman et al. 2015, section 4 and figure 4)."""
+  # 45x45x3 parts; convolutions (kernel, filters), 'valid', with 2x2 max
+  # pooling after the first, second and fourth.
+  paper_convs = [(6, 32, True), (5, 64, True), (3, 128, False),
+                 (3, 128, True)]
+  side, channels, by_hand = 45, 3, []
+  for kernel, filters, pool in paper_convs:
+    by_hand.append(kernel * kernel * channels * filters + filters)
+    side, channels = side - kernel + 1, filters
+    if pool:
+      side //= 2
+  assert side == 2  # 45 -> 40 -> 20 -> 16 -> 8 -> 6 -> 4 -> 2.
+  # 16 parts' features, then two maxout layers of 2048 units, each a dense
+  # layer of 2 x 2048 pooled in pairs; then the 37 answers.
+  features = 16 * channels * side * side
+  for units in (2048, 2048):
+    by_hand.append(features * 2 * units + 2 * units)
+    features = units
+  by_hand.append(features * 37 + 37)
+
+  model = models.abstract('viewpoint')
+  layers = [*model.backbone.convs, *model.backbone.maxouts,
+            model.head.output]
+  in_code = [models.count_params(layer)['params'] for layer in layers]
+  assert in_code == by_hand
+  assert sum(by_hand) == models.count_params(model)['total'] == 42_303_237
+
+
 def test_blocks_are_the_four_convolutions_then_the_two_maxouts():
   labels = models.parameter_labels(models.abstract('viewpoint'))
   backbone = labels['backbone']

@@ -23,8 +23,16 @@ A cache lives in one directory named by the dataset, split and everything
 the stored pixels depend on (crop, output size, zoom range, translation,
 rotation), under ``config.input.cache_dir`` or the data_dir.  It is built in
 a temporary directory and renamed into place when complete, so a killed
-build leaves nothing that is ever read; a cache that no longer matches its
-dataset, or whose files are damaged, is an error naming the path.
+build leaves nothing that is ever read.  Its ``cache.json`` records a
+fingerprint of what it was built from: streaming BLAKE2b hashes of every
+record's stored JPEG bytes, galaxy id, votes and mask, and class labels
+(hashed from the records while building, without a second decode), and the
+options that change the stored bytes (`_options`).  Opening a cache reads
+the split's records once more to check them (no decoding: 0.08-0.23 s for
+the real sample's 542 training galaxies, 6.9 MB of JPEG, on 2 busy cores).  A cache whose fingerprint differs, or whose
+files are damaged, is an error naming the path and what differs; it is
+refused rather than rebuilt in place, since another run or host may be
+reading it from the same cache directory.
 
 Batches (`TrainIterator`) follow the grain path's stream: a seeded
 permutation of the records per epoch, process ``i`` of ``P`` taking slice
@@ -38,6 +46,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import hashlib
 import json
 import os
 import pathlib
@@ -49,6 +58,7 @@ from typing import Any, Mapping, Sequence
 import jax
 import ml_collections
 import numpy as np
+import PIL
 
 from gzjax import errors
 from gzjax.data import device_augment
@@ -56,11 +66,14 @@ from gzjax.data import pipeline
 
 MODES = ('', 'host', 'device')
 # Bumped whenever what is stored changes, so old caches are refused.
-FORMAT_VERSION = 1
+# 2: cache.json holds the content fingerprint, not 16 galaxy ids.
+FORMAT_VERSION = 2
 _LABEL_KEYS = ('votes', 'votes_mask', 'label_3class', 'label_7class',
                'galaxy_id')
-# Records whose galaxy ids fingerprint the split a cache was built from.
-_FINGERPRINT_RECORDS = 16
+# What the source fingerprint hashes, each part separately so that a stale
+# cache can name what changed.
+_SOURCE_PARTS = ('images', 'galaxy ids', 'votes', 'class labels')
+_DIGEST_SIZE = 16
 
 
 class CacheError(errors.GzjaxError, ValueError):
@@ -153,10 +166,80 @@ def _stored_image(jpeg: bytes, config: ml_collections.ConfigDict,
   return pixels[rows[:, None], columns[None, :]]
 
 
-def _fingerprint(source: Sequence[Mapping[str, Any]]) -> list[int]:
-  positions = np.linspace(0, len(source) - 1, _FINGERPRINT_RECORDS)
-  return [int(source[int(i)]['galaxy_id']) for i in np.unique(
-      positions.round().astype(int))]
+def _record_digests(record: Mapping[str, Any]) -> tuple[bytes, ...]:
+  """One digest per `_SOURCE_PARTS` of a record's stored fields (no decoding:
+  the JPEG's bytes, the votes as stored, NaNs included)."""
+
+  def digest(*arrays) -> bytes:
+    h = hashlib.blake2b(digest_size=_DIGEST_SIZE)
+    for array in arrays:
+      array = np.ascontiguousarray(array)
+      h.update(f'{array.dtype.str}{array.shape}'.encode())
+      h.update(array.tobytes())
+    return h.digest()
+
+  return (
+      digest(np.frombuffer(bytes(record['image']), np.uint8)),
+      digest(np.asarray(record['galaxy_id'], '<i8')),
+      digest(np.asarray(record['votes'], '<f4'),
+             np.asarray(record['votes_mask'], bool)),
+      digest(np.asarray([record['label_3class'], record['label_7class']],
+                        '<i8')),
+  )
+
+
+class _SourceHash:
+  """Streaming hashes of a split's records, fed in record order."""
+
+  def __init__(self):
+    self._hashes = [hashlib.blake2b(digest_size=_DIGEST_SIZE)
+                    for _ in _SOURCE_PARTS]
+    self.num_records = 0
+
+  def add(self, digests: Sequence[bytes]) -> None:
+    for h, digest in zip(self._hashes, digests):
+      h.update(digest)
+    self.num_records += 1
+
+  def result(self) -> dict[str, Any]:
+    return {'num_records': self.num_records,
+            **{part: h.hexdigest()
+               for part, h in zip(_SOURCE_PARTS, self._hashes)}}
+
+
+def source_fingerprint(source: Sequence[Mapping[str, Any]],
+                       num_threads: int = 1) -> dict[str, Any]:
+  """The record count and a hash per `_SOURCE_PARTS` of every record."""
+  hasher = _SourceHash()
+  with concurrent.futures.ThreadPoolExecutor(num_threads) as executor:
+    for digests in executor.map(lambda i: _record_digests(source[i]),
+                                range(len(source))):
+      hasher.add(digests)
+  return hasher.result()
+
+
+def _options(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Every option the stored bytes depend on, as cache.json holds them (the
+  directory name carries them too, but rounded): the crop and output size,
+  the augmentation's reach, the JPEG draft scale they choose, and the Pillow
+  (libjpeg) that decodes."""
+  reach = device_augment.reach(config.augment)
+  return json.loads(json.dumps({
+      'crop_size': int(config.crop_size),
+      'image_size': int(config.image_size),
+      'zoom': [float(z) for z in reach['zoom']],
+      'translation': float(reach['translation']),
+      'rotation': bool(reach['rotation']),
+      'pixels_per_output': float(_pixels_per_output(config)),
+      'pillow': PIL.__version__,
+  }))
+
+
+def _combined(source: Mapping[str, Any], options: Mapping[str, Any]) -> str:
+  """One hex fingerprint of the source's hashes and the options."""
+  return hashlib.blake2b(
+      json.dumps([source, options], sort_keys=True).encode(),
+      digest_size=_DIGEST_SIZE).hexdigest()
 
 
 def _write(source: Sequence[Mapping[str, Any]], directory: pathlib.Path,
@@ -168,25 +251,30 @@ def _write(source: Sequence[Mapping[str, Any]], directory: pathlib.Path,
       directory / 'images.npy', mode='w+', dtype=np.uint8,
       shape=(len(source), geometry.side, geometry.side, 3))
   labels = {key: [] for key in _LABEL_KEYS}
+  hasher = _SourceHash()
 
-  def store(index: int) -> dict[str, np.ndarray]:
+  def store(index: int):
     record = source[index]
     images[index] = pipeline.decode_record(
         record, lambda jpeg: _stored_image(jpeg, config, geometry))
-    return pipeline.make_example(record, image=None)
+    return pipeline.make_example(record, image=None), _record_digests(record)
 
   with concurrent.futures.ThreadPoolExecutor(num_threads) as executor:
-    for example in executor.map(store, range(len(source))):
+    for example, digests in executor.map(store, range(len(source))):
+      hasher.add(digests)
       for key in _LABEL_KEYS:
         labels[key].append(example[key])
   images.flush()
   del images
   np.savez(directory / 'labels.npz',
            **{key: np.stack(values) for key, values in labels.items()})
+  fingerprint, options = hasher.result(), _options(config)
   (directory / 'cache.json').write_text(json.dumps({
       'format_version': FORMAT_VERSION,
       'num_records': len(source),
-      'fingerprint': _fingerprint(source),
+      'fingerprint': _combined(fingerprint, options),
+      'source': fingerprint,
+      'options': options,
       'geometry': dataclasses.asdict(geometry),
   }, indent=2))
 
@@ -204,13 +292,14 @@ def _remove_abandoned_builds(final: pathlib.Path) -> None:
       pass
 
 
-def _load(path: pathlib.Path,
-          source: Sequence[Mapping[str, Any]]) -> Cache:
+def _load(path: pathlib.Path, source: Sequence[Mapping[str, Any]],
+          config: ml_collections.ConfigDict) -> Cache:
   """Opens a complete cache, refusing one that is damaged or stale."""
 
   def refuse(reason: str) -> CacheError:
     return CacheError(f'The input cache {path} {reason}; delete it to have it'
-                      ' rebuilt.')
+                      ' rebuilt, or set config.input.cache_dir to build one'
+                      ' elsewhere.')
 
   try:
     meta = json.loads((path / 'cache.json').read_text())
@@ -231,10 +320,25 @@ def _load(path: pathlib.Path,
                  f'{list(images.shape)}, not uint8{list(expected)}')
   if any(len(values) != len(images) for values in labels.values()):
     raise refuse('is damaged: labels.npz and images.npy differ in length')
-  if meta['num_records'] != len(source) or meta['fingerprint'] != (
-      _fingerprint(source)):
+  if meta['num_records'] != len(source):
     raise refuse(f'was built from other records ({meta["num_records"]}) than'
                  f' the dataset now holds ({len(source)})')
+  options = _options(config)
+  built_with, built_from = meta.get('options', {}), meta.get('source', {})
+  changed = [f'{key} {built_with.get(key)!r} then, {value!r} now'
+             for key, value in options.items()
+             if built_with.get(key) != value]
+  if changed:
+    raise refuse(f'was built with other options ({"; ".join(changed)})')
+  now = source_fingerprint(source, max(config.read_threads, 1))
+  if meta.get('fingerprint') != _combined(now, options):
+    differ = [part for part in _SOURCE_PARTS
+              if built_from.get(part) != now[part]] or ['fingerprints']
+    raise refuse(
+        f'was built from other records than the dataset now holds, with the'
+        f' same count ({len(source)}) but other {", ".join(differ)}: source'
+        f' fingerprint {meta.get("fingerprint")} at build,'
+        f' {_combined(now, options)} now')
   return Cache(path, images, labels, geometry)
 
 
@@ -272,7 +376,7 @@ def open_or_build(source: Sequence[Mapping[str, Any]],
         raise
     finally:
       shutil.rmtree(partial, ignore_errors=True)
-  return _load(final, source)
+  return _load(final, source, config)
 
 
 @dataclasses.dataclass(frozen=True)
