@@ -315,3 +315,49 @@ def test_cli_failures_are_one_clear_line(tmp_path):
        f'--workdir={tmp_path}', '--config.optimizer.learning_rat=1'],
       cwd=REPO, capture_output=True, text=True)
   assert result.returncode != 0 and 'learning_rat' in result.stderr
+
+
+def test_tta_is_the_mean_over_the_eight_dihedral_views():
+  """Each of the 8 rotations/flips computed here with numpy and the plain
+  predict function; their mean is what the TTA predict function returns."""
+  config = tiny_config('/nonexistent')
+  experiment = train.create_experiment(config)
+  rng = np.random.default_rng(0)
+  images = rng.normal(size=(8, 32, 32, 3)).astype(np.float32)
+  plain = train.make_predict_fn(experiment)
+  tta = train.make_predict_fn(experiment, tta=True)
+
+  def predict(x):
+    return np.asarray(plain(experiment.state, train.to_global(
+        {'image': np.ascontiguousarray(x)},
+        experiment.batch_sharding)['image']), np.float64)
+
+  views = []
+  for image in (images, images[:, :, ::-1]):  # As is, mirrored left-right.
+    for k in range(4):
+      views.append(predict(np.rot90(image, k, axes=(1, 2))))
+  # The model is not rotation invariant, so the views do differ.
+  assert min(np.abs(v - views[0]).max() for v in views[1:]) > 1e-4
+  got = np.asarray(tta(experiment.state, train.to_global(
+      {'image': images}, experiment.batch_sharding)['image']))
+  np.testing.assert_allclose(got, np.mean(views, axis=0), rtol=1e-5,
+                             atol=1e-6)
+
+
+def test_training_mean_votes_skips_unknown_answers():
+  """Three records, hand-computed means; an unknown answer (NaN vote, mask
+  off) is left out of its answer's mean, not counted as zero."""
+  votes = np.zeros((3, taxonomy.NUM_ANSWERS), np.float32)
+  mask = np.ones((3, taxonomy.NUM_ANSWERS), bool)
+  votes[:, 0] = (0.2, 0.4, 0.9)
+  votes[:, 1] = (0.6, np.nan, 0.0)
+  mask[1, 1] = False
+  votes[:, 2] = (np.nan, np.nan, 0.3)
+  mask[:2, 2] = False
+  mask[:, 3] = False  # Never known: 0, not NaN.
+  records = [{'votes': v, 'votes_mask': m, 'label_3class': -1,
+              'label_7class': -1} for v, m in zip(votes, mask)]
+  mean = train.training_mean_votes(records)
+  assert mean.shape == (taxonomy.NUM_ANSWERS,)
+  np.testing.assert_allclose(mean[:4], [0.5, 0.3, 0.3, 0.0], rtol=1e-6)
+  np.testing.assert_array_equal(mean[4:], 0.0)
