@@ -56,11 +56,17 @@ for _ in range(3):
       'label_7class': np.zeros(16, np.int32),
       'example_mask': np.ones(16, bool),
   }
-  experiment.state, metrics = step(experiment.state,
-                                   train.to_global(batch, experiment.batch_sharding))
+  batch = train.to_global(batch, experiment.batch_sharding)
+  experiment.state, metrics = step(experiment.state, batch)
   losses.append(float(metrics['loss']))
+# How the batch lies on the devices: each holds its own rows, none all 16.
+specs = sorted({str(tuple(a.sharding.spec)) for a in batch.values()})
+# (The step's jit refuses a batch laid out otherwise than its in_shardings.)
+rows = sorted({(s.index[0].start or 0, s.index[0].stop or 16)
+               for a in batch.values() for s in a.addressable_shards})
 leaves = [np.asarray(x) for x in jax.tree.leaves(experiment.state.params)]
 np.savez(sys.argv[1], losses=np.array(losses), devices=len(jax.devices()),
+         specs=np.array(specs), rows=np.array(rows, dtype=float),
          **{f'p{i}': x for i, x in enumerate(leaves)})
 '''
 
@@ -79,6 +85,11 @@ def test_eight_devices_match_one(tmp_path):
   assert (int(one['devices']), int(eight['devices'])) == (1, 8)
   np.testing.assert_allclose(eight['losses'], one['losses'], rtol=1e-5)
   assert one['losses'][0] != one['losses'][2]  # It did train.
+  # Data parallel, not replicated: every field of the batch is split on the
+  # data axis, each of the 8 devices holding its own 2 of the 16 rows.
+  assert list(eight['specs']) == list(one['specs']) == ["('data',)"]
+  np.testing.assert_array_equal(eight['rows'],
+                                [(i, i + 2) for i in range(0, 16, 2)])
   params = sorted(k for k in one if k.startswith('p'))
   for key in params:
     np.testing.assert_allclose(eight[key], one[key], rtol=1e-4, atol=1e-6)
