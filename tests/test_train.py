@@ -395,3 +395,66 @@ def test_training_mean_votes_skips_unknown_answers():
   assert mean.shape == (taxonomy.NUM_ANSWERS,)
   np.testing.assert_allclose(mean[:4], [0.5, 0.3, 0.3, 0.0], rtol=1e-6)
   np.testing.assert_array_equal(mean[4:], 0.0)
+
+
+def _labelled_batch(experiment, rng, size=8):
+  batch = {
+      'image': rng.normal(size=(size, 32, 32, 3)).astype(np.float32),
+      'votes': rng.random((size, 37)).astype(np.float32),
+      'votes_mask': np.ones((size, 37), bool),
+      'label_3class': np.array([0, 1, 2, -1, 2, 2, 1, 0][:size], np.int32),
+      'label_7class': np.zeros(size, np.int32),
+      'example_mask': np.ones(size, bool),
+  }
+  return batch, train.to_global(batch, experiment.batch_sharding)
+
+
+def test_label_smoothing_and_class_weights_reach_the_step_loss():
+  """The step's loss equals cross-entropy written out here in numpy: targets
+  (1 - a) one-hot + a / 3, rows weighted by their class's weight, the
+  unlabelled row left out."""
+  config = tiny_config('/nonexistent', task='3class', loss='softmax',
+                       label_smoothing=0.2, class_weights=(1.0, 2.0, 5.0))
+  experiment = train.create_experiment(config)
+  host, batch = _labelled_batch(experiment, np.random.default_rng(0))
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  model = nnx.merge(experiment.graphdef, experiment.state.params,
+                    experiment.state.rest)
+  logits = np.asarray(model(host['image']), np.float64)
+  _, step_metrics = train.make_train_step(experiment)(experiment.state, batch)
+  labels = host['label_3class']
+  keep = labels >= 0
+  log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  targets = 0.8 * np.eye(3)[labels[keep]] + 0.2 / 3
+  per_row = -(targets * log_p[keep]).sum(-1)
+  weights = np.array([1.0, 2.0, 5.0])[labels[keep]]
+  expected = (per_row * weights).sum() / weights.sum()
+  np.testing.assert_allclose(float(step_metrics['loss']), expected, rtol=1e-5)
+
+
+def test_bfloat16_compute_is_finite_and_close_to_float32():
+  losses, outputs = {}, {}
+  for dtype in ('float32', 'bfloat16'):
+    config = tiny_config('/nonexistent', **{'model.dtype': dtype})
+    # SGD: Adam would turn bfloat16's rounding of tiny gradients into full
+    # learning-rate steps of either sign.
+    config.optimizer.name = 'sgd'
+    config.optimizer.schedule = 'constant'
+    experiment = train.create_experiment(config)
+    rng = np.random.default_rng(0)
+    outputs[dtype] = np.asarray(train.make_predict_fn(experiment)(
+        experiment.state, _random_batch(experiment, rng)['image']))
+    step = train.make_train_step(experiment)
+    losses[dtype] = []
+    for _ in range(3):
+      experiment.state, step_metrics = step(experiment.state,
+                                            _random_batch(experiment, rng))
+      losses[dtype].append(float(step_metrics['loss']))
+  assert np.isfinite(losses['bfloat16']).all()
+  assert np.isfinite(outputs['bfloat16']).all()
+  np.testing.assert_allclose(losses['bfloat16'], losses['float32'], rtol=2e-2)
+  np.testing.assert_allclose(outputs['bfloat16'], outputs['float32'],
+                             atol=2e-2)
+  # It did compute in bfloat16 (8 mantissa bits): not bit-identical.
+  assert losses['bfloat16'] != losses['float32']
+  assert not np.array_equal(outputs['bfloat16'], outputs['float32'])
