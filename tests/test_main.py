@@ -30,7 +30,8 @@ def _cli(workdir, data_dir, *flags_, size=32, crop=48):
           f'--config.input.crop_size={crop}',
           f'--config.input.image_size={size}',
           '--config.input.batch_size=8', '--config.eval_batch_size=64',
-          '--config.input.read_threads=1', *flags_]
+          '--config.input.read_threads=1', '--config.best_mode=max',
+          *flags_]
   flags.FLAGS.unparse_flags()
   for name in [n for n in flags.FLAGS if n.startswith('config.')]:
     delattr(flags.FLAGS, name)  # The previous call's overrides.
@@ -59,6 +60,8 @@ def _votes_csv(path):
 def trained(synthetic_data_dir, tmp_path_factory):
   """A 6-step run: latest checkpoints at 3 and 6, each evaluated."""
   workdir = tmp_path_factory.mktemp('trained')
+  # best_mode=max makes the worse step (3) the 'best' one, so that 'best'
+  # and 'latest' name different checkpoints.
   _cli(workdir, synthetic_data_dir, '--config.num_train_steps=6',
        '--config.eval_every_steps=3', '--config.checkpoint_every_steps=3',
        '--config.log_every_steps=3')
@@ -67,7 +70,7 @@ def trained(synthetic_data_dir, tmp_path_factory):
     values = json.loads(line)
     if 'validation/rmse' in values:
       logged[values['step']] = values['validation/rmse']
-  assert sorted(logged) == [3, 6] and logged[3] != logged[6]
+  assert sorted(logged) == [3, 6] and logged[3] > logged[6]
   return workdir, logged
 
 
@@ -76,14 +79,15 @@ def test_evaluate_a_checkpoint_by_step_best_and_with_tta(trained,
   """--checkpoint=N and =best score the step they name: the same RMSE that
   the training run logged for that step."""
   workdir, logged = trained
-  best = min(logged, key=logged.get)
+  best = max(logged, key=logged.get)
   results = {}
   for which in ('3', 'best', 'latest'):
     _cli(workdir, synthetic_data_dir, '--mode=evaluate',
          f'--checkpoint={which}')
     results[which] = json.loads(
         (workdir / 'eval_validation.json').read_text())
-  assert [results[w]['step'] for w in ('3', 'best', 'latest')] == [3, best, 6]
+  assert best == 3
+  assert [results[w]['step'] for w in ('3', 'best', 'latest')] == [3, 3, 6]
   for which, step in (('3', 3), ('best', best), ('latest', 6)):
     assert results[which]['tta'] is False
     np.testing.assert_allclose(results[which]['rmse'], logged[step],
@@ -100,7 +104,7 @@ def test_evaluate_a_checkpoint_by_step_best_and_with_tta(trained,
 def test_predict_by_checkpoint_with_tta(trained, synthetic_data_dir,
                                         tmp_path):
   workdir, logged = trained
-  best = min(logged, key=logged.get)
+  best = max(logged, key=logged.get)
   csvs = {}
   for name, extra in (('3', ['--checkpoint=3']),
                       ('6', ['--checkpoint=6']),

@@ -458,3 +458,52 @@ def test_bfloat16_compute_is_finite_and_close_to_float32():
   # It did compute in bfloat16 (8 mantissa bits): not bit-identical.
   assert losses['bfloat16'] != losses['float32']
   assert not np.array_equal(outputs['bfloat16'], outputs['float32'])
+
+
+def test_pretrained_frozen_backbone_keeps_the_file_and_its_batch_statistics(
+    tmp_path):
+  """EfficientNet-Lite0 (batch norm in every block) from a weight file in
+  gzjax's format: the experiment starts from the file's parameters and batch
+  statistics; with the backbone frozen, two training steps leave them
+  bit-identical while the head learns."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from gzjax import models  # pylint: disable=g-import-not-at-top
+  from gzjax.models import weights  # pylint: disable=g-import-not-at-top
+  donor = models.create('efficientnet_lite0', seed=7)
+  rng = np.random.default_rng(0)
+  arrays = {}
+  for name, value in weights.named_variables(donor, 'backbone/').items():
+    value = np.asarray(value)
+    if name.endswith('/mean'):  # Not the initial zeros and ones.
+      value = rng.normal(size=value.shape).astype(value.dtype)
+    elif name.endswith('/var'):
+      value = rng.uniform(0.5, 2.0, size=value.shape).astype(value.dtype)
+    arrays[name] = value
+  assert sum(n.endswith('/mean') for n in arrays) >= 10
+  path = tmp_path / 'lite0.msgpack'
+  weights.save(path, arrays)
+  config = tiny_config('/nonexistent', **{
+      'model.name': 'efficientnet_lite0', 'model.pretrained': str(path),
+      'optimizer.freeze_backbone': True, 'optimizer.schedule': 'constant'})
+  experiment = train.create_experiment(config)
+
+  def backbone(state):
+    model = nnx.merge(experiment.graphdef, state.params, state.rest)
+    return {k: np.asarray(v)
+            for k, v in weights.named_variables(model, 'backbone/').items()}
+
+  def head(state):
+    return [np.asarray(x) for x in jax.tree.leaves(state.params['head'])]
+
+  assert sorted(backbone(experiment.state)) == sorted(arrays)
+  for name, value in backbone(experiment.state).items():
+    np.testing.assert_array_equal(value, arrays[name], err_msg=name)
+  head_before = head(experiment.state)
+  step = train.make_train_step(experiment)
+  for _ in range(2):
+    experiment.state, _ = step(experiment.state,
+                               _random_batch(experiment, rng))
+  for name, value in backbone(experiment.state).items():
+    np.testing.assert_array_equal(value, arrays[name], err_msg=name)
+  assert all(not np.array_equal(a, b)
+             for a, b in zip(head_before, head(experiment.state)))
