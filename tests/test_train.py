@@ -507,3 +507,43 @@ def test_pretrained_frozen_backbone_keeps_the_file_and_its_batch_statistics(
     np.testing.assert_array_equal(value, arrays[name], err_msg=name)
   assert all(not np.array_equal(a, b)
              for a, b in zip(head_before, head(experiment.state)))
+
+
+def test_cached_inputs_train_alike_on_host_and_device(synthetic_data_dir,
+                                                      tmp_path):
+  """train_and_evaluate with input.cache=host and =device: the decoded cache
+  is built where configured, and both modes take the same steps."""
+  finals = {}
+  for mode in ('host', 'device'):
+    config = tiny_config(synthetic_data_dir, num_train_steps=3,
+                         eval_every_steps=3, checkpoint_every_steps=3,
+                         **{'input.cache': mode,
+                            'input.cache_dir': str(tmp_path / 'cache')})
+    result = train.train_and_evaluate(config, tmp_path / mode)
+    assert np.isfinite(result['rmse']) and result['count'] == 204
+    finals[mode] = _final_params(tmp_path / mode)
+  assert any((tmp_path / 'cache').iterdir())
+  (step_host, host), (step_device, device) = finals['host'], finals['device']
+  assert step_host == step_device == 3
+  for a, b in zip(host, device):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_best_checkpoint_survives_a_restart_whose_evaluation_is_worse(
+    synthetic_data_dir, tmp_path):
+  config = tiny_config(synthetic_data_dir, num_train_steps=3,
+                       eval_every_steps=3, checkpoint_every_steps=3)
+  first = train.train_and_evaluate(config, tmp_path)
+  # The restart trains on with a rate that wrecks the model.
+  config = tiny_config(synthetic_data_dir, num_train_steps=6,
+                       eval_every_steps=3, checkpoint_every_steps=3)
+  config.optimizer.learning_rate = 0.3
+  config.optimizer.schedule = 'constant'
+  second = train.train_and_evaluate(config, tmp_path)
+  assert second['rmse'] > first['rmse']
+  checkpointer = checkpoint.Checkpointer(tmp_path,
+                                         best_metric=config.best_metric)
+  assert checkpointer.best.best_step() == 3
+  assert checkpointer.latest_step() == 6
+  checkpointer.close()
+  assert evaluate.evaluate(config, tmp_path, checkpoint='best')['step'] == 3
