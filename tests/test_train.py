@@ -547,3 +547,36 @@ def test_best_checkpoint_survives_a_restart_whose_evaluation_is_worse(
   assert checkpointer.latest_step() == 6
   checkpointer.close()
   assert evaluate.evaluate(config, tmp_path, checkpoint='best')['step'] == 3
+
+
+def test_linear_head_outputs_and_loss():
+  """head='linear': outputs are the backbone's features times the output
+  layer, unsquashed, and the step's MSE is taken on them."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  config = tiny_config('/nonexistent', **{'model.head': 'linear'})
+  experiment = train.create_experiment(config)
+  host = {
+      'image': np.random.default_rng(0).normal(
+          size=(8, 32, 32, 3)).astype(np.float32),
+      'votes': np.random.default_rng(1).random((8, 37)).astype(np.float32),
+      'votes_mask': np.ones((8, 37), bool),
+      'label_3class': np.zeros(8, np.int32),
+      'label_7class': np.zeros(8, np.int32),
+      'example_mask': np.ones(8, bool),
+  }
+  model = nnx.merge(experiment.graphdef, experiment.state.params,
+                    experiment.state.rest)
+  features = np.asarray(model.backbone(host['image']), np.float64)
+  output = experiment.state.params['head']['output']
+  expected = (features @ np.asarray(output['kernel'].value, np.float64)
+              + np.asarray(output['bias'].value, np.float64))
+  assert expected.min() < 0 or expected.max() > 1  # No squashing to hide.
+  predicted = train.make_predict_fn(experiment)(
+      experiment.state, train.to_global(host, experiment.batch_sharding)[
+          'image'])
+  np.testing.assert_allclose(predicted, expected, rtol=1e-4, atol=1e-5)
+  _, step_metrics = train.make_train_step(experiment)(
+      experiment.state, train.to_global(host, experiment.batch_sharding))
+  np.testing.assert_allclose(float(step_metrics['loss']),
+                             np.mean((expected - host['votes']) ** 2),
+                             rtol=1e-4)
