@@ -27,7 +27,7 @@ from gzjax.data import kaggle
 def restore(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
             which: str = 'latest') -> tuple[train.Experiment, int]:
   """The experiment with the state of a checkpoint: latest, best or a step."""
-  experiment = train.create_experiment(config)
+  experiment = train.create_experiment(config, initialise=False)
   checkpointer = checkpoints.Checkpointer(
       workdir, best_metric=config.best_metric, best_mode=config.best_mode)
   try:

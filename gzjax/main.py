@@ -67,6 +67,7 @@ def main(argv):
   from gzjax.models import weights  # pylint: disable=g-import-not-at-top
 
   config = _CONFIG.value
+  train.use_compilation_cache(config.compilation_cache_dir)
   try:
     if _MODE.value == 'train':
       train.train_and_evaluate(config, _WORKDIR.value)
