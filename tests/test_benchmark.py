@@ -115,3 +115,39 @@ def test_step_flops_count_the_convolutions():
   assert benchmark.peak_flops('NVIDIA H200') == 989e12
   assert benchmark.peak_flops('NVIDIA H100 PCIe') == 756e12
   assert benchmark.peak_flops('cpu') is None
+
+
+def test_gpu_report_tables_every_measurement_or_why_not(tmp_path):
+  sys.path.insert(0, str(REPO / 'tools'))
+  try:
+    import gpu_report  # pylint: disable=g-import-not-at-top
+  finally:
+    sys.path.pop(0)
+  (tmp_path / 'settings.json').write_text(json.dumps(
+      {'cnn': 64, 'b0': 224, 'inception': 299, 'small': 256, 'large': 1024,
+       'b0_batch': 128, 'inception_batch': 64, 'e2e_steps': 200,
+       'steps': '', 'smoke': 0}))
+  (tmp_path / 'status.tsv').write_text(
+      'gzjax_cnn_small\t0\t30\ntorch_cnn_small\t0\t40\n'
+      'keras_cnn_small\t124\t40\ntorch_b0\tskipped: 9 s of the budget left\t0\n')
+  for name, rate in (('gzjax_cnn_small', 1000.0), ('torch_cnn_small', 800.0)):
+    (tmp_path / f'{name}.json').write_text(json.dumps(
+        {'images_per_s': rate, 'warmup_s': 1.0, 'mode': 'm'}))
+  (tmp_path / 'keras_cnn_small.json').write_text('')
+  (tmp_path / 'keras_cnn_small.err').write_text('compiling\nstill compiling')
+  cells = {}
+  for line in gpu_report.tables(tmp_path).splitlines():
+    if line.startswith('| ') and not line.startswith(('| measurement',
+                                                      '| ---')):
+      name, rate, ratio, _ = (cell.strip() for cell in line.split('|')[1:-1])
+      cells.setdefault(name, (rate, ratio))
+  assert cells['**cnn, 64 px, batch 256**: gzjax'] == ('1,000', '1.00')
+  torch_label = 'PyTorch (torch.compile, bf16 autocast, channels-last)'
+  assert cells[torch_label] == ('800', '1.25')
+  keras_label = 'Keras 3 on jax (mixed_bfloat16 on GPUs)'
+  assert cells[keras_label][0] == ('missing: timed out after 40 s: still'
+                                   ' compiling')
+  assert cells[f'{torch_label}, timm'][0] == (
+      'missing: skipped: 9 s of the budget left')
+  assert cells['**inception_v3, 299 px, batch 64**: gzjax'][0] == \
+      'missing: not run'
