@@ -60,11 +60,12 @@ def test_a_bfloat16_step_on_the_real_sample_is_close_to_float32(
     config.model.dtype = dtype
     experiment = train.create_experiment(config)
     batch = batch or _real_batch(kaggle_sample_data_dir, experiment)
-    step = train.make_train_step(experiment)
-    state, metrics = step(experiment.state,
-                          train.to_global(batch, experiment.batch_sharding))
-    outputs = train.make_predict_fn(experiment)(
-        state, train.to_global(batch, experiment.batch_sharding)['image'])
+    device_batch = train.to_global(batch, experiment.batch_sharding)
+    # The same float32 weights in both: the forward pass's rounding alone.
+    outputs = train.make_predict_fn(experiment)(experiment.state,
+                                                device_batch['image'])
+    state, metrics = train.make_train_step(experiment)(experiment.state,
+                                                       device_batch)
     results[dtype] = (jax.device_get(metrics), np.asarray(outputs),
                       jax.device_get(state.params))
   (m32, out32, p32), (m16, out16, p16) = results['float32'], \
@@ -82,5 +83,10 @@ def test_a_bfloat16_step_on_the_real_sample_is_close_to_float32(
   # normalisation or computes the loss in bfloat16 on 37 x 32 terms.
   assert abs(m16['loss'] - m32['loss']) <= 0.03 * m32['loss'], (m16, m32)
   assert abs(m16['grad_norm'] - m32['grad_norm']) <= 0.03 * m32['grad_norm']
-  # Predicted vote fractions (in [0, 1]) after the step: within 0.02.
-  assert np.abs(out16 - out32).max() < 0.02
+  # Predicted vote fractions (in [0, 1]) from the same weights: one
+  # bfloat16 rounding is 2^-9 (0.002) relative; the head's float32
+  # normalisation and cancellation across layers keep the largest
+  # difference near one rounding (seen: 0.0010 on this batch), so 0.005
+  # allows 2.5 roundings and fails if, e.g., the votes head normalised in
+  # bfloat16 (each fraction then rounded to 2^-9 of itself per question).
+  assert np.abs(out16 - out32).max() < 0.005
