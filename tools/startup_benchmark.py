@@ -12,8 +12,9 @@ cache directory, empty before the first process:
 * create: ``train.create_experiment`` until its state is on the devices;
 * compile: lowering and compiling the train step;
 * first step: from the start of creation to the first step's finished state;
-* the second process's compile, with the cache the first one filled, and the
-  cache hits jax reported in it (0 when the engine has no persistent cache).
+* the second process's compile and creation, with the cache the first one
+  filled, and the cache hits jax reported in it (0 when the engine has no
+  persistent cache).
 
 Prints a markdown table.  ``--child`` is the subprocess's entry point.
 """
@@ -105,8 +106,8 @@ def main(argv):
                              FLAGS.batch_size, _CACHE_DIR.value)))
     return
   lines = ['| model | px | batch | create s | compile s | first step s'
-           ' | warm-cache compile s | cache hits |',
-           '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |']
+           ' | warm-cache compile s | warm-cache create s | cache hits |',
+           '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |']
   for entry in _MODELS.value:
     name, size = parse_model(entry)
     with tempfile.TemporaryDirectory() as cache_dir:
@@ -116,12 +117,13 @@ def main(argv):
     if 'missing' in cold or 'missing' in warm:
       reason = cold.get('missing') or warm.get('missing')
       lines.append(f'| {name} | {size} | {FLAGS.batch_size} | missing:'
-                   f' {reason} | | | | |')
+                   f' {reason} | | | | | |')
     else:
       lines.append(
           f'| {name} | {size} | {FLAGS.batch_size} | {cold["create_s"]:.1f}'
           f' | {cold["compile_s"]:.1f} | {cold["first_step_s"]:.1f}'
-          f' | {warm["compile_s"]:.1f} | {warm["cache_hits"]} |')
+          f' | {warm["compile_s"]:.1f} | {warm["create_s"]:.1f}'
+          f' | {warm["cache_hits"]} |')
     print(lines[-1], file=sys.stderr, flush=True)
   print('\n'.join(lines))
 
