@@ -11,21 +11,45 @@ iterator's state, so a resumed run reads exactly the batches the
 uninterrupted run would have read.  Orbax writes a step into a temporary
 directory and renames it when complete, so a run killed during a save resumes
 from the previous checkpoint.
+
+A step that cannot be restored (a file missing or truncated, say) raises
+:class:`gzjax.errors.CheckpointError` naming the step and the file;
+:meth:`Checkpointer.restore_newest_intact` (what training uses) then moves it
+to ``WORKDIR/damaged_checkpoints/`` and falls back to the next older step.
 """
 
 from __future__ import annotations
 
 import pathlib
+import shutil
+import time
 from typing import Any
 
 import jax
+from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
+
+from gzjax import errors
+
+
+# What every complete step holds; Orbax's own messages for a missing one do
+# not name it ("pytree structure error").
+REQUIRED_FILES = ('state/_METADATA', 'state/manifest.ocdbt', 'data/metadata')
+DAMAGED = 'damaged_checkpoints'
 
 
 def _manager(directory: pathlib.Path, **options) -> ocp.CheckpointManager:
+  # With several processes, every save meets at barriers named by the step;
+  # the latest and best managers save the same step at once, so each needs
+  # its own names (else: "Barrier _async_write_complete.N is already
+  # ongoing" and the save times out).
   return ocp.CheckpointManager(
       directory.resolve(),
-      options=ocp.CheckpointManagerOptions(create=True, **options),
+      options=ocp.CheckpointManagerOptions(
+          create=True,
+          multiprocessing_options=ocp.options.MultiprocessingOptions(
+              barrier_sync_key_prefix=directory.name),
+          **options),
       item_names=('state', 'data'),
   )
 
@@ -63,6 +87,62 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self.latest.latest_step()
 
+  def steps(self, which: str = 'latest') -> list[int]:
+    manager = self.best if which == 'best' else self.latest
+    return [] if manager is None else sorted(manager.all_steps())
+
+  def restore_newest_intact(
+      self, template: Any, warn=print) -> tuple[Any, Any, int] | None:
+    """The newest latest-checkpoint that restores, or None when none exist.
+
+    A damaged step is moved to ``damaged_checkpoints/`` beside
+    ``checkpoints/`` (kept for inspection, out of the way of the steps
+    training will save again) with a warning through ``warn``; so are best
+    checkpoints newer than the step restored, which training will redo.
+
+    Raises:
+      CheckpointError: every step is damaged.
+    """
+    problems = []
+    for step in reversed(self.steps()):
+      try:
+        restored = self.restore(template, step=step)
+      except errors.CheckpointError as error:
+        problems.append(str(error))
+        moved = self._set_aside(self.latest, step)
+        warn(f'gzjax: WARNING: {error} Moved it to {moved}; falling back to'
+             ' the previous checkpoint.')
+        continue
+      for newer in self.steps('best'):
+        if newer > step:
+          moved = self._set_aside(self.best, newer)
+          warn(f'gzjax: WARNING: the best checkpoint (step {newer}) is newer'
+               f' than step {step}, where training resumes; moved it to'
+               f' {moved}.')
+      return restored
+    if problems:
+      raise errors.CheckpointError(
+          f'No checkpoint in {self.latest.directory} can be restored (the'
+          f' damaged ones are now in {self._damaged}): {problems[-1]}')
+    return None
+
+  @property
+  def _damaged(self) -> pathlib.Path:
+    return pathlib.Path(self.latest.directory).parent / DAMAGED
+
+  def _set_aside(self, manager: ocp.CheckpointManager, step: int
+                 ) -> pathlib.Path:
+    source = pathlib.Path(manager.directory) / str(step)
+    target = (self._damaged /
+              f'{source.parent.name}-{step}-{time.strftime("%Y%m%d-%H%M%S")}')
+    if jax.process_index() == 0:  # One process moves; all then re-list.
+      target.parent.mkdir(parents=True, exist_ok=True)
+      shutil.move(str(source), str(target))
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f'gzjax_set_aside_{step}')
+    manager.reload()
+    return target
+
   def restore(self, template: Any, *, step: int | None = None,
               which: str = 'latest') -> tuple[Any, Any, int]:
     """Restores (state, data state, step) into ``template``'s structure.
@@ -74,17 +154,29 @@ class Checkpointer:
     """
     manager = self.best if which == 'best' else self.latest
     if manager is None:
-      raise FileNotFoundError('No best checkpoints: set config.best_metric.')
+      raise errors.MissingCheckpointError(
+          'No best checkpoints: set config.best_metric.')
     if step is None:
       step = (manager.best_step() if which == 'best'
               else manager.latest_step())
     if step is None or step not in manager.all_steps():
-      raise FileNotFoundError(
+      raise errors.MissingCheckpointError(
           f'No {which} checkpoint{"" if step is None else f" at step {step}"}'
           f' in {manager.directory}; steps there: {manager.all_steps()}.')
+    folder = pathlib.Path(manager.directory) / str(step)
+    for name in REQUIRED_FILES:
+      if not (folder / name).is_file():
+        raise errors.CheckpointError(
+            f'Checkpoint step {step} is damaged: {folder / name} is missing.')
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
+    try:
+      restored = manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract),
+          data=ocp.args.JsonRestore()))
+    except Exception as error:  # Orbax and TensorStore raise many types.  pylint: disable=broad-except
+      raise errors.CheckpointError(
+          f'Checkpoint step {step} in {folder} cannot be restored:'
+          f' {_innermost(error)}') from error
     return restored.state, restored.data, step
 
   def wait(self) -> None:
@@ -97,3 +189,11 @@ class Checkpointer:
     self.latest.close()
     if self.best is not None:
       self.best.close()
+
+
+def _innermost(error: BaseException) -> str:
+  """The first line of the deepest cause: TensorStore's names the file."""
+  while error.__cause__ is not None or error.__context__ is not None:
+    error = error.__cause__ or error.__context__
+  line = str(error).strip().splitlines()[0] if str(error).strip() else ''
+  return (line[:400] or type(error).__name__).rstrip('.') + '.'

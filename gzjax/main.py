@@ -9,19 +9,23 @@ r"""The command line: train, evaluate or predict from an experiment config.
 Any config key can be overridden: ``--config.optimizer.learning_rate=3e-4``.
 The logic lives in importable modules (train, evaluate, predict); this file
 only parses flags, starts multi-host JAX when asked and turns known failures
-into one clear message.
+into one clear message (``gzjax.errors.GzjaxError``; anything else keeps
+its traceback).
 """
 
 from __future__ import annotations
 
+import difflib
+import importlib.util
 import os
 import sys
 
 from absl import app
 from absl import flags
 from absl import logging
-import jax
 from ml_collections import config_flags
+
+from gzjax import distributed
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'An experiment config file (configs/*.py).',
@@ -39,36 +43,103 @@ _TTA = flags.DEFINE_bool(
 _OUTPUT = flags.DEFINE_string(
     'output', None, 'predict: the CSV to write (default WORKDIR/predictions.csv).')
 _IMAGES = flags.DEFINE_string(
-    'images', None, 'predict: a folder of <GalaxyID>.jpg instead of the test split.')
+    'images', None,
+    'predict: a folder of <GalaxyID>.jpg/.jpeg/.png (any case) instead of the'
+    ' test split.')
 _ENSEMBLE = flags.DEFINE_list(
     'ensemble', [], 'predict: more workdirs whose predictions are averaged in.')
 _DISTRIBUTED = flags.DEFINE_bool(
     'distributed', None,
     'Call jax.distributed.initialize() (default: when JAX_COORDINATOR_ADDRESS'
-    ' is set).')
+    ' is set); JAX_NUM_PROCESSES and JAX_PROCESS_ID say how many processes'
+    ' and which one, where the cluster is not detected (gzjax/distributed.py).')
 
 flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def _config_path(argv: list[str]) -> str | None:
+  """The --config file named in ``argv`` (without a ``:override`` suffix)."""
+  for index, arg in enumerate(argv):
+    if arg.startswith('--config='):
+      return arg.split('=', 1)[1].split(':', 1)[0]
+    if arg == '--config' and index + 1 < len(argv):
+      return argv[index + 1].split(':', 1)[0]
+  return None
+
+
+def _override_keys(argv: list[str]) -> list[str]:
+  keys = []
+  for arg in argv:
+    if arg.startswith('--config.'):
+      keys.append(arg[len('--config.'):].split('=', 1)[0])
+  return keys
+
+
+def _has_key(config, key: str) -> bool:
+  node = config
+  for part in key.split('.'):
+    try:
+      node = node[part]
+    except (KeyError, TypeError, AttributeError):
+      return False
+  return True
+
+
+def _exit_with(message: str) -> None:
+  print(f'gzjax: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parsing, with one line for a missing config file or a misspelt
+  ``--config.KEY`` (ml_collections raises a KeyError with a traceback)."""
+  path = _config_path(argv)
+  if path is not None and not os.path.isfile(path):
+    folder = os.path.dirname(path) or '.'
+    siblings = (sorted(f for f in os.listdir(folder) if f.endswith('.py'))
+                if os.path.isdir(folder) else [])
+    close = difflib.get_close_matches(os.path.basename(path), siblings, n=3)
+    hint = ('; did you mean '
+            + ' or '.join(os.path.join(folder, c) for c in close) + '?'
+            if close else '; the experiment configs are in configs/.')
+    _exit_with(f'--config={path}: no such file{hint}')
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as error:
+    _exit_with(f'{error}\nPass --helpshort to see the flags.')
+  except (KeyError, AttributeError):
+    # ml_collections applies the overrides while it parses --config, so the
+    # config is not available from the flag: load the file again.
+    spec = importlib.util.spec_from_file_location('_gzjax_config', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    from gzjax import config_checks  # pylint: disable=g-import-not-at-top
+    for key in _override_keys(argv):
+      if not _has_key(config, key):
+        _exit_with(config_checks.unknown_key_message(config, key))
+    raise  # Not a misspelt key: a bug, with its traceback.
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  distributed = _DISTRIBUTED.value
-  if distributed is None:
-    distributed = 'JAX_COORDINATOR_ADDRESS' in os.environ
-  if distributed:
-    jax.distributed.initialize()
+  if distributed.wanted(_DISTRIBUTED.value):
+    try:
+      distributed.initialize()
+    except ValueError as error:  # A malformed JAX_* variable, named.
+      print(f'gzjax: {error}', file=sys.stderr)
+      sys.exit(1)
   logging.set_verbosity(logging.WARNING)
   # Imported here so that --help is fast and flags parse before grain starts.
+  from gzjax import config_checks  # pylint: disable=g-import-not-at-top
+  from gzjax import errors  # pylint: disable=g-import-not-at-top
   from gzjax import evaluate  # pylint: disable=g-import-not-at-top
   from gzjax import train  # pylint: disable=g-import-not-at-top
-  from gzjax.data import galaxy_zoo  # pylint: disable=g-import-not-at-top
-  from gzjax.data import kaggle  # pylint: disable=g-import-not-at-top
-  from gzjax.models import weights  # pylint: disable=g-import-not-at-top
 
-  config = _CONFIG.value
-  train.use_compilation_cache(config.compilation_cache_dir)
   try:
+    config = config_checks.check(_CONFIG.value)
+    train.use_compilation_cache(config.compilation_cache_dir)
     if _MODE.value == 'train':
       train.train_and_evaluate(config, _WORKDIR.value)
     elif _MODE.value == 'evaluate':
@@ -78,12 +149,11 @@ def main(argv):
       evaluate.predict(config, [_WORKDIR.value, *_ENSEMBLE.value],
                        output=_OUTPUT.value, images=_IMAGES.value,
                        checkpoint=_CHECKPOINT.value, tta=_TTA.value)
-  except (galaxy_zoo.DatasetNotBuiltError, kaggle.DataError,
-          train.TrainingDiverged, weights.WeightMismatchError,
-          FileNotFoundError, ValueError, KeyError) as error:
+  except errors.GzjaxError as error:
+    # What the user can fix, in one line; anything else keeps its traceback.
     print(f'gzjax: {error}', file=sys.stderr)
     sys.exit(1)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

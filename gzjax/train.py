@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import pathlib
 import time
 from typing import Any, Callable, Mapping, Sequence
@@ -27,6 +28,9 @@ import optax
 import tqdm
 
 from gzjax import checkpoint
+from gzjax import config_checks
+from gzjax import distributed
+from gzjax import errors
 from gzjax import losses
 from gzjax import metrics
 from gzjax import models
@@ -66,7 +70,7 @@ TASKS = {
 }
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(errors.GzjaxError, RuntimeError):
   """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
@@ -134,8 +138,12 @@ def open_split(config: ml_collections.ConfigDict, split: str):
     if name == 'synthetic':
       galaxy_zoo.prepare('synthetic', config.data_dir, **config.synthetic)
     elif config.manual_dir:
-      galaxy_zoo.prepare('kaggle', config.data_dir,
-                         manual_dir=config.manual_dir)
+      # gzjax.main has no --skip_bad_images: name the command that does.
+      galaxy_zoo.prepare(
+          'kaggle', config.data_dir, manual_dir=config.manual_dir,
+          skip_hint=('build it yourself with python -m gzjax.data.build'
+                     f' --config=kaggle --manual_dir={config.manual_dir}'
+                     f' --data_dir={config.data_dir} --skip_bad_images'))
     else:
       raise
   return galaxy_zoo.data_source(name, config.data_dir, split)
@@ -153,7 +161,7 @@ def _labelled(labels: Mapping[str, np.ndarray], task: Task) -> np.ndarray:
   """Indices of the records that have a class for the task."""
   kept = np.flatnonzero(labels[task.label_key] >= 0)
   if not len(kept):
-    raise ValueError(f'No training galaxy has a {task.name} label.')
+    raise errors.DataError(f'No training galaxy has a {task.name} label.')
   return kept
 
 
@@ -311,14 +319,25 @@ def create_experiment(config: ml_collections.ConfigDict, *,
 
   # The pretrained arrays are arguments, not constants baked into the
   # program; XLA drops the initialisers of the parameters they replace.
-  init = jax.jit(initial_state, out_shardings=replicated)
+  # Across processes, each computes the same state from the same seed and
+  # fills its own devices' shards (distributed.replicate).
+  local = replicated.is_fully_addressable
+  init = jax.jit(initial_state, out_shardings=replicated if local else None)
+
+  def init_state():
+    state = init(pretrained)
+    return state if local else distributed.replicate(state, replicated)
+
   experiment = Experiment(
       config, task, graphdef, None, optimizer, schedule, mesh, num_blocks,
-      init_state=lambda: init(pretrained))
+      init_state=init_state)
   if initialise:
     experiment.initialise()
   else:
-    experiment.state = jax.eval_shape(init, pretrained)
+    experiment.state = jax.tree.map(
+        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
+                                          sharding=replicated),
+        jax.eval_shape(init, pretrained))
   return experiment
 
 
@@ -495,9 +514,10 @@ def predict_split(experiment: Experiment, source, *, tta: bool = False,
         experiment.batch_sharding, batch['image'])
     outputs = multihost_utils.process_allgather(
         predict_fn(experiment.state, images), tiled=True)
-    host = {k: multihost_utils.process_allgather(batch[k], tiled=True)
-            for k in ('galaxy_id', 'votes', 'votes_mask', 'label_3class',
-                      'label_7class', 'example_mask')}
+    host = distributed.gather_rows(
+        {k: batch[k] for k in ('galaxy_id', 'votes', 'votes_mask',
+                               'label_3class', 'label_7class',
+                               'example_mask')})
     host['outputs'] = np.asarray(outputs, np.float32)
     collected.append(host)
   merged = {k: np.concatenate([c[k] for c in collected]) for k in collected[0]}
@@ -548,12 +568,15 @@ def training_mean_votes(source) -> np.ndarray:
 class MetricWriter:
   """Appends to ``metrics.jsonl`` and writes TensorBoard event files."""
 
-  def __init__(self, workdir: pathlib.Path):
+  def __init__(self, workdir: pathlib.Path, purge_step: int | None = None):
+    """``purge_step``: TensorBoard hides the earlier files' events from this
+    step on (a resumed run re-logs them)."""
     self._path = workdir / 'metrics.jsonl'
     self._tensorboard = None
     if jax.process_index() == 0:
       import tensorboardX  # pylint: disable=g-import-not-at-top
-      self._tensorboard = tensorboardX.SummaryWriter(str(workdir))
+      self._tensorboard = tensorboardX.SummaryWriter(
+          str(workdir), purge_step=purge_step)
 
   def write(self, step: int, values: Mapping[str, float]) -> None:
     if jax.process_index() != 0:
@@ -578,6 +601,100 @@ def _flat_scalars(prefix: str, values: Mapping[str, Any]) -> dict[str, float]:
     elif isinstance(value, (int, float, np.floating, np.integer)):
       flat[f'{prefix}{key}'] = float(value)
   return flat
+
+
+# --------------------------------------------------------------- workdir ---
+
+# Config keys that change the saved state's structure, as (key, what of its
+# value matters): a checkpoint restores only under the same values.
+STATE_KEYS = (
+    ('task', None), ('model.name', None), ('model.head', None),
+    ('model.hidden', None), ('ema_decay', bool),
+    ('optimizer.name', None), ('optimizer.freeze_backbone', None),
+    ('optimizer.schedule', lambda s: s == 'plateau'),
+    ('optimizer.grad_clip_norm', bool),
+    ('optimizer.layer_decay', lambda d: d != 1.0),
+)
+
+
+def writable_workdir(workdir: str | pathlib.Path) -> pathlib.Path:
+  """Creates ``workdir`` and checks it can be written, in one clear line."""
+  workdir = pathlib.Path(workdir)
+  if jax.process_index() != 0:
+    return workdir
+  probe = workdir / '.gzjax_write_test'
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    probe.write_text('')
+    probe.unlink()
+  except OSError as error:
+    raise errors.WorkdirError(
+        f'Cannot write to the workdir {workdir}: {error.strerror}'
+        f'{f" ({error.filename})" if error.filename else ""}. Choose a'
+        ' --workdir you can write to.') from None
+  return workdir
+
+
+def _value(config, key: str):
+  node = config
+  for part in key.split('.'):
+    node = node[part] if part in node else None
+    if node is None:
+      return None
+  return node
+
+
+def check_resumable(config: ml_collections.ConfigDict,
+                    workdir: pathlib.Path) -> None:
+  """Raises CheckpointError, naming each difference, when the workdir's
+  checkpoints were saved under a config that gives another state."""
+  saved_path = workdir / 'config.json'
+  if not saved_path.is_file():
+    return
+  saved = json.loads(saved_path.read_text())
+  differences = []
+  for key, meaning in STATE_KEYS:
+    old = _value(saved, key)
+    new = _value(config, key)
+    if isinstance(old, list):
+      old = tuple(old)
+    if isinstance(new, list):
+      new = tuple(new)
+    if old is None:
+      continue
+    if (meaning or (lambda v: v))(old) != (meaning or (lambda v: v))(new):
+      differences.append(f'{key}: checkpoint has {old!r}, config has {new!r}')
+  if differences:
+    raise errors.CheckpointError(
+        f'The checkpoints in {workdir} are of another model ('
+        + '; '.join(differences) + '). Train into a new --workdir, or set'
+        ' these values back to resume.')
+
+
+def _write_atomically(path: pathlib.Path, text: str) -> None:
+  if jax.process_index() != 0:
+    return
+  temporary = path.with_name(path.name + '.tmp')
+  temporary.write_text(text)
+  os.replace(temporary, path)
+
+
+def truncate_metrics(path: pathlib.Path, step: int) -> None:
+  """Drops the lines after ``step``: a resumed run writes them again."""
+  if jax.process_index() != 0 or not path.is_file():
+    return
+  lines = path.read_text().splitlines(keepends=True)
+  kept = [line for line in lines if _logged_step(line) <= step]
+  if len(kept) != len(lines):
+    _write_atomically(path, ''.join(kept))
+
+
+def _logged_step(line: str) -> float:
+  """A metrics line's step; inf (dropped) for a line a kill cut short."""
+  try:
+    return json.loads(line)['step']
+  except (ValueError, KeyError, TypeError):
+    return math.inf
 
 
 # ------------------------------------------------------------------- loop ---
@@ -607,13 +724,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   Returns:
     The last validation metrics.
   """
-  workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
+  config_checks.check(config)
+  workdir = writable_workdir(workdir)
   # Shapes only until it is known whether a checkpoint fills the state.
   experiment = create_experiment(config, initialise=False)
   task = experiment.task
   train_source = training_split(config, task)
+  if config.input.batch_size > len(train_source):
+    raise errors.ConfigError(
+        f'config.input.batch_size={config.input.batch_size} is larger than'
+        f' the {len(train_source)} galaxies of the training split: every'
+        ' batch would repeat galaxies. Lower config.input.batch_size.')
   validation_source = open_split(config, 'validation')
   baseline = None if task.is_classification else training_mean_votes(
       train_source)
@@ -623,15 +744,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   train_iterator, device_input = create_train_input(config, task, experiment)
   start_step = 0
   if checkpointer.latest_step() is not None:
-    experiment.state, data_state, start_step = checkpointer.restore(
-        experiment.state)
-    train_iterator.set_state(data_state)
-  else:
+    check_resumable(config, workdir)
+    restored = checkpointer.restore_newest_intact(experiment.state)
+    if restored is not None:
+      experiment.state, data_state, start_step = restored
+      train_iterator.set_state(data_state)
+  if not start_step:  # No checkpoint, or none intact: initialise.
     experiment.initialise()
+  # Only now, with the checkpoint restored, does the workdir describe this
+  # config; the metrics keep what the restored state has seen.
+  if jax.process_index() == 0:  # One writer on a shared filesystem.
+    _write_atomically(workdir / 'config.json',
+                      config.to_json_best_effort(indent=2))
+    truncate_metrics(workdir / 'metrics.jsonl', start_step)
   last_good = start_step if start_step else None
   train_step = make_train_step(experiment, device_input)
   predict_fn = make_predict_fn(experiment)
-  writer = MetricWriter(workdir)
+  writer = MetricWriter(workdir, purge_step=start_step + 1)
   pending, window_start, window_time = [], start_step, time.perf_counter()
   validation = {}
   progress = tqdm.tqdm(total=config.num_train_steps, initial=start_step,

@@ -78,10 +78,7 @@ def tiny_config(data_dir, **overrides):
   config.log_every_steps = 2
   config.eval_every_steps = 6
   config.checkpoint_every_steps = 3
-  for key, value in overrides.items():
-    target = config
-    *parents, leaf = key.split('.')
-    for parent in parents:
-      target = target[parent]
-    target[leaf] = value
+  config.lock()  # A misspelt override key is an error, not a new key.
+  config.update_from_flattened_dict(overrides)
+  config.unlock()
   return config

@@ -286,6 +286,13 @@ def test_eval_shards_partition_records_with_equal_batch_counts(records):
       assert batch['image'].shape[0] == 2
       real_ids.extend(batch['galaxy_id'][batch['example_mask']])
   assert sorted(real_ids) == list(1000 + np.arange(10))
+  # Gathered step by step in process order, the records come back in order,
+  # padding last.
+  gathered = np.concatenate(
+      [shard[step]['galaxy_id'] for step in range(2) for shard in shards]
+  )
+  np.testing.assert_array_equal(gathered[:10], 1000 + np.arange(10))
+  np.testing.assert_array_equal(gathered[10:], -1)
 
 
 def test_eval_is_repeatable(records):
@@ -424,24 +431,24 @@ def test_train_shards_split_each_global_batch(records):
       ),
       3,
   )
-  shards = [
-      _take(
-          pipeline.create_train_iterator(
-              records, config, process_index=index, process_count=2
-          ),
-          3,
+  iterators = [
+      pipeline.create_train_iterator(
+          records, config, process_index=index, process_count=2
       )
       for index in range(2)
   ]
+  shards = [_take(iterator, 3) for iterator in iterators]
+  # One state for every process: a checkpoint keeps process 0's alone.
+  assert iterators[0].get_state() == iterators[1].get_state()
 
   for step, global_batch in enumerate(single):
     halves = [shard[step] for shard in shards]
     assert all(half['image'].shape[0] == 2 for half in halves)
-    # Process i holds the global examples i, i + 2: interleave to rebuild.
+    # Process i holds slice i of the global batch: the processes' batches
+    # in process order are the global batch, row for row (the layout
+    # make_array_from_process_local_data gives the mesh).
     for key, values in global_batch.items():
-      rebuilt = np.stack([half[key] for half in halves], axis=1).reshape(
-          values.shape
-      )
+      rebuilt = np.concatenate([half[key] for half in halves])
       np.testing.assert_array_equal(rebuilt, values)
 
 

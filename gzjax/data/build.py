@@ -24,8 +24,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from gzjax import errors
 from gzjax.data import galaxy_zoo
-from gzjax.data import kaggle
 
 _CONFIG = flags.DEFINE_enum(
     'config', 'synthetic', ['synthetic', 'kaggle'], 'Which builder config.'
@@ -86,7 +86,7 @@ def main(argv):
         overwrite=_OVERWRITE.value,
         **options,
     )
-  except kaggle.DataError as e:
+  except errors.GzjaxError as e:  # What the user can fix; bugs keep tracebacks.
     print(f'Build failed: {e}', file=sys.stderr)
     sys.exit(2)
   print(galaxy_zoo.summarize(dataset))

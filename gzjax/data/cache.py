@@ -27,8 +27,8 @@ build leaves nothing that is ever read; a cache that no longer matches its
 dataset, or whose files are damaged, is an error naming the path.
 
 Batches (`TrainIterator`) follow the grain path's stream: a seeded
-permutation of the records per epoch, process ``i`` of ``P`` taking global
-examples ``i, i + P, …``; the iterator state is one JSON-serialisable
+permutation of the records per epoch, process ``i`` of ``P`` taking slice
+``i`` of each global batch; the iterator state is one JSON-serialisable
 position, and each example carries its (epoch, index) stream position, from
 which `device_augment` derives its augmentation key.
 """
@@ -50,6 +50,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from gzjax import errors
 from gzjax.data import device_augment
 from gzjax.data import pipeline
 
@@ -62,7 +63,7 @@ _LABEL_KEYS = ('votes', 'votes_mask', 'label_3class', 'label_7class',
 _FINGERPRINT_RECORDS = 16
 
 
-class CacheError(ValueError):
+class CacheError(errors.GzjaxError, ValueError):
   """A cache on disk is damaged or no longer matches its dataset."""
 
 
@@ -141,7 +142,7 @@ def _stored_image(jpeg: bytes, config: ml_collections.ConfigDict,
   image, source_size, reduction = pipeline.open_drafted(
       jpeg, config.crop_size, _pixels_per_output(config))
   if (source_size, reduction) != (geometry.source_size, geometry.reduction):
-    raise ValueError(
+    raise errors.DataError(
         f'its {source_size[0]}x{source_size[1]} image differs from the'
         f' {geometry.source_size[0]}x{geometry.source_size[1]} of the first'
         ' record; the cache needs one image size per split.')
@@ -334,11 +335,11 @@ class TrainIterator:
         indices)
     if not len(self._indices):
       raise ValueError('The cache iterator has no records to read.')
-    self._offsets = process_index + process_count * np.arange(
+    # Slice process_index of each global batch, as the grain path takes.
+    self._offsets = process_index * self._batch_size + np.arange(
         self._batch_size)
-    total = len(self._indices) * (config.num_epochs or 0)
     self._end = None if config.num_epochs is None else (
-        total // process_count * process_count)
+        len(self._indices) * config.num_epochs)
     self._permutations = {}
     self._executor = concurrent.futures.ThreadPoolExecutor(
         max(config.read_threads, 1))

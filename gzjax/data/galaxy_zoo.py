@@ -16,8 +16,10 @@ Splits: ``train`` / ``validation`` by a stable hash of the GalaxyID (so a
 galaxy's split does not depend on row order or shard count) and ``test``
 (unlabelled: votes NaN, mask all False, labels -1).
 
-TFDS writes into an ``incomplete.*`` folder and renames it only when every
-split is written, so a failed build never loads as complete.  The ``tfds
+A build writes into a staging folder beside the dataset (where TFDS's own
+``incomplete.*`` folder is renamed only when every split is written) and is
+swapped in only when complete, so a failed build never loads as complete
+and a failed rebuild leaves the previous dataset as it was.  The ``tfds
 build`` CLI imports TensorFlow; use ``python -m gzjax.data.build`` instead.
 """
 
@@ -26,13 +28,18 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hashlib
+import json
+import os
 import pathlib
+import shutil
+import sys
 from typing import Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
 import tqdm
 
+from gzjax import errors
 from gzjax import taxonomy
 from gzjax.data import kaggle
 from gzjax.data import synthetic
@@ -55,7 +62,7 @@ def is_validation(galaxy_ids: np.ndarray, validation_percent: float) -> np.ndarr
   order, shard count or the other galaxies in the file.
   """
   if not 0 <= validation_percent <= 100:
-    raise ValueError(
+    raise errors.ConfigError(
         f'validation_percent must be within [0, 100], got {validation_percent}'
     )
   buckets = np.array([
@@ -146,6 +153,10 @@ class GalaxyZoo(tfds.core.GeneratorBasedBuilder):
     kwargs.setdefault('file_format', FILE_FORMAT)
     self.options = options
     self.report = BuildReport()
+    # How a user turns skipping on, for the messages about bad images.
+    self.skip_hint = 'rebuild with --skip_bad_images'
+    # How the dataset on disk was built (gzjax_build.json), once known.
+    self.record: dict | None = None
     super().__init__(**kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -216,7 +227,7 @@ class GalaxyZoo(tfds.core.GeneratorBasedBuilder):
         raise kaggle.DataError(
             f'{len(missing)} galaxies of {files.solutions_csv} have no image'
             f' in {files.train_images}: {_first_ids(missing)}. Restore them, or'
-            ' rebuild with --skip_bad_images to leave them out.'
+            f' {self.skip_hint} to leave them out.'
         )
       for i in missing:
         self.report.skipped['train/validation'].append((int(i), 'missing'))
@@ -263,8 +274,8 @@ class GalaxyZoo(tfds.core.GeneratorBasedBuilder):
       more = f'\n  … and {len(bad) - 20} more' if len(bad) > 20 else ''
       raise kaggle.DataError(
           f'{len(bad)} images of the {split} split cannot be decoded:\n'
-          f'{details}{more}\nReplace them, or rebuild with --skip_bad_images'
-          ' to leave them out.'
+          f'{details}{more}\nReplace them, or {self.skip_hint} to leave them'
+          ' out.'
       )
     self.report.skipped[split].extend(bad)
 
@@ -348,7 +359,7 @@ def builder(
   """
   names = [c.name for c in GalaxyZoo.BUILDER_CONFIGS]
   if config not in names:
-    raise ValueError(
+    raise errors.ConfigError(
         f'Unknown galaxy_zoo config {config!r}; choose {", ".join(names)}.'
     )
   return GalaxyZoo(
@@ -359,7 +370,7 @@ def builder(
   )
 
 
-class DatasetNotBuiltError(FileNotFoundError):
+class DatasetNotBuiltError(errors.GzjaxError, FileNotFoundError):
   """The requested dataset has not been built in that data directory."""
 
 
@@ -381,7 +392,7 @@ def data_source(
     )
   splits = list(galaxy_zoo.info.splits)
   if split not in splits:
-    raise KeyError(
+    raise errors.ConfigError(
         f'{NAME}/{config} in {data_dir} has no split {split!r}; it has'
         f' {", ".join(splits)}.'
     )
@@ -390,21 +401,133 @@ def data_source(
   )
 
 
+RECORD = 'gzjax_build.json'
+STAGING_PREFIX = '.gzjax_build-'
+OLD_SUFFIX = '.gzjax_old-'
+
+
+def _pid_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # Alive, and another user's.
+    return True
+  return True
+
+
+def clean_leftovers(config: str, data_dir: pathlib.Path) -> list[str]:
+  """Removes what killed builds left in ``data_dir``; returns what it did.
+
+  TFDS's ``incomplete.*`` folders, staging folders of builds whose process
+  is gone, and a replaced version that a killed swap left (moved back when
+  the new one never arrived).
+  """
+  done = []
+  final = pathlib.Path(builder(config, data_dir).data_path)
+  if final.parent.is_dir():
+    for path in sorted(final.parent.iterdir()):
+      if path.name.startswith('incomplete.'):
+        shutil.rmtree(path, ignore_errors=True)
+        done.append(f'removed {path}, left by a killed build')
+      elif path.name.startswith(final.name + OLD_SUFFIX):
+        pid = int(path.name.rsplit('-', 1)[1])
+        if _pid_alive(pid):
+          continue
+        if final.exists():
+          shutil.rmtree(path, ignore_errors=True)
+          done.append(f'removed {path}, replaced by a completed rebuild')
+        else:
+          path.rename(final)
+          done.append(f'restored {final} from {path}: its rebuild was killed')
+  if data_dir.is_dir():
+    for path in sorted(data_dir.glob(f'{STAGING_PREFIX}*-{config}')):
+      pid = int(path.name[len(STAGING_PREFIX):].split('-', 1)[0])
+      if pid != os.getpid() and not _pid_alive(pid):
+        shutil.rmtree(path, ignore_errors=True)
+        done.append(f'removed {path}, left by a killed build')
+  return done
+
+
+def _count_files(folder: pathlib.Path | None) -> int:
+  if folder is None:
+    return 0
+  return sum(1 for entry in os.scandir(folder)
+             if entry.name.lower().endswith('.jpg'))
+
+
+def build_source(config: str, manual_dir: pathlib.Path | None,
+                 options: BuildOptions) -> dict:
+  """What a build reads and how: equal for two builds of the same dataset.
+
+  The Kaggle download is identified by its content (the solutions CSV's
+  SHA-256 and row count, the image counts), not its path, so a moved copy
+  is the same download.
+  """
+  chosen = {'validation_percent': options.validation_percent,
+            'skip_bad_images': options.skip_bad_images}
+  if config == 'synthetic':
+    chosen.update(num_labelled=options.num_labelled,
+                  num_test=options.num_test, image_size=options.image_size,
+                  seed=options.seed)
+    return {'source': {'synthetic': True}, 'options': chosen}
+  files = kaggle.locate_files(manual_dir)
+  data = files.solutions_csv.read_bytes()
+  return {
+      'source': {
+          'solutions_csv': files.solutions_csv.name,
+          'solutions_sha256': hashlib.sha256(data).hexdigest(),
+          'solutions_rows': max(0, data.count(b'\n') - 1
+                                + (not data.endswith(b'\n'))),
+          'train_images': _count_files(files.train_images),
+          'test_images': _count_files(files.test_images),
+      },
+      'options': chosen,
+  }
+
+
+def _differences(recorded: dict, requested: dict) -> list[str]:
+  differences = []
+  for section in ('source', 'options'):
+    old, new = recorded.get(section, {}), requested[section]
+    for key in sorted(set(old) | set(new)):
+      if old.get(key) != new.get(key):
+        differences.append(f'{key} {old.get(key)!r} -> {new.get(key)!r}')
+  return differences
+
+
+def read_record(dataset: GalaxyZoo) -> dict | None:
+  path = pathlib.Path(dataset.data_path) / RECORD
+  return json.loads(path.read_text()) if path.is_file() else None
+
+
 def prepare(
     config: str,
     data_dir: str | pathlib.Path,
     *,
     manual_dir: str | pathlib.Path | None = None,
     overwrite: bool = False,
+    skip_hint: str | None = None,
     **options,
 ) -> GalaxyZoo:
-  """Builds (or finds) a dataset on disk; returns the builder that did it.
+  """Builds (or finds) a dataset on disk; returns a builder that reads it.
 
   This is what ``python -m gzjax.data.build`` runs; ``options`` are
-  :class:`BuildOptions` fields.
+  :class:`BuildOptions` fields.  A build writes into a staging folder
+  beside the dataset and swaps it in only when complete, so a failed
+  (re)build leaves the previous dataset as it was; the dataset records how
+  it was built (``gzjax_build.json``: source, options, counts, skipped
+  ids).  An existing dataset built from another download or with other
+  options is refused unless ``overwrite``.  Leftovers of killed builds are
+  removed first.
+
+  Args:
+    skip_hint: how the user asks to skip bad images, for the messages
+      (default: the build command's flag).
 
   Raises:
-    kaggle.DataError: bad input, with the file, line, column or GalaxyID.
+    kaggle.DataError: bad input, with the file, line, column or GalaxyID;
+      or an existing dataset that another build made.
   """
   if config == 'kaggle':
     if manual_dir is None:
@@ -414,19 +537,62 @@ def prepare(
       )
     manual_dir = pathlib.Path(manual_dir).expanduser()
     kaggle.locate_files(manual_dir)  # Fail fast, before TFDS starts.
+  data_dir = pathlib.Path(data_dir).expanduser()
+  for line in clean_leftovers(config, data_dir):
+    print(f'gzjax: {line}', file=sys.stderr)
+  requested = build_source(config, manual_dir, BuildOptions(**options))
+  existing = builder(config, data_dir, **options)
+  if existing.is_prepared():
+    existing.record = read_record(existing)
+    differences = (_differences(existing.record, requested)
+                   if existing.record is not None else [])
+    if not overwrite and differences:
+      raise kaggle.DataError(
+          f'{NAME}/{config} in {data_dir} was built from another download or'
+          f' with other options ({"; ".join(differences)}). Pass --overwrite'
+          ' to replace it (the old one stays until the new one is complete),'
+          ' or choose another --data_dir.')
+    if not overwrite:
+      return existing
+  staging = data_dir / f'{STAGING_PREFIX}{os.getpid()}-{config}'
+  shutil.rmtree(staging, ignore_errors=True)
+  try:
+    built = builder(config, staging, **options)
+    if skip_hint:
+      built.skip_hint = skip_hint
+    tfds.disable_progress_bar()  # Ours show totals; TFDS's cannot.
+    built.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(
+            manual_dir=None if manual_dir is None else str(manual_dir),
+            download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS,
+        )
+    )
+    record = dict(
+        requested, config=config,
+        manual_dir=None if manual_dir is None else str(manual_dir.resolve()),
+        examples={name: split.num_examples
+                  for name, split in built.info.splits.items()},
+        skipped={split: [[int(i), problem] for i, problem in bad]
+                 for split, bad in built.report.skipped.items() if bad},
+    )
+    new = pathlib.Path(built.data_path)
+    (new / RECORD).write_text(json.dumps(record, indent=2))
+    _swap(new, pathlib.Path(existing.data_path))
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
   dataset = builder(config, data_dir, **options)
-  tfds.disable_progress_bar()  # Ours show totals; TFDS's cannot.
-  dataset.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(
-          manual_dir=None if manual_dir is None else str(manual_dir),
-          download_mode=(
-              tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS
-              if overwrite
-              else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
-          ),
-      )
-  )
+  dataset.report, dataset.record = built.report, record
   return dataset
+
+
+def _swap(new: pathlib.Path, final: pathlib.Path) -> None:
+  """Puts ``new`` at ``final`` by renames; the old one is deleted last."""
+  final.parent.mkdir(parents=True, exist_ok=True)
+  old = final.with_name(f'{final.name}{OLD_SUFFIX}{os.getpid()}')
+  if final.exists():
+    final.rename(old)
+  new.rename(final)
+  shutil.rmtree(old, ignore_errors=True)
 
 
 def summarize(dataset: GalaxyZoo) -> str:
@@ -456,8 +622,22 @@ def summarize(dataset: GalaxyZoo) -> str:
       lines.append(f'  {name}: {mix}')
   elif dataset.is_prepared():
     lines.append('(already built; rebuild with --overwrite for the full report)')
-  skipped = {k: v for k, v in dataset.report.skipped.items() if v}
+  record = dataset.record
   lines.append('')
+  if record is None:
+    lines.append('How it was built: not recorded (built by an older gzjax);'
+                 ' rebuild with --overwrite to record it.')
+    skipped = {k: v for k, v in dataset.report.skipped.items() if v}
+  else:
+    source = record['source']
+    built_from = (
+        'synthetic' if 'synthetic' in source else
+        f'{record["manual_dir"]} ({source["solutions_csv"]}:'
+        f' {source["solutions_rows"]:,d} rows; {source["train_images"]:,d}'
+        f' training and {source["test_images"]:,d} test JPEGs)')
+    options = ', '.join(f'{k}={v}' for k, v in record['options'].items())
+    lines.append(f'Built from {built_from} with {options}.')
+    skipped = record['skipped']
   if skipped:
     total = sum(len(v) for v in skipped.values())
     lines.append(f'Skipped {total} bad images (--skip_bad_images):')

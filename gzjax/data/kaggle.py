@@ -17,6 +17,7 @@ import pathlib
 import numpy as np
 from PIL import Image
 
+from gzjax import errors
 from gzjax import taxonomy
 
 SOLUTIONS_CSV = 'training_solutions_rev1.csv'
@@ -40,8 +41,8 @@ Then build with:
 """
 
 
-class DataError(ValueError):
-  """Input data that cannot be used as it is; the message says where and why."""
+# Defined in gzjax.errors (the pipeline raises it too); kept here by name.
+DataError = errors.DataError
 
 
 @dataclasses.dataclass(frozen=True)

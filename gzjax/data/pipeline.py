@@ -22,9 +22,16 @@ and interleave them in order: the batches do not depend on ``num_workers``,
 and the iterator state is just a position that ``get_state``/``set_state``
 save and restore as a JSON-serialisable dict.
 
-Sharding across JAX processes strides over that global stream: process ``i``
-takes examples ``i, i + P, i + 2P, …``, so the ``P`` per-process batches of
-step ``k`` together hold the global examples ``k * B … (k + 1) * B - 1``.
+Sharding across JAX processes cuts each global batch into ``P`` contiguous
+slices: at step ``k`` process ``i`` of ``P`` holds the global examples
+``k * B + i * B / P … k * B + (i + 1) * B / P - 1``.  That is the order in
+which ``jax.make_array_from_process_local_data`` lays the processes' batches
+out on the mesh, so the global batch, row for row and device for device, is
+the one a single process with all the devices builds: the same per-row
+dropout masks and the same per-device sums, so 2 processes of 2 devices
+train as 1 process of 4 does.  (Striding, ``i, i + P, …``, would hold the
+same examples in another row order.)  Evaluation shards the same way, so
+gathered outputs come back in record order.
 """
 
 from __future__ import annotations
@@ -39,6 +46,8 @@ import jax
 import ml_collections
 import numpy as np
 from PIL import Image
+
+from gzjax import errors
 
 NUM_VOTES = 37
 
@@ -69,7 +78,8 @@ def default_config() -> ml_collections.ConfigDict:
   config.shuffle = True
   config.seed = 0
   # Training epochs; None repeats forever.  Evaluation is always one pass.
-  config.num_epochs = None
+  # A typed placeholder, so --config.input.num_epochs=3 parses.
+  config.num_epochs = ml_collections.config_dict.placeholder(int)
 
   config.augment = ml_collections.ConfigDict()
   config.augment.enabled = True
@@ -247,7 +257,7 @@ def open_drafted(
   image = Image.open(io.BytesIO(jpeg))
   source_size = image.size
   if crop_size > min(source_size):
-    raise ValueError(
+    raise errors.ConfigError(
         f'crop_size={crop_size} exceeds the {source_size[0]}x{source_size[1]}'
         ' source image.'
     )
@@ -315,7 +325,7 @@ def decode_record(record: Mapping[str, Any], decode: Callable[[bytes], T]) -> T:
   try:
     return decode(record['image'])
   except (OSError, SyntaxError) as error:  # What PIL raises for bad data.
-    raise ValueError(
+    raise errors.DataError(
         f'galaxy_id {int(record["galaxy_id"])}: cannot decode its JPEG image'
         f' ({error}).'
     ) from error
@@ -410,11 +420,11 @@ def process_batch_size(
   if process_count is None:
     process_count = jax.process_count()
   if not 0 <= process_index < process_count:
-    raise ValueError(
+    raise errors.ConfigError(
         f'process_index={process_index} is not in [0, {process_count}).'
     )
   if config.batch_size <= 0 or config.batch_size % process_count:
-    raise ValueError(
+    raise errors.ConfigError(
         f'batch_size={config.batch_size} (the global batch) must be a positive'
         f' multiple of the process count {process_count}.'
     )
@@ -430,10 +440,10 @@ def _check_crop_fits(
   every record.
   """
   if not len(source):
-    raise ValueError('The source has no records.')
+    raise errors.DataError('The source has no records.')
   width, height = Image.open(io.BytesIO(source[0]['image'])).size
   if config.crop_size > min(width, height):
-    raise ValueError(
+    raise errors.ConfigError(
         f'crop_size={config.crop_size} exceeds the {width}x{height} source'
         ' images.'
     )
@@ -469,8 +479,8 @@ def create_train_iterator(
   """Returns this process's iterator of augmented training batches.
 
   Every process sees every record over an epoch's global stream, in a shuffle
-  that changes per epoch; with a finite `num_epochs` the stream is cut to a
-  multiple of the process count and only full batches are yielded, so all
+  that changes per epoch, and holds its contiguous slice of each global batch;
+  with a finite `num_epochs` the stream is cut to whole global batches, so all
   processes yield the same number of batches.
 
   Args:
@@ -496,19 +506,20 @@ def create_train_iterator(
   # the global stream, not on the process count.
   dataset = dataset.random_map(_TrainPreprocess(config))
   if config.num_epochs is not None:
-    dataset = dataset[: len(dataset) // process_count * process_count]
-  dataset = dataset[process_index::process_count]
+    dataset = dataset[: len(dataset) // config.batch_size * config.batch_size]
+  # Slice i of every global batch (see the module docstring).
   dataset = dataset.batch(batch_size, drop_remainder=True)
+  dataset = dataset[process_index::process_count]
   return iter(_to_iter_dataset(dataset, config))
 
 
 def num_eval_batches(
     num_records: int, config: ml_collections.ConfigDict, process_count: int
 ) -> int:
-  """Returns the batches every process yields in one evaluation pass."""
-  batch_size = config.batch_size // process_count
-  largest_shard = -(-num_records // process_count)
-  return -(-largest_shard // batch_size)
+  """Returns the batches every process yields in one evaluation pass: one
+  per global batch, the last one padded."""
+  del process_count  # Each process holds a slice of every global batch.
+  return -(-num_records // config.batch_size)
 
 
 def create_eval_iterator(
@@ -520,11 +531,13 @@ def create_eval_iterator(
 ) -> grain.IterDataset:
   """Returns this process's evaluation batches: one pass, unaugmented.
 
-  Process ``i`` takes records ``i, i + P, …`` in order.  Every record appears
-  exactly once over all processes; the shards' tails are padded with
-  `example_mask` False rows to `num_eval_batches` full batches, so each
-  process yields the same number of batches and collective ops never wait on
-  a process that has run out.
+  The records, padded at the end with `example_mask` False rows to
+  `num_eval_batches` full global batches, are cut like the training stream:
+  process ``i`` holds slice ``i`` of each global batch.  Every record appears
+  exactly once over all processes, gathering the processes' batches in
+  process order gives the records in order, and each process yields the same
+  number of batches, so collective ops never wait on a process that has run
+  out.
 
   Args:
     source: random-access records (see the module docstring).
@@ -540,11 +553,13 @@ def create_eval_iterator(
       config, process_index, process_count
   )
   _check_crop_fits(source, config)
-  shard = grain.MapDataset.source(source)[process_index::process_count]
-  shard = shard.map(_EvalPreprocess(config))
-  num_rows = num_eval_batches(len(source), config, process_count) * batch_size
-  padding = grain.MapDataset.range(num_rows - len(shard)).map(
+  records = grain.MapDataset.source(source).map(_EvalPreprocess(config))
+  num_rows = (
+      num_eval_batches(len(source), config, process_count) * config.batch_size
+  )
+  padding = grain.MapDataset.range(num_rows - len(records)).map(
       lambda _: _padding_example(config)
   )
-  dataset = grain.MapDataset.concatenate([shard, padding])
-  return _to_iter_dataset(dataset.batch(batch_size), config)
+  dataset = grain.MapDataset.concatenate([records, padding])
+  dataset = dataset.batch(batch_size)[process_index::process_count]
+  return _to_iter_dataset(dataset, config)

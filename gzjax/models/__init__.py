@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gzjax import errors
 from gzjax.models import heads
 
 # name -> (module, class, constructor keyword arguments)
@@ -79,20 +80,20 @@ class GalaxyModel(nnx.Module):
     """Raises a clear error for images the backbone cannot take."""
     backbone = self.backbone
     if len(shape) != 4 or shape[-1] != 3:
-      raise ValueError(
+      raise errors.ConfigError(
           f'{self.name} takes images [batch, height, width, 3] (NHWC, RGB);'
           f' got shape {tuple(shape)}.'
       )
     height, width = shape[1], shape[2]
     if getattr(backbone, 'fixed_input_size', False):
       if (height, width) != (backbone.input_size,) * 2:
-        raise ValueError(
+        raise errors.ConfigError(
             f'{self.name} needs {backbone.input_size}x{backbone.input_size}'
             f' inputs; got {height}x{width}. Set the input image_size to'
             f' {backbone.input_size}.'
         )
     elif min(height, width) < backbone.min_input_size:
-      raise ValueError(
+      raise errors.ConfigError(
           f'{self.name} needs inputs of at least {backbone.min_input_size}'
           f' px; got {height}x{width}.'
       )

@@ -19,8 +19,10 @@ from flax import serialization
 import jax
 import numpy as np
 
+from gzjax import errors
 
-class WeightMismatchError(ValueError):
+
+class WeightMismatchError(errors.GzjaxError, ValueError):
   """Pretrained weights that do not fit the architecture."""
 
 
@@ -101,7 +103,7 @@ def load(path: str | os.PathLike) -> dict[str, np.ndarray]:
   """Reads a mapping written by :func:`save`."""
   path = pathlib.Path(path)
   if not path.is_file():
-    raise FileNotFoundError(
+    raise errors.MissingFileError(
         f'No weight file at {path}; convert one with'
         ' python -m gzjax.tools.convert_weights.'
     )

@@ -1,0 +1,195 @@
+"""Workdirs and checkpoints under bad input: nothing lost, one line each.
+
+One tiny run (40 synthetic galaxies at 64 px, 6 steps, checkpoints at 3 and
+6) is trained once per module; each test works on a copy of its workdir.
+"""
+
+import json
+import pathlib
+import shutil
+
+from PIL import Image
+import pytest
+
+from tests.conftest import tiny_config
+from gzjax import checkpoint
+from gzjax import errors
+from gzjax import evaluate
+from gzjax import train
+from gzjax.data import galaxy_zoo
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  """(data_dir, workdir) of a finished 6-step run."""
+  root = tmp_path_factory.mktemp('resume')
+  galaxy_zoo.prepare('synthetic', root / 'data', num_labelled=40, num_test=4,
+                     image_size=64, num_workers=1)
+  train.train_and_evaluate(_config(root / 'data'), root / 'work')
+  return root / 'data', root / 'work'
+
+
+def _config(data_dir, **overrides):
+  return tiny_config(data_dir, **{'input.crop_size': 48, **overrides})
+
+
+def _copy(trained, tmp_path) -> pathlib.Path:
+  return pathlib.Path(shutil.copytree(trained[1], tmp_path / 'work'))
+
+
+def _snapshot(folder: pathlib.Path) -> dict[str, bytes]:
+  return {str(p.relative_to(folder)): p.read_bytes()
+          for p in sorted(folder.rglob('*')) if p.is_file()}
+
+
+def _steps(workdir):
+  return [json.loads(line)['step']
+          for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+
+
+def test_resume_with_another_model_names_the_difference_and_changes_nothing(
+    trained, tmp_path):
+  workdir = _copy(trained, tmp_path)
+  before = _snapshot(workdir)
+  config = _config(trained[0], num_train_steps=9, **{'model.hidden': (16,)})
+  with pytest.raises(errors.CheckpointError) as info:
+    train.train_and_evaluate(config, workdir)
+  assert 'model.hidden: checkpoint has (), config has (16,)' in str(info.value)
+  assert str(workdir) in str(info.value)
+  assert _snapshot(workdir) == before  # config.json included.
+  # evaluate says the same instead of failing inside Orbax.
+  with pytest.raises(errors.CheckpointError, match=r'model\.hidden'):
+    evaluate.evaluate(config, workdir)
+
+
+def test_damaged_latest_checkpoint_falls_back_and_metrics_are_not_doubled(
+    trained, tmp_path, capsys):
+  workdir = _copy(trained, tmp_path)
+  assert _steps(workdir) == [2, 3, 4, 6, 6]  # train/ and validation/ at 6.
+  for data_file in (workdir / 'checkpoints' / '6' / 'state').rglob('d/*'):
+    data_file.write_bytes(data_file.read_bytes()[:10])
+  # evaluate does not fall back on its own: it names the step to pass.
+  with pytest.raises(errors.CheckpointError,
+                     match=r'step 6 .*checkpoints/6.*pass --checkpoint=3\.'):
+    evaluate.evaluate(_config(trained[0]), workdir)
+  train.train_and_evaluate(_config(trained[0], num_train_steps=9), workdir)
+  warning = capsys.readouterr().out
+  assert 'WARNING: Checkpoint step 6 in' in warning
+  assert 'checkpoints/6/state/' in warning  # TensorStore's file.
+  assert 'best checkpoint (step 6) is newer than step 3' in warning
+  # Steps 4-6 were re-run from step 3 and are logged once.
+  assert _steps(workdir) == [2, 3, 4, 6, 6, 8, 9, 9]
+  assert checkpoint.Checkpointer(workdir).steps() == [6, 9]
+  damaged = sorted(p.name for p in (workdir / 'damaged_checkpoints').iterdir())
+  assert [name.rsplit('-', 2)[0] for name in damaged] == [
+      'best-6', 'checkpoints-6']
+
+
+def test_a_missing_metadata_file_is_named(trained, tmp_path):
+  workdir = _copy(trained, tmp_path)
+  (workdir / 'checkpoints' / '6' / 'state' / '_METADATA').unlink()
+  experiment = train.create_experiment(_config(trained[0]))
+  checkpointer = checkpoint.Checkpointer(workdir)
+  with pytest.raises(errors.CheckpointError) as info:
+    checkpointer.restore(experiment.state)
+  assert str(info.value) == (
+      'Checkpoint step 6 is damaged:'
+      f' {workdir.resolve()}/checkpoints/6/state/_METADATA is missing.')
+  _, _, step = checkpointer.restore_newest_intact(
+      experiment.state, warn=lambda line: None)
+  assert step == 3 and checkpointer.steps() == [3]
+  checkpointer.close()
+
+
+def test_checkpoint_flag_accepts_only_latest_best_or_a_step(trained):
+  config = _config(trained[0])
+  with pytest.raises(errors.ConfigError) as info:
+    evaluate.evaluate(config, trained[1], checkpoint='bset')
+  assert str(info.value) == (
+      '--checkpoint=bset: use latest, best or a step number.')
+  with pytest.raises(errors.MissingCheckpointError, match=r'\[3, 6\]'):
+    evaluate.evaluate(config, trained[1], checkpoint='4')
+
+
+def test_evaluate_and_predict_on_a_missing_workdir_create_nothing(
+    trained, tmp_path):
+  config = _config(trained[0])
+  missing = tmp_path / 'no' / 'such' / 'run'
+  with pytest.raises(errors.MissingCheckpointError, match='train into it'):
+    evaluate.evaluate(config, missing)
+  with pytest.raises(errors.MissingCheckpointError, match='train into it'):
+    evaluate.predict(config, [missing])
+  assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unwritable_workdir_is_one_line(trained, tmp_path):
+  (tmp_path / 'file').write_text('not a folder')
+  with pytest.raises(errors.WorkdirError) as info:
+    train.train_and_evaluate(_config(trained[0]), tmp_path / 'file' / 'run')
+  assert str(info.value).startswith(
+      f'Cannot write to the workdir {tmp_path / "file" / "run"}: Not a'
+      ' directory')
+  assert '\n' not in str(info.value)
+
+
+def test_a_batch_larger_than_the_training_split_is_refused(trained, tmp_path):
+  train_size = len(galaxy_zoo.data_source('synthetic', trained[0], 'train'))
+  config = _config(trained[0], **{'input.batch_size': train_size + 1})
+  with pytest.raises(errors.ConfigError) as info:
+    train.train_and_evaluate(config, tmp_path / 'run')
+  assert (f'config.input.batch_size={train_size + 1} is larger than the'
+          f' {train_size} galaxies of the training split') in str(info.value)
+  assert not (tmp_path / 'run' / 'checkpoints').exists()
+
+
+def test_truncate_metrics_keeps_steps_up_to_the_restored_one(tmp_path):
+  path = tmp_path / 'metrics.jsonl'
+  path.write_text('{"step": 2}\n{"step": 3}\n{"step": 4}\n{"ste')
+  train.truncate_metrics(path, 3)
+  assert path.read_text() == '{"step": 2}\n{"step": 3}\n'
+  assert not list(tmp_path.glob('*.tmp'))
+
+
+def test_an_image_folder_takes_jpeg_and_png_in_any_case_and_lists_the_rest(
+    trained, kaggle_sample, tmp_path):
+  jpegs = kaggle_sample / 'images_training_rev1'
+  folder = tmp_path / 'images'
+  folder.mkdir()
+  for source, name in (('100053.jpg', '100053.jpg'),
+                       ('100078.jpg', '100078.JPG'),
+                       ('100090.jpg', '100090.jpeg')):
+    (folder / name).write_bytes((jpegs / source).read_bytes())
+  # The same pixels as 100053.jpg, losslessly as a PNG under another id.
+  with Image.open(jpegs / '100053.jpg') as image:
+    image.save(folder / '100054.PNG')
+  (folder / '.DS_Store').write_bytes(b'\0')  # Hidden: ignored.
+  config = _config(trained[0])
+  output = evaluate.predict(config, [trained[1]], images=folder,
+                            output=tmp_path / 'predictions.csv')
+  rows = {int(r.split(',')[0]): r.split(',')[1:]
+          for r in output.read_text().splitlines()[1:]}
+  assert sorted(rows) == [100053, 100054, 100078, 100090]
+  assert rows[100054] == rows[100053]
+  output.unlink()
+
+  with Image.open(jpegs / '100122.jpg') as image:
+    image.save(folder / '100122.jpg', format='PNG')  # The builder refuses it.
+  (folder / '100123.png').write_bytes(b'')
+  (folder / '100053.png').write_bytes((folder / '100054.PNG').read_bytes())
+  (folder / 'notes.txt').write_text('observing log')
+  (folder / 'galaxy.jpg').write_bytes((jpegs / '100122.jpg').read_bytes())
+  with pytest.raises(errors.DataError) as info:
+    evaluate.predict(config, [trained[1]], images=folder,
+                     output=tmp_path / 'predictions.csv')
+  lines = str(info.value).splitlines()
+  assert lines[0] == (f'5 files of {folder} cannot be predicted (no prediction'
+                      ' was written):')
+  assert lines[1:6] == [
+      f'  {folder}/100053.png: GalaxyID 100053 also has 100053.jpg',
+      f'  {folder}/100122.jpg: not a JPEG (Pillow reads it as PNG)',
+      f'  {folder}/100123.png: UnidentifiedImageError: cannot identify image'
+      f" file <_io.BytesIO object at {lines[3].split(' at ')[-1]}",
+      f'  {folder}/galaxy.jpg: not named <GalaxyID>.jpg with an integer'
+      ' GalaxyID',
+      f'  {folder}/notes.txt: not a .jpg, .jpeg or .png file']
+  assert not (tmp_path / 'predictions.csv').exists()

@@ -1,0 +1,123 @@
+"""Every config key has a rule, checked at load; misspelt keys and files."""
+
+import importlib.util
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from gzjax import config as base
+from gzjax import config_checks
+from gzjax import errors
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / 'configs').glob('*.py'))
+
+
+def _load(path):
+  spec = importlib.util.spec_from_file_location(path.stem, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def test_every_key_of_the_base_config_has_a_rule_that_refuses_something():
+  keys = [key for key, _ in config_checks.leaves(base.base_config())]
+  # The input and optimizer sections come from their own modules.
+  assert 'input.num_epochs' in keys and 'optimizer.boundaries' in keys
+  missing = sorted(set(keys) - set(config_checks.RULES))
+  assert not missing, f'config keys without a rule in config_checks: {missing}'
+  stale = sorted(set(config_checks.RULES) - set(keys))
+  assert not stale, f'rules for keys the config no longer has: {stale}'
+  for key in keys:  # A rule that allows anything is no rule.
+    assert not config_checks.RULES[key].test(object()), key
+
+
+@pytest.mark.parametrize('path', CONFIGS, ids=lambda p: p.stem)
+def test_every_shipped_config_passes(path):
+  config = _load(path)
+  assert config_checks.check(config) is config
+
+
+@pytest.mark.parametrize('key, value, allowed', [
+    ('optimizer.learning_rate', -0.01, 'a number > 0.0'),
+    ('optimizer.learning_rate', 0.0, 'a number > 0.0'),
+    ('input.batch_size', 0, 'an integer >= 1'),
+    ('input.num_epochs', 0, 'None (repeat forever) or an integer >= 1'),
+    ('model.dropout', 1.0, 'a number in [0.0, 1.0)'),
+    ('task', 'vote', "one of 'votes', '3class', '7class'"),
+    ('best_mode', 'mn', "one of 'min', 'max'"),
+    ('model.name', 'efficientnet_b9', 'one of the registered models'),
+    ('model.hidden', (16, 0), 'a tuple of positive layer widths'),
+    ('input.augment.zoom', (1.3, 0.8), 'min <= max'),
+    ('optimizer.warmup_steps', -1, 'an integer >= 0'),
+    ('loss', 'softmax', "'mse' or 'bce' for task 'votes'"),
+    ('class_weights', (1.0, 2.0), "() for task 'votes'"),
+    ('best_metric', 'validation/accuracy', "'validation/rmse'"),
+    ('optimizer.boundaries', {'100': 0.1}, "unless optimizer.schedule="),
+])
+def test_a_bad_value_is_one_line_naming_key_value_and_what_is_allowed(
+    key, value, allowed):
+  config = base.base_config()
+  *parents, leaf = key.split('.')
+  target = config
+  for parent in parents:
+    target = target[parent]
+  target[leaf] = value
+  with pytest.raises(errors.ConfigError) as info:
+    config_checks.check(config)
+  message = str(info.value)
+  assert message.startswith(f'config.{key}=') and '\n' not in message
+  assert allowed in message, message
+  assert repr(value) in message or key == 'optimizer.boundaries', message
+
+
+def test_classifier_configs_are_checked_for_consistency():
+  config = base.base_config()
+  config.task = '3class'
+  with pytest.raises(errors.ConfigError,
+                     match=r"config\.loss='mse'.*'softmax'"):
+    config_checks.check(config)
+  config.loss = 'softmax'
+  config.best_metric = 'validation/accuracy'
+  config.class_weights = (1.0, 1.0, 20.0)
+  config_checks.check(config)
+  config.class_weights = (1.0, 20.0)
+  with pytest.raises(errors.ConfigError, match='3 positive weights'):
+    config_checks.check(config)
+
+
+def _main(tmp_path, *flags, config='configs/quickstart.py'):
+  return subprocess.run(
+      [sys.executable, '-m', 'gzjax.main', f'--config={config}',
+       f'--workdir={tmp_path / "work"}', *flags],
+      cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize('flags, line', [
+    (['--config.optimizr.learning_rate=1'],
+     'gzjax: --config.optimizr.learning_rate: the config has no such key; did'
+     ' you mean --config.optimizer.learning_rate?'),
+    (['--config.optimizer.learnign_rate=1'],
+     'gzjax: --config.optimizer.learnign_rate: the config has no such key;'
+     ' did you mean --config.optimizer.learning_rate?'),
+    # num_epochs (None by default) parses: the only complaint is the rate.
+    (['--config.input.num_epochs=2', '--config.optimizer.learning_rate=-0.01'],
+     'gzjax: config.optimizer.learning_rate=-0.01 is not allowed: use a number'
+     ' > 0.0.'),
+])
+def test_cli_refuses_bad_keys_and_values_in_one_line_and_writes_nothing(
+    tmp_path, flags, line):
+  result = _main(tmp_path, *flags)
+  assert result.returncode != 0
+  assert result.stderr.strip().splitlines() == [line]
+  assert not (tmp_path / 'work').exists()
+
+
+def test_cli_names_a_misspelt_config_file(tmp_path):
+  result = _main(tmp_path, config='configs/quickstrt.py')
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines() == [
+      'gzjax: --config=configs/quickstrt.py: no such file; did you mean'
+      ' configs/quickstart.py?']
