@@ -12,6 +12,10 @@ Runtime: ~25k confident galaxies, 15 epochs at batch 64 = 6k steps (about
 2 hours on 2 CPU cores, minutes on a GPU).  Expected: accuracy above 0.9 on
 the confident validation galaxies (the seed paper reports ~0.95 for its 3-class
 CNN); not yet measured on the full set here.
+
+Precision (inherited, ``model.dtype='auto'``): bfloat16 compute on GPUs
+and TPUs, float32 on CPUs; weights, optimizer state, batch-norm statistics
+and the loss stay float32.
 """
 
 from gzjax import config as base

@@ -14,6 +14,10 @@ the step takes ~1 s (hours), on one H100 a few minutes.  Expected: the seed
 paper reports a Kaggle RMSE near 0.10 for this network; Dieleman's winning
 ensemble reached 0.0749.  Not yet measured on the full set here (the Kaggle
 download is not reachable from the project's machines).
+
+Precision (inherited, ``model.dtype='auto'``): bfloat16 compute on GPUs
+and TPUs, float32 on CPUs; weights, optimizer state, batch-norm statistics
+and the loss stay float32.
 """
 
 from gzjax import config as base

@@ -18,6 +18,10 @@ Runtime: roughly a third of the galaxies pass the thresholds, so 30 epochs at
 batch 64 is ~9k steps: a GPU job (minutes to an hour on one H100).  Expected:
 accuracy near 0.94 (Kalvankar et al. report 93.7% with their best network).
 Not yet measured on the full set here.
+
+Precision (inherited, ``model.dtype='auto'``): bfloat16 compute on GPUs
+and TPUs, float32 on CPUs; weights, optimizer state, batch-norm statistics
+and the loss stay float32.
 """
 
 from gzjax import config as base

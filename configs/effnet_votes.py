@@ -21,6 +21,10 @@ training image makes it a GPU job (tens of minutes on one H100; days on
 0.0777 for their best EfficientNet, 0.0749 for Dieleman's ensemble).  Not yet
 measured on the full set here (the download is not reachable from the
 project's machines); tools/benchmark_accuracy.py measures it on the sample.
+
+Precision (inherited, ``model.dtype='auto'``): bfloat16 compute on GPUs
+and TPUs, float32 on CPUs; weights, optimizer state, batch-norm statistics
+and the loss stay float32.
 """
 
 from gzjax import config as base

@@ -17,6 +17,10 @@ hour for 10 epochs on one H100); impractical on 2 CPU cores.  Expected: a
 frozen ImageNet backbone transfers poorly to galaxies (the seed reports an RMSE
 well above its CNN's); fine-tune (freeze_backbone=False, layer_decay=0.7) for
 better results.  Not yet measured on the full set here.
+
+Precision (inherited, ``model.dtype='auto'``): bfloat16 compute on GPUs
+and TPUs, float32 on CPUs; weights, optimizer state, batch-norm statistics
+and the loss stay float32.
 """
 
 from gzjax import config as base

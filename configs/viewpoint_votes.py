@@ -14,6 +14,10 @@ Runtime: the paper trained ~67 hours on a GTX 680; one H100 with the
 on-device augmentation of the performance issue should need a few hours.
 Expected: Kaggle RMSE near 0.078 for one network, 0.0749 for Dieleman's
 ensemble of 17 with test-time augmentation.  Not yet measured here.
+
+Precision (inherited, ``model.dtype='auto'``): bfloat16 compute on GPUs
+and TPUs, float32 on CPUs; weights, optimizer state, batch-norm statistics
+and the loss stay float32.
 """
 
 from gzjax import config as base

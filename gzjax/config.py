@@ -8,6 +8,8 @@ error rather than a silently ignored setting.
 
 from __future__ import annotations
 
+import os
+
 import ml_collections
 
 from gzjax import optimizers
@@ -33,8 +35,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.model.head = ''
   config.model.hidden = ()
   config.model.dropout = 0.0
-  # Compute dtype: bfloat16 on accelerators; parameters stay float32.
-  config.model.dtype = 'float32'
+  # Compute dtype. auto: bfloat16 on GPUs and TPUs, float32 on CPUs; or
+  # bfloat16 / float32 anywhere.  Parameters, optimizer state, batch-norm
+  # statistics, the loss and the votes head's normalisation stay float32.
+  config.model.dtype = 'auto'
   # A weight file from python -m gzjax.tools.convert_weights.
   config.model.pretrained = ''
 
@@ -57,6 +61,11 @@ def base_config() -> ml_collections.ConfigDict:
   # 0: the training batch size.
   config.eval_batch_size = 0
   config.seed = 0
+  # JAX's persistent compilation cache: a later process (a resumed run,
+  # --mode=evaluate or predict) loads the programs an earlier one compiled.
+  # '' turns it off.
+  config.compilation_cache_dir = os.path.join(
+      os.environ.get('XDG_CACHE_HOME') or '~/.cache', 'gzjax', 'jax')
   return config
 
 

@@ -132,6 +132,8 @@ def _model_name_rule() -> Rule:
 RULES: dict[str, Rule] = {
     'dataset': one_of('galaxy_zoo/kaggle', 'galaxy_zoo/synthetic'),
     'data_dir': NONEMPTY_TEXT,
+    # '' turns the persistent compilation cache off.
+    'compilation_cache_dir': TEXT,
     'manual_dir': TEXT,
     'synthetic.num_labelled': integer(2),
     'synthetic.num_test': integer(0),
@@ -144,7 +146,7 @@ RULES: dict[str, Rule] = {
     'model.hidden': _sequence_of(integer(1), allowed='a tuple of positive'
                                  ' layer widths, e.g. () or (128, 128)'),
     'model.dropout': number(0.0, 1.0, high_open=True),
-    'model.dtype': one_of('float32', 'bfloat16', 'float16'),
+    'model.dtype': one_of('auto', 'float32', 'bfloat16', 'float16'),
     'model.pretrained': TEXT,
     # input (gzjax.data.pipeline.default_config).
     'input.crop_size': integer(1),

@@ -34,7 +34,7 @@ def restore(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
   workdir = pathlib.Path(workdir)
   check_checkpoint_folder(workdir, which)
   train.check_resumable(config, workdir)
-  experiment = train.create_experiment(config)
+  experiment = train.create_experiment(config, initialise=False)
   checkpointer = checkpoints.Checkpointer(
       workdir, best_metric=config.best_metric, best_mode=config.best_mode)
   try:

@@ -180,6 +180,7 @@ def main(argv):
 
   try:
     config = config_checks.check(_CONFIG.value)
+    train.use_compilation_cache(config.compilation_cache_dir)
     if _MODE.value == 'train':
       train.train_and_evaluate(config, _WORKDIR.value)
     elif _MODE.value == 'evaluate':

@@ -168,8 +168,33 @@ def _labelled(labels: Mapping[str, np.ndarray], task: Task) -> np.ndarray:
 # ----------------------------------------------------------------- model ---
 
 
-def create_model(config: ml_collections.ConfigDict, task: Task):
-  """The configured model, with pretrained backbone weights when given."""
+def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
+  """``config.model.dtype``, with ``'auto'`` resolved for this machine:
+  bfloat16 on GPUs and TPUs, float32 on CPUs (which have no fast bfloat16)."""
+  name = config.model.dtype
+  if name == 'auto':
+    name = 'float32' if jax.default_backend() == 'cpu' else 'bfloat16'
+  try:
+    return jnp.dtype(name)
+  except TypeError:
+    raise ValueError(
+        f'config.model.dtype={config.model.dtype!r} is not a dtype; use auto,'
+        ' bfloat16 or float32.') from None
+
+
+def create_model(config: ml_collections.ConfigDict, task: Task,
+                 pretrained: Mapping[str, Any] | None = None):
+  """The configured model, with pretrained backbone weights when given.
+
+  Runs eagerly (every initialiser its own XLA program) unless called under
+  ``jax.jit`` or ``nnx.eval_shape``, as :func:`create_experiment` does.
+
+  Args:
+    config: the experiment config.
+    task: what is learned.
+    pretrained: arrays from ``weights.load``; default: read
+      ``config.model.pretrained`` when it is set.
+  """
   head = config.model.head or ('classes' if task.is_classification
                                else 'votes')
   model = models.create(
@@ -178,18 +203,53 @@ def create_model(config: ml_collections.ConfigDict, task: Task):
       head=head,
       hidden=tuple(config.model.hidden),
       dropout=config.model.dropout,
-      dtype=jnp.dtype(config.model.dtype),
-      seed=config.seed,
+      dtype=compute_dtype(config),
+      rngs=nnx.Rngs(config.seed),
   )
-  if config.model.pretrained:
-    path = pathlib.Path(config.model.pretrained).expanduser()
-    weights.assign(model, weights.load(path), source=str(path))
+  if pretrained is None and config.model.pretrained:
+    pretrained = weights.load(_pretrained_path(config))
+  if pretrained:
+    weights.assign(model, pretrained, source=str(_pretrained_path(config)))
   return model
+
+
+def _pretrained_path(config: ml_collections.ConfigDict) -> pathlib.Path:
+  return pathlib.Path(config.model.pretrained).expanduser()
+
+
+def use_compilation_cache(directory: str,
+                          min_compile_seconds: float | None = None) -> None:
+  """Keeps compiled XLA programs in ``directory`` (``''``: off), so that a
+  resumed run, ``--mode=evaluate`` and ``--mode=predict`` load what an earlier
+  process compiled instead of compiling it again.  Call before anything
+  compiles; every program that took at least ``min_compile_seconds`` (default
+  :data:`MIN_CACHED_COMPILE_SECONDS`) to compile is kept."""
+  if not directory:
+    jax.config.update('jax_enable_compilation_cache', False)
+    return
+  path = pathlib.Path(directory).expanduser()
+  path.mkdir(parents=True, exist_ok=True)
+  jax.config.update('jax_enable_compilation_cache', True)
+  jax.config.update('jax_compilation_cache_dir', str(path))
+  jax.config.update(
+      'jax_persistent_cache_min_compile_time_secs',
+      MIN_CACHED_COMPILE_SECONDS if min_compile_seconds is None
+      else min_compile_seconds)
+
+
+# Programs that compile faster are not worth a file each (the eager ops).
+MIN_CACHED_COMPILE_SECONDS = 0.5
 
 
 @dataclasses.dataclass
 class Experiment:
-  """The pieces built from a config that every mode needs."""
+  """The pieces built from a config that every mode needs.
+
+  ``state`` holds the initial (or restored) train state, or only its
+  shapes, dtypes and shardings (``jax.ShapeDtypeStruct``s) when created with
+  ``initialise=False``: a template that a checkpoint restore fills, or
+  :meth:`initialise` replaces.
+  """
 
   config: ml_collections.ConfigDict
   task: Task
@@ -199,6 +259,7 @@ class Experiment:
   schedule: optax.Schedule
   mesh: jax.sharding.Mesh
   num_blocks: int
+  init_state: Callable[[], TrainState] | None = None
 
   @property
   def replicated(self) -> jax.sharding.NamedSharding:
@@ -209,29 +270,74 @@ class Experiment:
     return jax.sharding.NamedSharding(
         self.mesh, jax.sharding.PartitionSpec(DATA_AXIS))
 
+  def initialise(self) -> None:
+    """Replaces ``state`` with the config's initial state (one jitted call)."""
+    self.state = self.init_state()
 
-def create_experiment(config: ml_collections.ConfigDict) -> Experiment:
+
+def create_experiment(config: ml_collections.ConfigDict, *,
+                      initialise: bool = True) -> Experiment:
+  """The model, optimizer and train state a config describes.
+
+  The model is traced once with shapes only (``nnx.eval_shape``) for its
+  structure, parameter labels and optimizer; the state is then computed by a
+  single jitted program (initialisers, pretrained weights, optimizer state),
+  written straight to the mesh's replicated sharding.  Eager creation ran
+  one XLA program per initialiser: EfficientNet-B0 took 15.6 s on 2 CPU cores.
+
+  Args:
+    config: the experiment config.
+    initialise: False leaves ``state`` abstract (shapes, dtypes, shardings),
+      for a checkpoint restore; :meth:`Experiment.initialise` fills it.
+  """
   task = task_of(config)
-  model = create_model(config, task)
-  labels = models.parameter_labels(model)
-  num_blocks = model.backbone.num_blocks
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  mesh = jax.sharding.Mesh(np.array(jax.devices()), (DATA_AXIS,))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  abstract_model = nnx.eval_shape(lambda: create_model(config, task, {}))
+  labels = models.parameter_labels(abstract_model)
+  num_blocks = abstract_model.backbone.num_blocks
+  graphdef = nnx.split(abstract_model, nnx.Param, ...)[0]
   optimizer = optimizers.create_optimizer(
       config.optimizer, labels, num_blocks, config.num_train_steps)
   schedule = optimizers.create_schedule(config.optimizer,
                                         config.num_train_steps)
-  state = TrainState(
-      step=jnp.zeros((), jnp.int32),
-      params=params,
-      rest=rest,
-      opt_state=optimizer.init(params),
-      # A copy: the state is donated, and one buffer cannot be donated twice.
-      ema_params=jax.tree.map(jnp.copy, params) if config.ema_decay else (),
-  )
-  mesh = jax.sharding.Mesh(np.array(jax.devices()), (DATA_AXIS,))
-  experiment = Experiment(config, task, graphdef, state, optimizer, schedule,
-                          mesh, num_blocks)
-  experiment.state = distributed.replicate(state, experiment.replicated)
+  pretrained = (weights.load(_pretrained_path(config))
+                if config.model.pretrained else {})
+
+  def initial_state(pretrained):
+    model = create_model(config, task, pretrained)
+    _, params, rest = nnx.split(model, nnx.Param, ...)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        rest=rest,
+        opt_state=optimizer.init(params),
+        # A copy: the state is donated, and one buffer cannot be donated
+        # twice.
+        ema_params=jax.tree.map(jnp.copy, params) if config.ema_decay else (),
+    )
+
+  # The pretrained arrays are arguments, not constants baked into the
+  # program; XLA drops the initialisers of the parameters they replace.
+  # Across processes, each computes the same state from the same seed and
+  # fills its own devices' shards (distributed.replicate).
+  local = replicated.is_fully_addressable
+  init = jax.jit(initial_state, out_shardings=replicated if local else None)
+
+  def init_state():
+    state = init(pretrained)
+    return state if local else distributed.replicate(state, replicated)
+
+  experiment = Experiment(
+      config, task, graphdef, None, optimizer, schedule, mesh, num_blocks,
+      init_state=init_state)
+  if initialise:
+    experiment.initialise()
+  else:
+    experiment.state = jax.tree.map(
+        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
+                                          sharding=replicated),
+        jax.eval_shape(init, pretrained))
   return experiment
 
 
@@ -620,7 +726,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   """
   config_checks.check(config)
   workdir = writable_workdir(workdir)
-  experiment = create_experiment(config)
+  # Shapes only until it is known whether a checkpoint fills the state.
+  experiment = create_experiment(config, initialise=False)
   task = experiment.task
   train_source = training_split(config, task)
   if config.input.batch_size > len(train_source):
@@ -642,6 +749,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     if restored is not None:
       experiment.state, data_state, start_step = restored
       train_iterator.set_state(data_state)
+  if not start_step:  # No checkpoint, or none intact: initialise.
+    experiment.initialise()
   # Only now, with the checkpoint restored, does the workdir describe this
   # config; the metrics keep what the restored state has seen.
   if jax.process_index() == 0:  # One writer on a shared filesystem.

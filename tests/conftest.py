@@ -8,8 +8,14 @@ need real data must run.
 
 import os
 import pathlib
+import tempfile
 
 import pytest
+
+# The configs put JAX's persistent compilation cache under $XDG_CACHE_HOME
+# (default ~/.cache): tests, and the processes they start, write to a
+# temporary one instead of the user's.
+os.environ['XDG_CACHE_HOME'] = tempfile.mkdtemp(prefix='gzjax_test_cache_')
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 KAGGLE_SAMPLE = pathlib.Path(

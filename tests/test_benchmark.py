@@ -72,3 +72,85 @@ def test_profile_step_splits_the_step(tmp_path):
   reported = float(re.search(r'([\d.]+) GFLOP per step', result.stdout)[1])
   assert abs(reported - by_hand) / by_hand < 0.01, (reported, by_hand)
   assert any((tmp_path / 'trace').rglob('*.xplane.pb'))
+
+
+def _benchmark_module():
+  sys.path.insert(0, str(REPO / 'tools'))
+  try:
+    import benchmark  # pylint: disable=g-import-not-at-top
+  finally:
+    sys.path.pop(0)
+  return benchmark
+
+
+def test_benchmark_configures_every_model_at_its_native_size():
+  from gzjax import models  # pylint: disable=g-import-not-at-top
+  benchmark = _benchmark_module()
+  native = {'cnn': 64, 'inception_v3': 299, 'viewpoint': 69,
+            **dict(zip([f'efficientnet_b{i}' for i in range(8)],
+                       (224, 240, 260, 300, 380, 456, 528, 600))),
+            **dict(zip([f'efficientnet_lite{i}' for i in range(5)],
+                       (224, 240, 260, 280, 300)))}
+  assert set(native) == set(models.MODEL_NAMES)
+  for name in models.MODEL_NAMES:
+    config = benchmark.configure('', name, None, 16)
+    assert (config.model.name, config.input.image_size,
+            config.input.batch_size) == (name, native[name], 16)
+  assert benchmark.configure('', 'efficientnet_b7', 96, 4).input.image_size \
+      == 96
+
+
+def test_step_flops_count_the_convolutions():
+  from gzjax import config as base  # pylint: disable=g-import-not-at-top
+  from gzjax import train  # pylint: disable=g-import-not-at-top
+  benchmark = _benchmark_module()
+  config = base.base_config()
+  config.input.image_size = 32
+  config.input.batch_size = 8
+  flops = benchmark.step_flops(train.create_experiment(config), 8)
+  # The seed CNN's convolutions by hand (see test_profile_step_splits_the_
+  # step): forward + 2x for the backward, batch 8.  The lowered count lacks
+  # only the first layer's input gradient, which nothing needs (0.9%).
+  by_hand = 3 * 8 * 2 * 9 * (30 * 30 * 3 * 64 + 28 * 28 * 64 * 64
+                             + 12 * 12 * 64 * 128 + 10 * 10 * 128 * 128
+                             + 3 * 3 * 128 * 128 + 128 * 128)
+  assert abs(flops - by_hand) / by_hand < 0.02, (flops, by_hand)
+  assert benchmark.peak_flops('NVIDIA H200') == 989e12
+  assert benchmark.peak_flops('NVIDIA H100 PCIe') == 756e12
+  assert benchmark.peak_flops('cpu') is None
+
+
+def test_gpu_report_tables_every_measurement_or_why_not(tmp_path):
+  sys.path.insert(0, str(REPO / 'tools'))
+  try:
+    import gpu_report  # pylint: disable=g-import-not-at-top
+  finally:
+    sys.path.pop(0)
+  (tmp_path / 'settings.json').write_text(json.dumps(
+      {'cnn': 64, 'b0': 224, 'inception': 299, 'small': 256, 'large': 1024,
+       'b0_batch': 128, 'inception_batch': 64, 'e2e_steps': 200,
+       'steps': '', 'smoke': 0}))
+  (tmp_path / 'status.tsv').write_text(
+      'gzjax_cnn_small\t0\t30\ntorch_cnn_small\t0\t40\n'
+      'keras_cnn_small\t124\t40\ntorch_b0\tskipped: 9 s of the budget left\t0\n')
+  for name, rate in (('gzjax_cnn_small', 1000.0), ('torch_cnn_small', 800.0)):
+    (tmp_path / f'{name}.json').write_text(json.dumps(
+        {'images_per_s': rate, 'warmup_s': 1.0, 'mode': 'm'}))
+  (tmp_path / 'keras_cnn_small.json').write_text('')
+  (tmp_path / 'keras_cnn_small.err').write_text('compiling\nstill compiling')
+  cells = {}
+  for line in gpu_report.tables(tmp_path).splitlines():
+    if line.startswith('| ') and not line.startswith(('| measurement',
+                                                      '| ---')):
+      name, rate, ratio, _ = (cell.strip() for cell in line.split('|')[1:-1])
+      cells.setdefault(name, (rate, ratio))
+  assert cells['**cnn, 64 px, batch 256**: gzjax'] == ('1,000', '1.00')
+  torch_label = 'PyTorch (torch.compile, bf16 autocast, channels-last)'
+  assert cells[torch_label] == ('800', '1.25')
+  keras_label = 'Keras 3 on jax (mixed_bfloat16 on GPUs)'
+  assert cells[keras_label][0] == ('missing: timed out after 40 s: still'
+                                   ' compiling')
+  assert cells[f'{torch_label}, timm'][0] == (
+      'missing: skipped: 9 s of the budget left')
+  assert cells['**inception_v3, 299 px, batch 64**: gzjax'][0] == \
+      'missing: not run'

@@ -74,6 +74,13 @@ def test_published_recipes():
   assert (three.task, three.loss) == ('3class', 'softmax')
 
 
+def test_every_config_computes_in_bfloat16_on_accelerators_only():
+  for path in sorted(CONFIGS.glob('*.py')):
+    config = _load(path.stem).get_config()
+    assert config.model.dtype == 'auto', path.name
+    assert "model.dtype='auto'" in _load(path.stem).__doc__, path.name
+
+
 @pytest.mark.parametrize('name', ['quickstart', 'cnn_votes', 'cnn_3class',
                                   'viewpoint_votes'])
 def test_one_training_step_is_finite_and_moves_the_parameters(name):

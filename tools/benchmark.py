@@ -95,16 +95,34 @@ _TORCH_COMPILE = flags.DEFINE_bool(
 _JSON = flags.DEFINE_string('json', '', 'Also write the rows to this file.')
 _PEER = flags.DEFINE_string(
     'peer', '', 'Internal: run only this peer and print its JSON line.')
+_INPUT_ROWS = flags.DEFINE_bool(
+    'input_rows', True, 'Measure the input pipelines on the real sample'
+    ' (--manual_dir).')
+_E2E_STEPS = flags.DEFINE_integer(
+    'e2e_steps', 0, 'End-to-end rows (input + augmentation + step on a'
+    ' rendered synthetic set, gzjax\'s loop against a PyTorch DataLoader):'
+    ' training steps each, 0 for none; 200 or more on accelerators.')
+_E2E_GALAXIES = flags.DEFINE_integer(
+    'e2e_galaxies', 1000, 'End-to-end rows: synthetic galaxies to render.')
+_E2E_WORKERS = flags.DEFINE_integer(
+    'e2e_workers', 0, 'End-to-end rows: DataLoader workers (0: one per core).')
 _PEER_DATA_DIR = flags.DEFINE_string(
     'peer_data_dir', '', 'Internal: the torch_dataloader peer\'s dataset.')
 
 # device_kind substring (first match wins): dense peak FLOP/s in
 # (bfloat16, float32), from NVIDIA's data sheets (float32 without TF32).
+# MFU is reported against the bfloat16 column whatever the compute dtype.
 PEAK_FLOPS = {
     'H100 PCIe': (756e12, 51e12),
     'H100': (989e12, 67e12),
     'H200': (989e12, 67e12),
+    'B200': (2250e12, 80e12),
     'A100': (312e12, 19.5e12),
+    'L4': (121e12, 30e12),
+    'TPU v4': (275e12, 275e12 / 4),
+    'TPU v5 lite': (197e12, 197e12 / 4),
+    'TPU v5p': (459e12, 459e12 / 4),
+    'TPU v6 lite': (918e12, 918e12 / 4),
 }
 
 KERAS_APPLICATIONS = {
@@ -157,8 +175,7 @@ def configure(path: str, model: str | None, image_size: int | None,
   if image_size:
     config.input.image_size = image_size
   elif not path:
-    config.input.image_size = models.backbone_class(
-        config.model.name).input_size
+    config.input.image_size = models.native_input_size(config.model.name)
   config.input.batch_size = batch_size
   return config
 
@@ -175,11 +192,29 @@ def random_batch(batch_size: int, size: int) -> dict[str, np.ndarray]:
   }
 
 
-def peak_flops(device_kind: str, dtype: str) -> float | None:
+def peak_flops(device_kind: str, dtype: str = 'bfloat16') -> float | None:
   for name, (bfloat16, float32) in PEAK_FLOPS.items():
     if name in device_kind:
       return bfloat16 if dtype == 'bfloat16' else float32
   return None
+
+
+def step_flops(experiment: train.Experiment, batch_size: int) -> float:
+  """FLOPs of one train step on ``batch_size`` images, convolutions included.
+
+  XLA's cost analysis of the step as the CPU lowers it (``train.make_train_step``
+  on a one-CPU mesh, shapes only, not compiled): a compiled GPU program's
+  analysis leaves out the convolutions, which become cuDNN calls, and so
+  reported an MFU of 0.1% for a step running at ~21%.
+  """
+  cpu = jax.sharding.Mesh(np.array(jax.devices('cpu')[:1]), (train.DATA_AXIS,))
+  on_cpu = dataclasses.replace(experiment, mesh=cpu)
+  size = experiment.config.input.image_size
+  shapes = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+      (experiment.state, random_batch(batch_size, size)))
+  lowered = jax.jit(train.make_train_step(on_cpu)).lower(*shapes)
+  return float(lowered.cost_analysis()['flops'])
 
 
 def gzjax_peer(config_path: str, model: str, size: int, batch_size: int,
@@ -187,9 +222,6 @@ def gzjax_peer(config_path: str, model: str, size: int, batch_size: int,
   """gzjax's train step: compile time, images/s, MFU or FLOP/s achieved."""
   config = configure(config_path, model, size, batch_size)
   devices = jax.local_devices()
-  on_accelerator = jax.default_backend() != 'cpu'
-  if on_accelerator:
-    config.model.dtype = 'bfloat16'
   if batch_size % len(devices):
     raise ValueError(f'--batch_size={batch_size} does not divide over'
                      f' {len(devices)} devices.')
@@ -210,18 +242,19 @@ def gzjax_peer(config_path: str, model: str, size: int, batch_size: int,
     jax.block_until_ready(state)
 
   rate = timed_rate(run_steps, steps * batch_size, repeats)
-  # The compiled program is one device's share of the step.
-  flops_per_second = step.cost_analysis()['flops'] * rate / batch_size
+  flops_per_second = step_flops(experiment, batch_size) * rate / batch_size
   kind = devices[0].device_kind
-  mode = [config.model.dtype, f'{len(devices)}x {kind}']
-  if not on_accelerator:
-    mode.append(f'{flops_per_second * len(devices) / 1e9:.1f} GFLOP/s')
-  elif peak := peak_flops(kind, config.model.dtype):
-    mode.append(f'MFU {flops_per_second / peak:.1%}')
-  else:
+  mode = [f'{train.compute_dtype(config).name} (model.dtype'
+          f' {config.model.dtype})', f'{len(devices)}x {kind}',
+          f'{flops_per_second / 1e12:.3g} TFLOP/s']
+  if peak := peak_flops(kind):
+    mode.append(f'MFU {flops_per_second / (peak * len(devices)):.1%} of the'
+                ' dense bf16 peak')
+  elif jax.default_backend() != 'cpu':
     mode.append('MFU unknown (no peak FLOP/s for this device)')
   return {'images_per_s': rate, 'warmup_s': compile_seconds,
-          'mode': ', '.join(mode)}
+          'mode': ', '.join(mode),
+          'tflop_per_s': flops_per_second / 1e12}
 
 
 # ------------------------------------------------------------------ peers ---
@@ -389,6 +422,149 @@ def torch_dataloader_peer(data_dir: str, size: int, workers: int,
   }
 
 
+# ------------------------------------------------------------ end to end ---
+
+
+def synthetic_geometry(size: int) -> tuple[int, int]:
+  """(rendered side, centre crop) for end-to-end training at ``size`` px: the
+  Kaggle field of view (207 of 424 px), rendered at twice the input side."""
+  rendered = min(424, 2 * size)
+  return rendered, round(rendered * 207 / 424)
+
+
+def render_synthetic(data_dir: str, size: int, count: int) -> None:
+  """galaxy_zoo/synthetic with ``count`` labelled galaxies for the end-to-end
+  rows: needs no download, so it runs on an offline GPU machine."""
+  galaxy_zoo.prepare('synthetic', data_dir, num_labelled=count, num_test=0,
+                     image_size=synthetic_geometry(size)[0])
+
+
+def gzjax_end_to_end(config_path: str, model: str, size: int,
+                     batch_size: int, steps: int, data_dir: str) -> dict:
+  """Images/s of ``train.train_and_evaluate`` itself (input, augmentation,
+  step) with its fastest input: the decoded images cached on the device.
+
+  The rate is over the logged windows after the first (which compiles); the
+  cache's one-off build and the final evaluation are not in any window.
+  """
+  config = configure(config_path, model, size, batch_size)
+  config.dataset = 'galaxy_zoo/synthetic'
+  config.data_dir = data_dir
+  config.input.crop_size = synthetic_geometry(size)[1]
+  config.input.cache = 'device'
+  config.num_train_steps = steps
+  config.log_every_steps = max(1, steps // 5)
+  config.eval_every_steps = 0
+  config.checkpoint_every_steps = steps
+  with tempfile.TemporaryDirectory() as workdir:
+    start = time.perf_counter()
+    train.train_and_evaluate(config, workdir)
+    total_seconds = time.perf_counter() - start
+    logged = [json.loads(line) for line in
+              (pathlib.Path(workdir) / 'metrics.jsonl').read_text().splitlines()]
+  windows = [row['train/images_per_second'] for row in logged
+             if 'train/images_per_second' in row][1:]
+  # Each window holds log_every_steps batches: the overall rate is the
+  # harmonic mean of the windows' rates.
+  rate = len(windows) / sum(1 / r for r in windows)
+  return {'images_per_s': rate, 'warmup_s': total_seconds,
+          'mode': (f'train.train_and_evaluate, {steps} steps, input.cache='
+                   f'device, {train.compute_dtype(config).name}; warmup ='
+                   ' whole run incl. cache build and evaluation')}
+
+
+def torch_end_to_end(model: str, size: int, batch_size: int, steps: int,
+                     data_dir: str, workers: int,
+                     compile_model: bool) -> dict:
+  """PyTorch's usual training: a ``DataLoader`` (``workers`` processes,
+  pinned memory) decoding and augmenting the same records as the plain
+  Pillow loop (crop, resize, rotate, flip), feeding the peer's model as
+  :func:`torch_peer` trains it."""
+  import torch  # pylint: disable=g-import-not-at-top
+  device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+  on_gpu = device.type == 'cuda'
+  memory_format = torch.channels_last if on_gpu else torch.contiguous_format
+  source = galaxy_zoo.data_source('synthetic', data_dir, 'train')
+  crop = synthetic_geometry(size)[1]
+
+  class AugmentedDataset(torch.utils.data.Dataset):
+
+    def __len__(self):
+      return len(source)
+
+    def __getitem__(self, index):
+      record = source[index]
+      rng = np.random.default_rng(index)
+      image = benchmark_input.plain_pillow_image(record['image'], size, rng,
+                                                 crop)
+      return image.transpose(2, 0, 1).copy(), record['votes']
+
+  sampler = torch.utils.data.RandomSampler(
+      AugmentedDataset(), replacement=True,
+      num_samples=(steps + 1) * batch_size)
+  loader = iter(torch.utils.data.DataLoader(
+      AugmentedDataset(), batch_size=batch_size, sampler=sampler,
+      num_workers=workers, pin_memory=on_gpu,
+      persistent_workers=workers > 0))
+  network = torch_model(model).to(device, memory_format=memory_format)
+  optimizer = torch.optim.Adam(network.parameters())
+  forward = torch.compile(network) if compile_model else network
+
+  def train_step():
+    images, votes = next(loader)
+    images = images.to(device, non_blocking=True,
+                       memory_format=memory_format)
+    votes = votes.to(device, non_blocking=True)
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(device.type, torch.bfloat16, enabled=on_gpu):
+      outputs = forward(images)
+    torch.nn.functional.mse_loss(outputs.float(), votes).backward()
+    optimizer.step()
+
+  start = time.perf_counter()
+  train_step()  # Worker start-up and compilation.
+  warmup_seconds = time.perf_counter() - start
+  start = time.perf_counter()
+  for _ in range(steps):
+    train_step()
+  if on_gpu:
+    torch.cuda.synchronize()
+  return {
+      'images_per_s': benchmark_input.per_second(
+          steps * batch_size, time.perf_counter() - start),
+      'warmup_s': warmup_seconds,
+      'mode': (f'DataLoader {workers} workers, Pillow per item,'
+               f' {"torch.compile" if compile_model else "eager"},'
+               f' {"bfloat16 autocast" if on_gpu else "float32"}, {steps}'
+               ' steps'),
+  }
+
+
+def end_to_end_rows(model: str, size: int, batch_size: int) -> list[Row]:
+  """gzjax's training loop against PyTorch's DataLoader + compiled model,
+  on a synthetic dataset rendered for the purpose."""
+  steps = _E2E_STEPS.value
+  with tempfile.TemporaryDirectory() as data_dir:
+    render_synthetic(data_dir, size, _E2E_GALAXIES.value)
+    common = [f'--model={model}', f'--image_size={size}',
+              f'--batch_size={batch_size}', f'--e2e_steps={steps}',
+              f'--peer_data_dir={data_dir}']
+    gzjax = run_peer(['--peer=gzjax_e2e', f'--config={_CONFIG.value}',
+                      *common])
+    rows = [measured_row(
+        f'end to end: gzjax training, cached on device ({model}, {size} px,'
+        f' batch {batch_size})', gzjax, gzjax.get('images_per_s', 0))]
+    if 'torch' in _PEERS.value:
+      workers = _E2E_WORKERS.value or os.cpu_count()
+      torch_result = run_peer(
+          ['--peer=torch_e2e', *common, f'--workers={workers}',
+           f'--torch_compile={_TORCH_COMPILE.value}'])
+      rows.append(measured_row(
+          f'end to end: PyTorch DataLoader ({workers} workers) + model',
+          torch_result, gzjax.get('images_per_s', 0)))
+  return rows
+
+
 # --peer name -> (table label, $KERAS_BACKEND)
 TRAINERS = {
     'gzjax': ('gzjax', ''),
@@ -429,6 +605,13 @@ def run_peer_in_process() -> dict:
     return torch_dataloader_peer(_PEER_DATA_DIR.value, size,
                                  int(FLAGS.workers[0]), FLAGS.images,
                                  batch_size)
+  if _PEER.value == 'gzjax_e2e':
+    return gzjax_end_to_end(_CONFIG.value, _MODEL.value, size, batch_size,
+                            _E2E_STEPS.value, _PEER_DATA_DIR.value)
+  if _PEER.value == 'torch_e2e':
+    return torch_end_to_end(_MODEL.value, size, batch_size, _E2E_STEPS.value,
+                            _PEER_DATA_DIR.value, int(FLAGS.workers[0]),
+                            _TORCH_COMPILE.value)
   training = (_MODEL.value, size, batch_size, _STEPS.value, _REPEATS.value)
   if _PEER.value == 'gzjax':
     return gzjax_peer(_CONFIG.value, *training)
@@ -539,7 +722,10 @@ def main(argv):
            f'--torch_compile={_TORCH_COMPILE.value}'], TRAINERS[name][1]),
                    gzjax['images_per_s'])
       for name in _PEERS.value]
-  rows += input_rows(model, size, batch_size, gzjax['images_per_s'])
+  if _INPUT_ROWS.value:
+    rows += input_rows(model, size, batch_size, gzjax['images_per_s'])
+  if _E2E_STEPS.value:
+    rows += end_to_end_rows(model, size, batch_size)
   print(f'\n{markdown_table(rows)}')
   if _JSON.value:
     with open(_JSON.value, 'w') as f:

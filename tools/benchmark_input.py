@@ -62,13 +62,13 @@ def render_rates(count: int, workers: int) -> dict[str, float]:
   return rates
 
 
-def plain_pillow_image(jpeg: bytes, size: int,
-                       rng: np.random.Generator) -> np.ndarray:
-  """One training image the obvious way: full decode, crop, resize, rotate,
-  flip, normalise to [-1, 1]."""
+def plain_pillow_image(jpeg: bytes, size: int, rng: np.random.Generator,
+                       crop: int = 207) -> np.ndarray:
+  """One training image the obvious way: full decode, crop (the centre
+  ``crop`` px), resize, rotate, flip, normalise to [-1, 1]."""
   image = Image.open(io.BytesIO(jpeg)).convert('RGB')
-  left = (image.width - 207) // 2
-  image = image.crop((left, left, left + 207, left + 207))
+  left = (image.width - crop) // 2
+  image = image.crop((left, left, left + crop, left + crop))
   image = image.resize((size, size), Image.Resampling.BILINEAR)
   image = image.rotate(rng.uniform(0, 360), Image.Resampling.BILINEAR)
   if rng.random() < 0.5:

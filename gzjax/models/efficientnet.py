@@ -237,6 +237,11 @@ class EfficientNet(nnx.Module):
   fixed_input_size = False
   num_blocks = 9  # Stem, the seven stages, top conv.
 
+  @staticmethod
+  def native_input_size(variant: str) -> int:
+    """The side ``variant`` was designed for (B0: 224, …, B7: 600)."""
+    return _VARIANTS[variant][2]
+
   def __init__(self, *, variant: str, dtype: Any = jnp.float32,
                rngs: nnx.Rngs):
     if variant not in _VARIANTS:

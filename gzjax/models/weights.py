@@ -80,7 +80,10 @@ def assign(
     name = '/'.join(map(str, path))
     if name in arrays:
       dtype = variable.get_value().dtype
-      variable.set_value(np.asarray(arrays[name], dtype))
+      value = arrays[name]
+      # Under jit (train.create_experiment) the arrays are tracers.
+      variable.set_value(value.astype(dtype) if isinstance(value, jax.Array)
+                         else np.asarray(value, dtype))
   nnx.update(model, nnx.from_flat_state(flat))
 
 

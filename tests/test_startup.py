@@ -1,0 +1,128 @@
+"""Start-up: jitted model creation, pretrained weights under jit, and the
+persistent compilation cache across processes."""
+
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+from flax import nnx
+import jax
+import numpy as np
+import pytest
+
+from gzjax import config as base
+from gzjax import models
+from gzjax import train
+from gzjax.models import weights
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _config(**overrides):
+  config = base.base_config()
+  config.model.head = 'sigmoid'
+  config.model.hidden = (16,)
+  config.model.dropout = 0.5  # A dropout stream in the state too.
+  config.seed = 3
+  for key, value in overrides.items():
+    config.model[key] = value
+  return config
+
+
+def _named(state) -> dict[str, np.ndarray]:
+  return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in
+          jax.tree_util.tree_leaves_with_path(state)}
+
+
+def _raw(x) -> np.ndarray:
+  """Random keys as their bits, other arrays as they are."""
+  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    x = jax.random.key_data(x)
+  return np.asarray(x)
+
+
+@pytest.fixture(scope='module')
+def experiment():
+  return train.create_experiment(_config())
+
+
+def test_jitted_creation_gives_the_eager_parameters_replicated(experiment):
+  config = _config()
+  eager = train.create_model(config, train.TASKS['votes'])
+  _, params, rest = nnx.split(eager, nnx.Param, ...)
+  jitted_params = _named(experiment.state.params)
+  eager_params = _named(params)
+  assert list(jitted_params) == list(eager_params)
+  assert len(eager_params) == 16  # 6 conv + 2 dense layers, kernel and bias.
+  for name, value in eager_params.items():
+    assert jitted_params[name].dtype == value.dtype == np.float32, name
+    # The same random bits; one fused multiply in the jitted program may
+    # round the last bit differently from the eager op.
+    np.testing.assert_array_max_ulp(jitted_params[name], value, maxulp=2)
+  jitted_keys = jax.tree.leaves(experiment.state.rest)
+  eager_keys = jax.tree.leaves(rest)
+  assert len(jitted_keys) == len(eager_keys) > 0
+  for a, b in zip(jitted_keys, eager_keys):
+    np.testing.assert_array_equal(_raw(a), _raw(b))
+  for leaf in jax.tree.leaves(experiment.state):
+    assert leaf.sharding == experiment.replicated
+  # Without initialising: the same shapes, dtypes and shardings, no values.
+  template = train.create_experiment(config, initialise=False).state
+  assert jax.tree.map(lambda t: (t.shape, t.dtype, t.sharding), template) == \
+      jax.tree.map(lambda x: (x.shape, x.dtype, x.sharding), experiment.state)
+
+
+def test_models_create_without_rngs_is_the_eager_model():
+  jitted = models.create('cnn', seed=5)
+  eager = models.create('cnn', rngs=nnx.Rngs(5))
+  a = _named(nnx.state(jitted, nnx.Param))
+  b = _named(nnx.state(eager, nnx.Param))
+  assert list(a) == list(b)
+  for name in a:
+    np.testing.assert_array_max_ulp(a[name], b[name], maxulp=2)
+
+
+def test_pretrained_weights_fill_the_jitted_state(experiment, tmp_path):
+  fresh = experiment
+  # A "pretrained" backbone: the same architecture from another seed.
+  donor = models.create('cnn', rngs=nnx.Rngs(11), head='sigmoid',
+                        hidden=(16,))
+  arrays = {k: np.asarray(v) for k, v in
+            weights.named_variables(donor, 'backbone/').items()}
+  weights.save(tmp_path / 'donor.msgpack', arrays)
+  config = _config(pretrained=str(tmp_path / 'donor.msgpack'))
+  params = nnx.to_flat_state(train.create_experiment(config).state.params)
+  fresh_params = dict(nnx.to_flat_state(fresh.state.params))
+  assert len(params) == 16
+  for path, variable in params:
+    name = '/'.join(map(str, path))
+    value = np.asarray(variable.get_value())
+    if name.startswith('backbone/'):
+      np.testing.assert_array_equal(value, arrays[name])
+    else:  # The head keeps the config seed's initialisation.
+      np.testing.assert_array_equal(
+          value, np.asarray(fresh_params[path].get_value()))
+
+
+def test_a_second_process_loads_the_step_from_the_cache(tmp_path):
+  # The configs follow $XDG_CACHE_HOME, which conftest points at a temporary
+  # directory so that tests never write the user's ~/.cache.
+  assert base.base_config().compilation_cache_dir == os.path.join(
+      os.environ['XDG_CACHE_HOME'], 'gzjax', 'jax')
+  result = subprocess.run(
+      [sys.executable, 'tools/startup_benchmark.py', '--models=cnn:32',
+       '--batch_size=2', '--timeout=300'],
+      capture_output=True, text=True, cwd=REPO,
+      env={**os.environ, 'PYTHONPATH': str(REPO)})
+  assert result.returncode == 0, result.stderr[-3000:]
+  row = [line for line in result.stdout.splitlines()
+         if line.startswith('| cnn |')]
+  assert len(row) == 1, result.stdout
+  cells = [cell.strip() for cell in row[0].split('|')[1:-1]]
+  assert cells[:3] == ['cnn', '32', '2']
+  assert all(re.fullmatch(r'\d+\.\d', cell) for cell in cells[3:8]), cells
+  # The train step (and the initialisation) compiled in the first process
+  # are read back from the cache in the second.
+  assert int(cells[8]) >= 1, cells

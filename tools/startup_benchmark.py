@@ -1,0 +1,132 @@
+r"""How fast a training run starts: creation, compile, first step, warm cache.
+
+  python tools/startup_benchmark.py --models=cnn,efficientnet_b0 --batch_size=4
+  python tools/startup_benchmark.py --models=efficientnet_b7:300 --batch_size=2
+
+For each model (``name`` or ``name:side``; default side: the model's native
+one), two fresh processes run what ``gzjax.main`` runs before its first step,
+with the engine's functions (``train.create_experiment``,
+``train.make_train_step``) on a random batch, and one persistent compilation
+cache directory, empty before the first process:
+
+* create: ``train.create_experiment`` until its state is on the devices;
+* compile: lowering and compiling the train step;
+* first step: from the start of creation to the first step's finished state;
+* the second process's compile and creation, with the cache the first one
+  filled, and the cache hits jax reported in it (0 when the engine has no
+  persistent cache).
+
+Prints a markdown table.  ``--child`` is the subprocess's entry point.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+
+from absl import app
+from absl import flags
+import jax
+
+import benchmark
+from gzjax import models
+from gzjax import train
+
+FLAGS = flags.FLAGS  # --batch_size and --image_size come from benchmark.py.
+_MODELS = flags.DEFINE_list(
+    'models', ['cnn', 'efficientnet_b0', 'inception_v3', 'efficientnet_b7'],
+    'Models to measure, each NAME or NAME:SIDE (default side: native).')
+_CACHE_DIR = flags.DEFINE_string(
+    'cache_dir', '', 'Internal (--child): the compilation cache directory.')
+_CHILD = flags.DEFINE_bool(
+    'child', False, 'Internal: measure one process and print a JSON line.')
+_TIMEOUT = flags.DEFINE_integer(
+    'timeout', 1800, 'Seconds each process may take before its row reads'
+    ' "timed out".')
+
+CACHE_HIT_EVENT = '/jax/compilation_cache/cache_hits'
+
+
+def measure(model: str, size: int, batch_size: int, cache_dir: str) -> dict:
+  """One process's start: seconds to create, compile, finish a first step."""
+  hits = []
+  jax.monitoring.register_event_listener(
+      lambda event, **_: hits.append(event) if event == CACHE_HIT_EVENT
+      else None)
+  config = benchmark.configure('', model, size, batch_size)
+  if 'compilation_cache_dir' in config:  # Engines before issue 12 have none.
+    config.compilation_cache_dir = cache_dir
+    train.use_compilation_cache(config.compilation_cache_dir)
+  start = time.perf_counter()
+  experiment = train.create_experiment(config)
+  jax.block_until_ready(experiment.state)
+  created = time.perf_counter()
+  batch = train.to_global(benchmark.random_batch(batch_size, size),
+                          experiment.batch_sharding)
+  step = jax.jit(train.make_train_step(experiment), donate_argnums=0).lower(
+      experiment.state, batch).compile()
+  compiled = time.perf_counter()
+  state, _ = step(experiment.state, batch)
+  jax.block_until_ready(state)
+  finished = time.perf_counter()
+  return {'create_s': created - start, 'compile_s': compiled - created,
+          'first_step_s': finished - start, 'cache_hits': len(hits),
+          'dtype': config.model.dtype}
+
+
+def run_child(model: str, size: int, batch_size: int, cache_dir: str) -> dict:
+  command = [sys.executable, __file__, '--child', f'--models={model}',
+             f'--image_size={size}', f'--batch_size={batch_size}',
+             f'--cache_dir={cache_dir}']
+  try:
+    result = subprocess.run(command, capture_output=True, text=True,
+                            timeout=_TIMEOUT.value)
+  except subprocess.TimeoutExpired:
+    return {'missing': f'timed out after {_TIMEOUT.value} s'}
+  if result.returncode:
+    lines = result.stderr.strip().splitlines() or [f'exit {result.returncode}']
+    return {'missing': lines[-1]}
+  return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def parse_model(entry: str) -> tuple[str, int]:
+  name, _, side = entry.partition(':')
+  return name, int(side) if side else (
+      FLAGS.image_size or models.native_input_size(name))
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if _CHILD.value:
+    print(json.dumps(measure(_MODELS.value[0], FLAGS.image_size,
+                             FLAGS.batch_size, _CACHE_DIR.value)))
+    return
+  lines = ['| model | px | batch | create s | compile s | first step s'
+           ' | warm-cache compile s | warm-cache create s | cache hits |',
+           '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |']
+  for entry in _MODELS.value:
+    name, size = parse_model(entry)
+    with tempfile.TemporaryDirectory() as cache_dir:
+      cold = run_child(name, size, FLAGS.batch_size, cache_dir)
+      warm = (run_child(name, size, FLAGS.batch_size, cache_dir)
+              if 'missing' not in cold else cold)
+    if 'missing' in cold or 'missing' in warm:
+      reason = cold.get('missing') or warm.get('missing')
+      lines.append(f'| {name} | {size} | {FLAGS.batch_size} | missing:'
+                   f' {reason} | | | | | |')
+    else:
+      lines.append(
+          f'| {name} | {size} | {FLAGS.batch_size} | {cold["create_s"]:.1f}'
+          f' | {cold["compile_s"]:.1f} | {cold["first_step_s"]:.1f}'
+          f' | {warm["compile_s"]:.1f} | {warm["create_s"]:.1f}'
+          f' | {warm["cache_hits"]} |')
+    print(lines[-1], file=sys.stderr, flush=True)
+  print('\n'.join(lines))
+
+
+if __name__ == '__main__':
+  app.run(main)
