@@ -41,8 +41,9 @@ from gzjax.models import weights
 DATA_AXIS = 'data'
 # Batch fields that go to the devices; galaxy_id stays on the host.
 # stream_position (the cached modes') seeds each example's augmentation.
+# targets: a label catalogue's columns (gzjax.finetune), a dict of arrays.
 DEVICE_FIELDS = ('image', 'votes', 'votes_mask', 'label_3class',
-                 'label_7class', 'example_mask', 'stream_position')
+                 'label_7class', 'example_mask', 'stream_position', 'targets')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +54,15 @@ class Task:
   num_outputs: int
   label_key: str | None = None
   class_names: tuple[str, ...] = ()
+  # A task of your own (gzjax.finetune) brings its head kind, its loss
+  # ``(outputs, batch) -> scalar``, its predictions ``outputs -> outputs``,
+  # its metrics ``predict_split result -> dict`` and its one-line summary
+  # ``(values) -> str``; None keeps the built-in behaviour.
+  head: str = ''
+  loss: Callable | None = None
+  activate: Callable | None = None
+  evaluate: Callable | None = None
+  summary: Callable | None = None
 
   @property
   def is_classification(self) -> bool:
@@ -162,8 +172,8 @@ def _labelled(labels: Mapping[str, np.ndarray], task: Task) -> np.ndarray:
 
 def create_model(config: ml_collections.ConfigDict, task: Task):
   """The configured model, with pretrained backbone weights when given."""
-  head = config.model.head or ('classes' if task.is_classification
-                               else 'votes')
+  head = config.model.head or task.head or (
+      'classes' if task.is_classification else 'votes')
   model = models.create(
       config.model.name,
       num_outputs=task.num_outputs,
@@ -202,8 +212,9 @@ class Experiment:
         self.mesh, jax.sharding.PartitionSpec(DATA_AXIS))
 
 
-def create_experiment(config: ml_collections.ConfigDict) -> Experiment:
-  task = task_of(config)
+def create_experiment(config: ml_collections.ConfigDict,
+                      task: Task | None = None) -> Experiment:
+  task = task or task_of(config)
   model = create_model(config, task)
   labels = models.parameter_labels(model)
   num_blocks = model.backbone.num_blocks
@@ -228,8 +239,8 @@ def create_experiment(config: ml_collections.ConfigDict) -> Experiment:
 
 
 def create_train_input(
-    config: ml_collections.ConfigDict, task: Task, experiment: Experiment
-) -> tuple[Any, cache.DeviceInput | None]:
+    config: ml_collections.ConfigDict, task: Task, experiment: Experiment,
+    source=None) -> tuple[Any, cache.DeviceInput | None]:
   """The training batches, and what the step needs to augment them.
 
   Without ``config.input.cache`` grain decodes and augments JPEGs on the host
@@ -238,7 +249,12 @@ def create_train_input(
   """
   if not cache.check_mode(config.input):
     return pipeline.create_train_iterator(
-        training_split(config, task), config.input), None
+        source if source is not None else training_split(config, task),
+        config.input), None
+  if source is not None:
+    raise ValueError(f'config.input.cache={config.input.cache!r} caches the'
+                     ' built Galaxy Zoo splits only; set it to \'\' for a'
+                     ' label catalogue.')
   directory = config.input.cache_dir or (
       pathlib.Path(config.data_dir).expanduser() / 'gzjax_cache')
   cached = cache.open_or_build(open_split(config, 'train'), directory,
@@ -257,6 +273,8 @@ def create_train_input(
 
 def _outputs(model, images: jax.Array, task: Task) -> jax.Array:
   outputs = model(images)
+  if task.activate is not None:
+    return task.activate(outputs)
   return jax.nn.softmax(outputs) if task.is_classification else outputs
 
 
@@ -287,6 +305,8 @@ def make_loss_fn(experiment: Experiment) -> Callable:
     if config.optimizer.freeze_backbone:
       model.backbone.eval()  # Frozen means its batch statistics too.
     outputs = model(batch['image'])
+    if task.loss is not None:
+      return task.loss(outputs, batch), nnx.state(model, nnx.Not(nnx.Param))
     loss = losses.compute(
         config.loss, outputs, batch, label_key=task.label_key,
         label_smoothing=config.label_smoothing,
@@ -381,7 +401,9 @@ def to_global(batch: Mapping[str, np.ndarray],
               sharding: jax.sharding.NamedSharding) -> dict[str, jax.Array]:
   """This process's numpy batch as global arrays sharded on ``data``."""
   return {
-      key: jax.make_array_from_process_local_data(sharding, batch[key])
+      key: jax.tree.map(
+          lambda x: jax.make_array_from_process_local_data(sharding, x),
+          batch[key])
       for key in DEVICE_FIELDS if key in batch
   }
 
@@ -402,12 +424,13 @@ def predict_split(experiment: Experiment, source, *, tta: bool = False,
         predict_fn(experiment.state, images), tiled=True)
     host = {k: multihost_utils.process_allgather(batch[k], tiled=True)
             for k in ('galaxy_id', 'votes', 'votes_mask', 'label_3class',
-                      'label_7class', 'example_mask')}
+                      'label_7class', 'example_mask', 'targets')
+            if k in batch}
     host['outputs'] = np.asarray(outputs, np.float32)
     collected.append(host)
-  merged = {k: np.concatenate([c[k] for c in collected]) for k in collected[0]}
+  merged = jax.tree.map(lambda *parts: np.concatenate(parts), *collected)
   real = merged.pop('example_mask')
-  return {k: v[real] for k, v in merged.items()}
+  return jax.tree.map(lambda v: np.asarray(v)[real], merged)
 
 
 def _eval_input_config(config: ml_collections.ConfigDict):
@@ -419,6 +442,8 @@ def _eval_input_config(config: ml_collections.ConfigDict):
 def score(task: Task, predictions: Mapping[str, np.ndarray],
           baseline_votes: np.ndarray | None = None) -> dict[str, Any]:
   """Metrics of ``predict_split``'s result for the task."""
+  if task.evaluate is not None:
+    return task.evaluate(predictions)
   if task.is_classification:
     labels = predictions[task.label_key]
     report = metrics.classification_report(
@@ -506,8 +531,13 @@ def _check_finite(step_metrics: list[dict[str, jax.Array]], first_step: int,
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str | pathlib.Path) -> dict[str, Any]:
+                       workdir: str | pathlib.Path, *,
+                       task: Task | None = None, train_source=None,
+                       validation_source=None) -> dict[str, Any]:
   """Trains (resuming from ``workdir`` when it holds a checkpoint).
+
+  ``task`` and the two sources replace the config's built-in task and
+  Galaxy Zoo splits (gzjax.finetune passes a label catalogue's).
 
   Returns:
     The last validation metrics.
@@ -515,16 +545,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
-  experiment = create_experiment(config)
+  experiment = create_experiment(config, task)
   task = experiment.task
-  train_source = training_split(config, task)
-  validation_source = open_split(config, 'validation')
-  baseline = None if task.is_classification else training_mean_votes(
+  given_train_source = train_source
+  if train_source is None:
+    train_source = training_split(config, task)
+  if validation_source is None:
+    validation_source = open_split(config, 'validation')
+  baseline = None if (task.is_classification or task.evaluate) else \
+      training_mean_votes(
       train_source)
   checkpointer = checkpoint.Checkpointer(
       workdir, keep=config.keep_checkpoints, best_metric=config.best_metric,
       best_mode=config.best_mode)
-  train_iterator, device_input = create_train_input(config, task, experiment)
+  train_iterator, device_input = create_train_input(
+      config, task, experiment, given_train_source)
   start_step = 0
   if checkpointer.latest_step() is not None:
     experiment.state, data_state, start_step = checkpointer.restore(
@@ -590,6 +625,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 def summary_line(step: int, task: Task, values: Mapping[str, Any],
                  split: str = 'validation') -> str:
   """One line of the main metrics, as the loop and ``evaluate`` print them."""
+  if task.summary is not None:
+    return f'step {step}: {split} {task.summary(values)}'
   if task.is_classification:
     return (f'step {step}: {split} accuracy {values["accuracy"]:.4f},'
             f' macro-F1 {values["macro_f1"]:.4f} ({values["count"]} galaxies)')
