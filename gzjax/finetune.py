@@ -43,7 +43,7 @@ VOTE_CONCENTRATION = 99.0
 
 
 def output_slices(columns) -> list[tuple[labels_lib.Column, slice]]:
-  """Each column's slice of the model's outputs, in declaration order."""
+  """Each column's slice of the model's outputs, in the order of config.labels.columns (ConfigDict sorts the names)."""
   slices, start = [], 0
   for column in columns:
     slices.append((column, slice(start, start + column.num_outputs)))
