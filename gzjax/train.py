@@ -185,7 +185,10 @@ def create_model(config: ml_collections.ConfigDict, task: Task):
   )
   if config.model.pretrained:
     path = pathlib.Path(config.model.pretrained).expanduser()
-    weights.assign(model, weights.load(path), source=str(path))
+    arrays = weights.load(path)
+    weights.check_preprocessing(arrays.pop(weights.PREPROCESSING_KEY, None),
+                                config, str(path))
+    weights.assign(model, arrays, source=str(path))
   return model
 
 
@@ -298,11 +301,15 @@ def make_loss_fn(experiment: Experiment) -> Callable:
   # trace: dropout advances its random-stream counter there, which flax
   # refuses for variables that came in from the enclosing jit trace.
   def loss_fn(params, rest, batch):
-    if config.optimizer.freeze_backbone:
+    # Partly frozen (the last blocks train): the optimizer zeroes the frozen
+    # blocks' updates; their gradients and batch statistics still run.
+    frozen = (config.optimizer.freeze_backbone and
+              not config.optimizer.get('trainable_blocks', 0))
+    if frozen:
       params = _stop_backbone_gradients(params)
     model = nnx.merge(graphdef, params, rest, copy=True)
     model.train()
-    if config.optimizer.freeze_backbone:
+    if frozen:
       model.backbone.eval()  # Frozen means its batch statistics too.
     outputs = model(batch['image'])
     if task.loss is not None:
