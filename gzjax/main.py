@@ -108,7 +108,10 @@ def main(argv):
 
   config = _CONFIG.value
   try:
-    if _MODE.value == 'train':
+    if _MODE.value == 'train' and 'labels' in config and config.labels.catalog:
+      from gzjax import finetune  # pylint: disable=g-import-not-at-top
+      finetune.run(config, _WORKDIR.value)
+    elif _MODE.value == 'train':
       train.train_and_evaluate(config, _WORKDIR.value)
     elif _MODE.value == 'evaluate':
       evaluate.evaluate(config, _WORKDIR.value, split=_SPLIT.value,
