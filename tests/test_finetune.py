@@ -129,6 +129,11 @@ def test_encoder_round_trip_and_preprocessing_check(trained, tmp_path):
   task = finetune.make_task(labels.read(config.labels).columns)
   fresh = base.base_config()
   fresh.update({k: config[k] for k in ('input',)})
+  # The export holds the trained backbone, not the initial one.
+  initial = weights.named_variables(train.create_model(fresh, task),
+                                    'backbone/')
+  assert any(not np.array_equal(np.asarray(initial[k]), v)
+             for k, v in exported.items())
   fresh.model.pretrained = str(out)
   loaded = weights.named_variables(train.create_model(fresh, task),
                                    'backbone/')
