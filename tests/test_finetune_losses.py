@@ -83,3 +83,21 @@ def test_binary_reliability_and_regression_reports():
                                   np.array([1.0, 3.0, 2.0]))
   assert reg == {'rmse': pytest.approx(math.sqrt(5 / 3)),
                  'mae': pytest.approx(1.0), 'count': 3}
+
+
+def test_partial_freezing_trains_the_head_and_the_last_blocks_only():
+  import jax  # pylint: disable=g-import-not-at-top
+  from gzjax import optimizers  # pylint: disable=g-import-not-at-top
+  config = optimizers.default_config()
+  config.freeze_backbone = True
+  config.trainable_blocks = 2
+  config.schedule = 'constant'
+  labels = {'b0': 'backbone/0', 'b1': 'backbone/1', 'b2': 'backbone/2',
+            'b3': 'backbone/3', 'head': 'head'}
+  params = {k: jnp.ones(2) for k in labels}
+  optimizer = optimizers.create_optimizer(config, labels, 4, 10)
+  updates, _ = optimizer.update(params, optimizer.init(params), params,
+                                value=jnp.zeros(()))
+  moved = {k for k, v in jax.tree.map(np.asarray, updates).items()
+           if np.any(v != 0)}
+  assert moved == {'b2', 'b3', 'head'}
