@@ -83,3 +83,52 @@ def compute(
                                  label_smoothing=label_smoothing,
                                  class_weights=class_weights)
   raise ValueError(f'Unknown loss {kind!r}; choose one of {LOSSES}.')
+
+
+# ------------------------------------------- label catalogues (finetune) ---
+
+
+def masked_sigmoid_bce(logits: jax.Array, targets: jax.Array,
+                       mask: jax.Array) -> jax.Array:
+  """Binary cross-entropy of logits against 0/1 targets over ``mask`` rows."""
+  values = optax.sigmoid_binary_cross_entropy(
+      logits.astype(jnp.float32), targets.astype(jnp.float32))
+  return _safe_mean(values, mask.astype(jnp.float32))
+
+
+def masked_class_ce(logits: jax.Array, labels: jax.Array,
+                    mask: jax.Array) -> jax.Array:
+  """Softmax cross-entropy of class indices over ``mask`` rows."""
+  values = optax.softmax_cross_entropy_with_integer_labels(
+      logits.astype(jnp.float32), jnp.maximum(labels, 0).astype(jnp.int32))
+  return _safe_mean(values, mask.astype(jnp.float32))
+
+
+def masked_regression_mse(predictions: jax.Array, targets: jax.Array,
+                          mask: jax.Array) -> jax.Array:
+  """Squared error over ``mask`` rows."""
+  return _safe_mean((predictions - targets) ** 2, mask.astype(jnp.float32))
+
+
+def dirichlet_multinomial_nll(concentrations: jax.Array, counts: jax.Array,
+                              mask: jax.Array) -> jax.Array:
+  """Negative log-likelihood of vote counts under a Dirichlet-multinomial.
+
+  Zoobot's loss (Walmsley et al. 2022): the model predicts concentrations
+  ``a`` of a Dirichlet over the answer fractions; the ``N`` votes of a galaxy
+  are multinomial given the fractions, so
+
+    log p(c | a) = log N! + log G(A) - log G(N + A)
+                   + sum_i [log G(c_i + a_i) - log G(a_i) - log c_i!]
+
+  with ``A = sum(a)``.  A galaxy with few votes has a flatter likelihood, so it
+  counts less.  Averaged over the ``mask`` rows.
+  """
+  gammaln = jax.scipy.special.gammaln
+  a = concentrations.astype(jnp.float32)
+  c = counts.astype(jnp.float32)
+  total_a, total_c = a.sum(-1), c.sum(-1)
+  log_p = (gammaln(total_c + 1) + gammaln(total_a)
+           - gammaln(total_c + total_a)
+           + jnp.sum(gammaln(c + a) - gammaln(a) - gammaln(c + 1), axis=-1))
+  return _safe_mean(-log_p, mask.astype(jnp.float32))

@@ -181,7 +181,10 @@ def main(argv):
   try:
     config = config_checks.check(_CONFIG.value)
     train.use_compilation_cache(config.compilation_cache_dir)
-    if _MODE.value == 'train':
+    if _MODE.value == 'train' and 'labels' in config and config.labels.catalog:
+      from gzjax import finetune  # pylint: disable=g-import-not-at-top
+      finetune.run(config, _WORKDIR.value)
+    elif _MODE.value == 'train':
       train.train_and_evaluate(config, _WORKDIR.value)
     elif _MODE.value == 'evaluate':
       evaluate.evaluate(config, _WORKDIR.value, split=_SPLIT.value,

@@ -89,3 +89,70 @@ def classification_report(
       'confusion_matrix': matrix.tolist(),
       'count': int(total),
   }
+
+
+# ------------------------------------------- label catalogues (finetune) ---
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+  """Area under the ROC curve: the Mann-Whitney U statistic over both classes.
+
+  Tied scores share their average rank, so a tie between a positive and a
+  negative counts one half.  NaN when either class is absent.
+  """
+  labels = np.asarray(labels).astype(bool)
+  scores = np.asarray(scores, np.float64)
+  positives, negatives = labels.sum(), (~labels).sum()
+  if not positives or not negatives:
+    return float('nan')
+  _, inverse, counts = np.unique(scores, return_inverse=True,
+                                 return_counts=True)
+  # 1-based average rank of each distinct value.
+  average = np.cumsum(counts) - (counts - 1) / 2.0
+  ranks = average[inverse]
+  u = ranks[labels].sum() - positives * (positives + 1) / 2.0
+  return float(u / (positives * negatives))
+
+
+def binary_report(labels: np.ndarray, probabilities: np.ndarray,
+                  threshold: float = 0.5) -> dict[str, object]:
+  """Accuracy, F1 of the positive class, macro-F1, ROC AUC, confusion."""
+  labels = np.asarray(labels).astype(np.int64)
+  predicted = (np.asarray(probabilities) >= threshold).astype(np.int64)
+  report = classification_report(labels, predicted, ('0', '1'))
+  return {
+      'accuracy': report['accuracy'],
+      'f1': report['per_class']['1']['f1'],
+      'macro_f1': report['macro_f1'],
+      'roc_auc': roc_auc(labels, probabilities),
+      'positive_fraction': float(labels.mean()) if len(labels) else 0.0,
+      'confusion_matrix': report['confusion_matrix'],
+      'count': report['count'],
+  }
+
+
+def reliability(labels: np.ndarray, probabilities: np.ndarray,
+                num_bins: int = 10) -> dict[str, list]:
+  """Calibration: per probability bin, the mean prediction, the observed
+  positive fraction and the count (bins of width 1/num_bins; 1.0 falls in
+  the last)."""
+  labels = np.asarray(labels, np.float64)
+  probabilities = np.asarray(probabilities, np.float64)
+  bins = np.minimum((probabilities * num_bins).astype(np.int64), num_bins - 1)
+  count = np.bincount(bins, minlength=num_bins)
+  mean = np.bincount(bins, probabilities, num_bins) / np.maximum(count, 1)
+  observed = np.bincount(bins, labels, num_bins) / np.maximum(count, 1)
+  keep = count > 0
+  return {'mean_predicted': mean[keep].tolist(),
+          'observed': observed[keep].tolist(),
+          'count': count[keep].tolist()}
+
+
+def regression_report(predictions: np.ndarray,
+                      targets: np.ndarray) -> dict[str, float]:
+  """RMSE and MAE."""
+  error = np.asarray(predictions, np.float64) - np.asarray(targets, np.float64)
+  if not len(error):
+    return {'rmse': float('nan'), 'mae': float('nan'), 'count': 0}
+  return {'rmse': float(np.sqrt(np.mean(error ** 2))),
+          'mae': float(np.mean(np.abs(error))), 'count': int(len(error))}

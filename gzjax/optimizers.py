@@ -40,6 +40,9 @@ def default_config() -> ml_collections.ConfigDict:
   config.weight_decay = 0.0  # adamw: decoupled; others: none.
   config.grad_clip_norm = 0.0  # 0: no clipping.
   config.freeze_backbone = False
+  # With freeze_backbone: the last N backbone blocks (output side) still
+  # train; 0 freezes the whole backbone.
+  config.trainable_blocks = 0
   # Multiply the learning rate of backbone block b by decay ** (blocks - b):
   # 1.0 is no decay; 0.7 trains the input blocks far less than the head.
   config.layer_decay = 1.0
@@ -131,8 +134,10 @@ def create_optimizer(
         rtol=config.plateau_min_delta, accumulation_size=config.plateau_window))
   transform = optax.chain(*parts)
   if config.freeze_backbone:
+    first_trained = num_blocks - config.get('trainable_blocks', 0)
     groups = jax.tree.map(
-        lambda label: 'train' if label == 'head' else 'frozen', labels)
+        lambda label: 'train' if label == 'head' or int(
+            label.split('/')[1]) >= first_trained else 'frozen', labels)
     transform = optax.multi_transform(
         {'train': transform, 'frozen': optax.set_to_zero()}, groups)
   return optax.with_extra_args_support(transform)

@@ -170,3 +170,29 @@ def confusion_matrix(matrix: np.ndarray, class_names: Sequence[str],
   figure.savefig(path, dpi=100)
   plt.close(figure)
   return path
+
+
+def reliability(table: Mapping[str, Sequence[float]],
+                path: str | pathlib.Path, title: str = '') -> pathlib.Path:
+  """Calibration plot of :func:`gzjax.metrics.reliability`'s table: the
+  observed positive fraction against the mean predicted probability per bin
+  (marker area by count), and the diagonal a calibrated model follows."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  figure, axis = plt.subplots(figsize=(4.5, 4.5))
+  axis.plot([0, 1], [0, 1], color='0.6', linestyle='--', label='calibrated')
+  counts = np.asarray(table['count'], np.float64)
+  axis.plot(table['mean_predicted'], table['observed'], color='C0')
+  axis.scatter(table['mean_predicted'], table['observed'], color='C0',
+               s=20 + 200 * counts / max(counts.max(initial=1), 1),
+               label='validation bins')
+  axis.set_xlim(0, 1)
+  axis.set_ylim(0, 1)
+  axis.set_xlabel('mean predicted probability')
+  axis.set_ylabel('observed fraction of positives')
+  axis.set_title(f'Reliability {title}'.strip())
+  axis.legend(loc='upper left')
+  figure.tight_layout()
+  figure.savefig(path, dpi=100)
+  plt.close(figure)
+  return path

@@ -45,8 +45,9 @@ from gzjax.models import weights
 DATA_AXIS = 'data'
 # Batch fields that go to the devices; galaxy_id stays on the host.
 # stream_position (the cached modes') seeds each example's augmentation.
+# targets: a label catalogue's columns (gzjax.finetune), a dict of arrays.
 DEVICE_FIELDS = ('image', 'votes', 'votes_mask', 'label_3class',
-                 'label_7class', 'example_mask', 'stream_position')
+                 'label_7class', 'example_mask', 'stream_position', 'targets')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +58,15 @@ class Task:
   num_outputs: int
   label_key: str | None = None
   class_names: tuple[str, ...] = ()
+  # A task of your own (gzjax.finetune) brings its head kind, its loss
+  # ``(outputs, batch) -> scalar``, its predictions ``outputs -> outputs``,
+  # its metrics ``predict_split result -> dict`` and its one-line summary
+  # ``(values) -> str``; None keeps the built-in behaviour.
+  head: str = ''
+  loss: Callable | None = None
+  activate: Callable | None = None
+  evaluate: Callable | None = None
+  summary: Callable | None = None
 
   @property
   def is_classification(self) -> bool:
@@ -195,8 +205,8 @@ def create_model(config: ml_collections.ConfigDict, task: Task,
     pretrained: arrays from ``weights.load``; default: read
       ``config.model.pretrained`` when it is set.
   """
-  head = config.model.head or ('classes' if task.is_classification
-                               else 'votes')
+  head = config.model.head or task.head or (
+      'classes' if task.is_classification else 'votes')
   model = models.create(
       config.model.name,
       num_outputs=task.num_outputs,
@@ -207,7 +217,7 @@ def create_model(config: ml_collections.ConfigDict, task: Task,
       rngs=nnx.Rngs(config.seed),
   )
   if pretrained is None and config.model.pretrained:
-    pretrained = weights.load(_pretrained_path(config))
+    pretrained = load_pretrained(config)
   if pretrained:
     weights.assign(model, pretrained, source=str(_pretrained_path(config)))
   return model
@@ -215,6 +225,16 @@ def create_model(config: ml_collections.ConfigDict, task: Task,
 
 def _pretrained_path(config: ml_collections.ConfigDict) -> pathlib.Path:
   return pathlib.Path(config.model.pretrained).expanduser()
+
+
+def load_pretrained(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The arrays of ``config.model.pretrained``, once the preprocessing the
+  file records (an exported encoder's) is checked against the config."""
+  path = _pretrained_path(config)
+  arrays = weights.load(path)
+  weights.check_preprocessing(arrays.pop(weights.PREPROCESSING_KEY, None),
+                              config, str(path))
+  return arrays
 
 
 def use_compilation_cache(directory: str,
@@ -275,7 +295,8 @@ class Experiment:
     self.state = self.init_state()
 
 
-def create_experiment(config: ml_collections.ConfigDict, *,
+def create_experiment(config: ml_collections.ConfigDict,
+                      task: Task | None = None, *,
                       initialise: bool = True) -> Experiment:
   """The model, optimizer and train state a config describes.
 
@@ -287,10 +308,11 @@ def create_experiment(config: ml_collections.ConfigDict, *,
 
   Args:
     config: the experiment config.
+    task: what is learned (default: ``config.task``'s built-in task).
     initialise: False leaves ``state`` abstract (shapes, dtypes, shardings),
       for a checkpoint restore; :meth:`Experiment.initialise` fills it.
   """
-  task = task_of(config)
+  task = task or task_of(config)
   mesh = jax.sharding.Mesh(np.array(jax.devices()), (DATA_AXIS,))
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   abstract_model = nnx.eval_shape(lambda: create_model(config, task, {}))
@@ -301,8 +323,7 @@ def create_experiment(config: ml_collections.ConfigDict, *,
       config.optimizer, labels, num_blocks, config.num_train_steps)
   schedule = optimizers.create_schedule(config.optimizer,
                                         config.num_train_steps)
-  pretrained = (weights.load(_pretrained_path(config))
-                if config.model.pretrained else {})
+  pretrained = load_pretrained(config) if config.model.pretrained else {}
 
   def initial_state(pretrained):
     model = create_model(config, task, pretrained)
@@ -342,8 +363,8 @@ def create_experiment(config: ml_collections.ConfigDict, *,
 
 
 def create_train_input(
-    config: ml_collections.ConfigDict, task: Task, experiment: Experiment
-) -> tuple[Any, cache.DeviceInput | None]:
+    config: ml_collections.ConfigDict, task: Task, experiment: Experiment,
+    source=None) -> tuple[Any, cache.DeviceInput | None]:
   """The training batches, and what the step needs to augment them.
 
   Without ``config.input.cache`` grain decodes and augments JPEGs on the host
@@ -352,7 +373,12 @@ def create_train_input(
   """
   if not cache.check_mode(config.input):
     return pipeline.create_train_iterator(
-        training_split(config, task), config.input), None
+        source if source is not None else training_split(config, task),
+        config.input), None
+  if source is not None:
+    raise errors.ConfigError(
+        f'config.input.cache={config.input.cache!r} caches the built Galaxy'
+        ' Zoo splits only; set it to \'\' for a label catalogue.')
   directory = config.input.cache_dir or (
       pathlib.Path(config.data_dir).expanduser() / 'gzjax_cache')
   cached = cache.open_or_build(open_split(config, 'train'), directory,
@@ -371,6 +397,8 @@ def create_train_input(
 
 def _outputs(model, images: jax.Array, task: Task) -> jax.Array:
   outputs = model(images)
+  if task.activate is not None:
+    return task.activate(outputs)
   return jax.nn.softmax(outputs) if task.is_classification else outputs
 
 
@@ -394,13 +422,19 @@ def make_loss_fn(experiment: Experiment) -> Callable:
   # trace: dropout advances its random-stream counter there, which flax
   # refuses for variables that came in from the enclosing jit trace.
   def loss_fn(params, rest, batch):
-    if config.optimizer.freeze_backbone:
+    # Partly frozen (the last blocks train): the optimizer zeroes the frozen
+    # blocks' updates; their gradients and batch statistics still run.
+    frozen = (config.optimizer.freeze_backbone and
+              not config.optimizer.get('trainable_blocks', 0))
+    if frozen:
       params = _stop_backbone_gradients(params)
     model = nnx.merge(graphdef, params, rest, copy=True)
     model.train()
-    if config.optimizer.freeze_backbone:
+    if frozen:
       model.backbone.eval()  # Frozen means its batch statistics too.
     outputs = model(batch['image'])
+    if task.loss is not None:
+      return task.loss(outputs, batch), nnx.state(model, nnx.Not(nnx.Param))
     loss = losses.compute(
         config.loss, outputs, batch, label_key=task.label_key,
         label_smoothing=config.label_smoothing,
@@ -495,7 +529,9 @@ def to_global(batch: Mapping[str, np.ndarray],
               sharding: jax.sharding.NamedSharding) -> dict[str, jax.Array]:
   """This process's numpy batch as global arrays sharded on ``data``."""
   return {
-      key: jax.make_array_from_process_local_data(sharding, batch[key])
+      key: jax.tree.map(
+          lambda x: jax.make_array_from_process_local_data(sharding, x),
+          batch[key])
       for key in DEVICE_FIELDS if key in batch
   }
 
@@ -518,11 +554,13 @@ def predict_split(experiment: Experiment, source, *, tta: bool = False,
         {k: batch[k] for k in ('galaxy_id', 'votes', 'votes_mask',
                                'label_3class', 'label_7class',
                                'example_mask')})
+    if 'targets' in batch:  # A label catalogue's columns (gzjax.finetune).
+      host['targets'] = distributed.gather_rows(batch['targets'])
     host['outputs'] = np.asarray(outputs, np.float32)
     collected.append(host)
-  merged = {k: np.concatenate([c[k] for c in collected]) for k in collected[0]}
+  merged = jax.tree.map(lambda *parts: np.concatenate(parts), *collected)
   real = merged.pop('example_mask')
-  return {k: v[real] for k, v in merged.items()}
+  return jax.tree.map(lambda v: np.asarray(v)[real], merged)
 
 
 def _eval_input_config(config: ml_collections.ConfigDict):
@@ -534,6 +572,8 @@ def _eval_input_config(config: ml_collections.ConfigDict):
 def score(task: Task, predictions: Mapping[str, np.ndarray],
           baseline_votes: np.ndarray | None = None) -> dict[str, Any]:
   """Metrics of ``predict_split``'s result for the task."""
+  if task.evaluate is not None:
+    return task.evaluate(predictions)
   if task.is_classification:
     labels = predictions[task.label_key]
     report = metrics.classification_report(
@@ -718,8 +758,13 @@ def _check_finite(step_metrics: list[dict[str, jax.Array]], first_step: int,
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str | pathlib.Path) -> dict[str, Any]:
+                       workdir: str | pathlib.Path, *,
+                       task: Task | None = None, train_source=None,
+                       validation_source=None) -> dict[str, Any]:
   """Trains (resuming from ``workdir`` when it holds a checkpoint).
+
+  ``task`` and the two sources replace the config's built-in task and
+  Galaxy Zoo splits (gzjax.finetune passes a label catalogue's).
 
   Returns:
     The last validation metrics.
@@ -727,21 +772,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   config_checks.check(config)
   workdir = writable_workdir(workdir)
   # Shapes only until it is known whether a checkpoint fills the state.
-  experiment = create_experiment(config, initialise=False)
+  experiment = create_experiment(config, task, initialise=False)
   task = experiment.task
-  train_source = training_split(config, task)
+  given_train_source = train_source
+  if train_source is None:
+    train_source = training_split(config, task)
   if config.input.batch_size > len(train_source):
     raise errors.ConfigError(
         f'config.input.batch_size={config.input.batch_size} is larger than'
         f' the {len(train_source)} galaxies of the training split: every'
         ' batch would repeat galaxies. Lower config.input.batch_size.')
-  validation_source = open_split(config, 'validation')
-  baseline = None if task.is_classification else training_mean_votes(
+  if validation_source is None:
+    validation_source = open_split(config, 'validation')
+  baseline = None if (task.is_classification or task.evaluate) else \
+      training_mean_votes(
       train_source)
   checkpointer = checkpoint.Checkpointer(
       workdir, keep=config.keep_checkpoints, best_metric=config.best_metric,
       best_mode=config.best_mode)
-  train_iterator, device_input = create_train_input(config, task, experiment)
+  train_iterator, device_input = create_train_input(
+      config, task, experiment, given_train_source)
   start_step = 0
   if checkpointer.latest_step() is not None:
     check_resumable(config, workdir)
@@ -817,6 +867,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 def summary_line(step: int, task: Task, values: Mapping[str, Any],
                  split: str = 'validation') -> str:
   """One line of the main metrics, as the loop and ``evaluate`` print them."""
+  if task.summary is not None:
+    return f'step {step}: {split} {task.summary(values)}'
   if task.is_classification:
     return (f'step {step}: {split} accuracy {values["accuracy"]:.4f},'
             f' macro-F1 {values["macro_f1"]:.4f} ({values["count"]} galaxies)')

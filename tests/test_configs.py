@@ -26,7 +26,8 @@ def _load(name: str):
 
 def test_the_issue_s_configs_are_all_there():
   assert NAMES == ['cnn_3class', 'cnn_votes', 'effnet_7class', 'effnet_votes',
-                   'inception_votes', 'quickstart', 'viewpoint_votes']
+                   'finetune_spiral', 'inception_votes', 'quickstart',
+                   'viewpoint_votes']
 
 
 @pytest.mark.parametrize('name', NAMES)

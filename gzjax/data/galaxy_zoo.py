@@ -59,18 +59,23 @@ def is_validation(galaxy_ids: np.ndarray, validation_percent: float) -> np.ndarr
 
   SHA-256 of the decimal GalaxyID, first 8 bytes, modulo 10,000 basis points;
   the same galaxy lands in the same split on every machine, whatever the row
-  order, shard count or the other galaxies in the file.
+  order, shard count or the other galaxies in the file.  String ids (a
+  catalogue's) are hashed as written, so '101623' splits as 101623 does.
   """
   if not 0 <= validation_percent <= 100:
     raise errors.ConfigError(
         f'validation_percent must be within [0, 100], got {validation_percent}'
     )
   buckets = np.array([
-      int.from_bytes(hashlib.sha256(str(int(i)).encode()).digest()[:8], 'big')
+      int.from_bytes(hashlib.sha256(_id_text(i).encode()).digest()[:8], 'big')
       % 10_000
       for i in np.asarray(galaxy_ids).ravel()
   ])
   return buckets < round(validation_percent * 100)
+
+
+def _id_text(galaxy_id) -> str:
+  return galaxy_id if isinstance(galaxy_id, str) else str(int(galaxy_id))
 
 
 @dataclasses.dataclass(frozen=True)

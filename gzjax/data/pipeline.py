@@ -356,7 +356,7 @@ def make_example(
 ) -> dict[str, np.ndarray]:
   """Builds one output example; `votes` NaNs become 0 for masked losses."""
   votes = np.asarray(record['votes'], np.float32)
-  return {
+  example = {
       'image': image,
       'votes': np.nan_to_num(votes, nan=0.0),
       'votes_mask': np.asarray(record['votes_mask'], bool),
@@ -365,6 +365,9 @@ def make_example(
       'galaxy_id': np.int64(record['galaxy_id']),
       'example_mask': np.bool_(is_real),
   }
+  if 'targets' in record:  # A label catalogue's columns (gzjax.data.labels).
+    example['targets'] = {k: np.asarray(v) for k, v in record['targets'].items()}
+  return example
 
 
 class _TrainPreprocess(grain.transforms.RandomMap):
@@ -414,8 +417,9 @@ def eval_image(
   return _normalize(image.astype(np.float32) / 255, config)
 
 
-def _padding_example(config: ml_collections.ConfigDict):
-  """An example with `example_mask` False that fills the last eval batches."""
+def _padding_example(config: ml_collections.ConfigDict, targets=None):
+  """An example with `example_mask` False that fills the last eval batches;
+  `targets` (a real record's) gives the shapes of its zero targets."""
   record = {
       'votes': np.zeros(NUM_VOTES, np.float32),
       'votes_mask': np.zeros(NUM_VOTES, bool),
@@ -423,6 +427,9 @@ def _padding_example(config: ml_collections.ConfigDict):
       'label_7class': -1,
       'galaxy_id': -1,
   }
+  if targets is not None:
+    record['targets'] = {k: np.zeros_like(np.asarray(v))
+                         for k, v in targets.items()}
   image = np.zeros((config.image_size, config.image_size, 3), np.float32)
   return make_example(record, image, is_real=False)
 
@@ -575,8 +582,9 @@ def create_eval_iterator(
   num_rows = (
       num_eval_batches(len(source), config, process_count) * config.batch_size
   )
+  targets = source[0].get('targets')
   padding = grain.MapDataset.range(num_rows - len(records)).map(
-      lambda _: _padding_example(config)
+      lambda _: _padding_example(config, targets)
   )
   dataset = grain.MapDataset.concatenate([records, padding])
   dataset = dataset.batch(batch_size)[process_index::process_count]

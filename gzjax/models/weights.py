@@ -10,6 +10,7 @@ is stored as one msgpack file (written atomically), which configs point at.
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 from typing import Mapping
@@ -113,3 +114,48 @@ def load(path: str | os.PathLike) -> dict[str, np.ndarray]:
     raise WeightMismatchError(
         f'{path} is not a gzjax weight file ({type(e).__name__}: {e}).'
     ) from None
+
+
+# An encoder file (python -m gzjax.tools.export_encoder) records the
+# preprocessing its backbone was trained with under this key.
+PREPROCESSING_KEY = '__preprocessing__'
+
+
+def encode_preprocessing(preprocessing: Mapping) -> np.ndarray:
+  return np.frombuffer(json.dumps(dict(preprocessing)).encode(), np.uint8)
+
+
+def preprocessing_of(config) -> dict:
+  """What a backbone trained with ``config`` expects of its input."""
+  return {
+      'model': config.model.name,
+      'image_size': int(config.input.image_size),
+      'crop_size': int(config.input.crop_size),
+      'normalization_mean': [float(v) for v in
+                             config.input.normalization.mean],
+      'normalization_std': [float(v) for v in config.input.normalization.std],
+  }
+
+
+def check_preprocessing(recorded: np.ndarray | None, config,
+                        source: str) -> None:
+  """Raises WeightMismatchError when ``config`` preprocesses differently from
+  what the encoder recorded (a silent mismatch only transfers worse)."""
+  if recorded is None:
+    return
+  expected = json.loads(np.asarray(recorded, np.uint8).tobytes().decode())
+  actual = preprocessing_of(config)
+  keys = {'model': 'model.name', 'image_size': 'input.image_size',
+          'crop_size': 'input.crop_size',
+          'normalization_mean': 'input.normalization.mean',
+          'normalization_std': 'input.normalization.std'}
+  for key, setting in keys.items():
+    if key not in expected:
+      continue
+    same = (np.allclose(expected[key], actual[key], atol=1e-6)
+            if key.startswith('normalization') else expected[key] == actual[key])
+    if not same:
+      raise WeightMismatchError(
+          f'{source} is an encoder trained with {setting}={expected[key]!r}'
+          f' but the config has {actual[key]!r}; set'
+          f' --config.{setting} to the encoder\'s value.')

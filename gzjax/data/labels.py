@@ -1,0 +1,371 @@
+"""Your own labels: a catalogue of galaxies and label columns to fine-tune on.
+
+A CSV or Parquet table with an id column, the image of each row (a path
+column, relative to the table's folder, or ``<image_folder>/<id><suffix>``)
+and label columns, each declared in ``config.labels.columns`` with a kind:
+
+* ``binary``: 0/1 (or true/false);
+* ``multiclass``: class names as strings, mapped to indices in sorted order
+  (the order is recorded in the run, ``labels.json``);
+* ``regression``: floats;
+* ``votes:col_a,col_b,...``: vote counts for the answers of one question.
+
+An empty cell (or NaN) is *missing*: masked out of the loss and the metrics,
+never read as 0 or as a class.  A cell that is neither a valid value nor
+empty is an error naming its file, row, column and value.
+
+The split is the ``split_column`` (``train``/``validation``) when set, else
+the Kaggle builder's stable hash of the id
+(:func:`gzjax.data.galaxy_zoo.is_validation`).
+
+Records for the existing grain pipelines: the image bytes, ``galaxy_id`` =
+the row number (the string ids stay in the table), empty Kaggle fields, and
+``targets``: per column its value(s) and mask.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+import pathlib
+from typing import Any, Mapping, Sequence
+
+import ml_collections
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+
+from gzjax import errors
+from gzjax.data import galaxy_zoo
+from gzjax.data import pipeline
+
+KINDS = ('binary', 'multiclass', 'regression', 'votes')
+SPLITS = ('train', 'validation')
+
+
+class LabelError(errors.DataError):
+  """A label table or declaration that cannot be used; the message says why."""
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """``config.labels``: empty catalogue means the built-in Kaggle tasks."""
+  config = ml_collections.ConfigDict()
+  # CSV or Parquet table of galaxies and labels.
+  config.catalog = ''
+  config.id_column = 'id'
+  # Column of image paths (relative to the table's folder) ...
+  config.path_column = ''
+  # ... or a folder holding <id><image_suffix> (relative to the table's).
+  config.image_folder = ''
+  config.image_suffix = '.jpg'
+  # {column name: kind}; kind is binary, multiclass, regression or
+  # votes:<answer column>,<answer column>,... (the name is then free).
+  config.columns = ml_collections.ConfigDict()
+  # A column of train/validation; '' splits by the hash of the id.
+  config.split_column = ''
+  config.validation_percent = 20.0
+  # Keep only the first N training rows in a stable order (0: all): the
+  # few-label curve.
+  config.max_train_labels = 0
+  return config
+
+
+@dataclasses.dataclass(frozen=True)
+class Column:
+  """One declared label: its kind, answer columns (votes), class names."""
+
+  name: str
+  kind: str
+  answers: tuple[str, ...] = ()
+  classes: tuple[str, ...] = ()
+
+  @property
+  def num_outputs(self) -> int:
+    if self.kind == 'multiclass':
+      return len(self.classes)
+    if self.kind == 'votes':
+      return len(self.answers)
+    return 1
+
+
+def parse_columns(columns: Mapping[str, str]) -> list[Column]:
+  """The declarations of ``config.labels.columns``."""
+  parsed = []
+  for name, kind in dict(columns).items():
+    base, _, answers = str(kind).partition(':')
+    if base not in KINDS:
+      raise LabelError(
+          f'config.labels.columns.{name}={kind!r}: the kind must be one of'
+          f' {", ".join(KINDS)} (votes as votes:<col>,<col>,...).')
+    if base == 'votes':
+      names = tuple(a.strip() for a in answers.split(',') if a.strip())
+      if len(names) < 2:
+        raise LabelError(
+            f'config.labels.columns.{name}={kind!r}: votes need at least two'
+            ' answer columns, e.g. votes:smooth,features,artifact.')
+      parsed.append(Column(name, 'votes', names))
+    else:
+      parsed.append(Column(name, base))
+  if not parsed:
+    raise LabelError('config.labels.columns is empty: declare at least one'
+                     ' label column and its kind.')
+  return parsed
+
+
+def _read_table(path: pathlib.Path) -> pa.Table:
+  if not path.is_file():
+    raise LabelError(f'{path}: no such label catalogue.')
+  try:
+    if path.suffix.lower() == '.csv':
+      header = next(csv.reader(io.StringIO(
+          path.open(encoding='utf-8').readline())), [])
+      return pa_csv.read_csv(path, convert_options=pa_csv.ConvertOptions(
+          column_types={c: pa.string() for c in header},
+          strings_can_be_null=False))
+    if path.suffix.lower() in ('.parquet', '.pq'):
+      return pq.read_table(path)
+  except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as error:
+    raise LabelError(f'{path}: cannot read it ({error}).') from None
+  raise LabelError(f'{path}: a label catalogue is a .csv or .parquet file.')
+
+
+def _cells(table: pa.Table, name: str, path: pathlib.Path, what: str) -> list:
+  if name not in table.column_names:
+    raise LabelError(
+        f'{path}: no column {name!r} ({what}); the columns are'
+        f' {", ".join(table.column_names)}.')
+  return table.column(name).to_pylist()
+
+
+def _is_missing(value: Any) -> bool:
+  if value is None:
+    return True
+  if isinstance(value, float) and math.isnan(value):
+    return True
+  return isinstance(value, str) and value.strip().lower() in ('', 'nan')
+
+
+def _float(value: Any, where: str, hint: str) -> float:
+  try:
+    number = float(value)
+  except (TypeError, ValueError):
+    raise LabelError(f'{where}: {value!r} is not a number; {hint}.') from None
+  if not math.isfinite(number):
+    raise LabelError(f'{where}: {value!r} is not finite; {hint}.')
+  return number
+
+
+def _binary(values: list, where) -> tuple[np.ndarray, np.ndarray]:
+  target = np.zeros(len(values), np.float32)
+  mask = np.zeros(len(values), bool)
+  for row, value in enumerate(values):
+    if _is_missing(value):
+      continue
+    text = str(value).strip().lower()
+    if text in ('1', '1.0', 'true'):
+      target[row] = 1.0
+    elif text not in ('0', '0.0', 'false'):
+      raise LabelError(f'{where(row)}: {value!r} is not a binary label; write'
+                       ' 0 or 1 (or leave it empty when unknown).')
+    mask[row] = True
+  return target, mask
+
+
+def _regression(values: list, where) -> tuple[np.ndarray, np.ndarray]:
+  target = np.zeros(len(values), np.float32)
+  mask = np.zeros(len(values), bool)
+  for row, value in enumerate(values):
+    if not _is_missing(value):
+      target[row] = _float(value, where(row),
+                           'write a number or leave it empty when unknown')
+      mask[row] = True
+  return target, mask
+
+
+def _multiclass(values: list) -> tuple[np.ndarray, tuple[str, ...]]:
+  names = [None if _is_missing(v) else str(v).strip() for v in values]
+  classes = tuple(sorted({n for n in names if n is not None}))
+  index = {name: i for i, name in enumerate(classes)}
+  return np.array([-1 if n is None else index[n] for n in names],
+                  np.int32), classes
+
+
+@dataclasses.dataclass
+class LabelTable:
+  """The parsed catalogue: ids, image paths, split and every target."""
+
+  source: str
+  ids: list[str]
+  paths: list[str]
+  is_validation: np.ndarray
+  columns: list[Column]
+  # name -> {'value': [N] or [N, answers], 'mask': [N]}
+  targets: dict[str, dict[str, np.ndarray]]
+
+  def __len__(self) -> int:
+    return len(self.ids)
+
+  def rows(self, split: str) -> np.ndarray:
+    if split not in SPLITS:
+      raise LabelError(f'split={split!r}: use one of {", ".join(SPLITS)}.')
+    return np.flatnonzero(self.is_validation == (split == 'validation'))
+
+  def record_targets(self, row: int) -> dict[str, np.ndarray]:
+    return {f'{name}/{key}': value[row] for name, parts in self.targets.items()
+            for key, value in parts.items()}
+
+  def manifest(self) -> dict[str, Any]:
+    """What a run records: the columns, kinds, answers and class order."""
+    return {'source': self.source,
+            'columns': [dataclasses.asdict(c) for c in self.columns]}
+
+
+def read(config: ml_collections.ConfigDict,
+         base: str | pathlib.Path = '.') -> LabelTable:
+  """Reads and validates ``config.labels``' catalogue (relative to ``base``)."""
+  path = pathlib.Path(base) / pathlib.Path(config.catalog).expanduser()
+  table = _read_table(path)
+  where_of = lambda column: (lambda row: f'{path}: row {row + 1}, column'
+                             f' {column!r}')
+  ids = [None if _is_missing(i) else str(i).strip()
+         for i in _cells(table, config.id_column, path, 'the id column')]
+  if None in ids:
+    raise LabelError(f'{where_of(config.id_column)(ids.index(None))}: the id'
+                     ' is empty; every row needs an id.')
+  if len(set(ids)) != len(ids):
+    seen = set()
+    for row, i in enumerate(ids):
+      if i in seen:
+        raise LabelError(f'{where_of(config.id_column)(row)}: the id {i!r} is'
+                         ' repeated; ids must be unique.')
+      seen.add(i)
+  folder = path.parent.resolve()
+  if config.path_column:
+    cells = _cells(table, config.path_column, path, 'the image paths')
+    paths = []
+    for row, cell in enumerate(cells):
+      if _is_missing(cell):
+        raise LabelError(f'{where_of(config.path_column)(row)}: no image'
+                         ' path.')
+      paths.append(str(folder / str(cell).strip()))
+  elif config.image_folder:
+    images = folder / config.image_folder
+    paths = [str(images / f'{i}{config.image_suffix}') for i in ids]
+  else:
+    raise LabelError('config.labels: set path_column (a column of image'
+                     ' paths) or image_folder (holding <id><image_suffix>).')
+  missing = next((r for r, p in enumerate(paths)
+                  if not pathlib.Path(p).is_file()), None)
+  if missing is not None:
+    raise LabelError(f'{path}: row {missing + 1} (id {ids[missing]!r}): no'
+                     f' image at {paths[missing]}.')
+  columns, targets = [], {}
+  for column in parse_columns(config.columns):
+    if column.kind == 'binary':
+      value, mask = _binary(_cells(table, column.name, path, 'binary'),
+                            where_of(column.name))
+    elif column.kind == 'regression':
+      value, mask = _regression(
+          _cells(table, column.name, path, 'regression'),
+          where_of(column.name))
+    elif column.kind == 'multiclass':
+      value, classes = _multiclass(
+          _cells(table, column.name, path, 'multiclass'))
+      if len(classes) < 2:
+        raise LabelError(f'{path}: column {column.name!r} has'
+                         f' {len(classes)} class(es) {list(classes)}; a'
+                         ' multiclass label needs at least two.')
+      column = dataclasses.replace(column, classes=classes)
+      mask = value >= 0
+      value = np.maximum(value, 0)
+    else:
+      counts = np.zeros((len(ids), len(column.answers)), np.float32)
+      known = np.ones((len(ids), len(column.answers)), bool)
+      for a, answer in enumerate(column.answers):
+        counts[:, a], known[:, a] = _regression(
+            _cells(table, answer, path, f'votes of {column.name}'),
+            where_of(answer))
+        negative = np.flatnonzero(counts[:, a] < 0)
+        if len(negative):
+          raise LabelError(f'{where_of(answer)(negative[0])}: a vote count of'
+                           f' {counts[negative[0], a]:g} is negative.')
+      # A question is known when every answer's count is, with some votes.
+      value, mask = counts, known.all(1) & (counts.sum(1) > 0)
+      counts[~mask] = 0
+    columns.append(column)
+    targets[column.name] = {'value': value, 'mask': mask}
+  is_validation = _split(table, config, ids, path, where_of)
+  table_ = LabelTable(str(path), ids, paths, is_validation, columns, targets)
+  if config.max_train_labels:
+    table_.is_validation = table_.is_validation.copy()
+    train = table_.rows('train')
+    keep = np.zeros(len(ids), bool)
+    keep[train[:config.max_train_labels]] = True
+    # Rows beyond the budget leave training (and never join validation).
+    table_.targets = {
+        name: {'value': parts['value'], 'mask': parts['mask'] &
+               (keep | table_.is_validation)}
+        for name, parts in table_.targets.items()}
+  return table_
+
+
+def _split(table, config, ids, path, where_of) -> np.ndarray:
+  if config.split_column:
+    cells = _cells(table, config.split_column, path, 'the split')
+    result = np.zeros(len(ids), bool)
+    for row, cell in enumerate(cells):
+      text = '' if cell is None else str(cell).strip().lower()
+      if text not in SPLITS:
+        raise LabelError(f'{where_of(config.split_column)(row)}: {cell!r} is'
+                         ' not a split; write train or validation.')
+      result[row] = text == 'validation'
+    return result
+  return galaxy_zoo.is_validation(np.array(ids, dtype=object),
+                                  config.validation_percent)
+
+
+class LabelSource(Sequence):
+  """Random access to one split's records for the grain pipelines."""
+
+  def __init__(self, table: LabelTable, split: str,
+               rows: np.ndarray | None = None):
+    self._table = table
+    self.split = split
+    self._rows = table.rows(split) if rows is None else np.asarray(rows)
+    if split == 'train':  # Rows with no known label teach nothing.
+      known = np.zeros(len(table), bool)
+      for parts in table.targets.values():
+        known |= parts['mask']
+      self._rows = self._rows[known[self._rows]]
+    if not len(self._rows):
+      raise LabelError(f'{table.source}: the {split} split has no labelled'
+                       ' rows.')
+
+  def __len__(self) -> int:
+    return len(self._rows)
+
+  def row(self, index: int) -> int:
+    return int(self._rows[index])
+
+  def __getitem__(self, index) -> dict[str, Any]:
+    row = int(self._rows[index])
+    path = self._table.paths[row]
+    try:
+      image = pathlib.Path(path).read_bytes()
+    except OSError as error:
+      raise LabelError(f'{self._table.source}: row {row + 1} (id'
+                       f' {self._table.ids[row]!r}): cannot read {path}'
+                       f' ({error}).') from None
+    return {
+        'image': image,
+        'galaxy_id': row,
+        'votes': np.zeros(pipeline.NUM_VOTES, np.float32),
+        'votes_mask': np.zeros(pipeline.NUM_VOTES, bool),
+        'label_3class': -1,
+        'label_7class': -1,
+        'targets': self._table.record_targets(row),
+    }
+

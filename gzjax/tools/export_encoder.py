@@ -1,0 +1,93 @@
+r"""Writes the backbone of a trained run as an encoder weight file.
+
+    python -m gzjax.tools.export_encoder --workdir=/tmp/cnn_votes \
+        --out=weights/cnn_votes_encoder.msgpack [--checkpoint=best]
+
+The file holds the backbone's parameters and batch statistics (the head is
+dropped: a fine-tuning run attaches its own) and, under
+``__preprocessing__``, what the backbone was trained to see: the model name,
+image and crop size and the input normalisation.  A config that loads it
+(``config.model.pretrained``) with other preprocessing fails with both
+values named.  The run's ``config.json`` rebuilds the model; a fine-tuning
+run's ``labels.json`` its task.  The EMA of the parameters is exported when
+the run kept one, as evaluation uses it.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+from absl import app
+from absl import flags
+import ml_collections
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'The trained run.')
+_OUT = flags.DEFINE_string('out', None, 'The encoder file to write.')
+_CHECKPOINT = flags.DEFINE_string(
+    'checkpoint', 'latest', 'latest, best or a step number.')
+
+
+def run_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
+  path = pathlib.Path(workdir) / 'config.json'
+  if not path.is_file():
+    raise FileNotFoundError(f'{path}: no config.json; is {workdir} a gzjax'
+                            ' training run?')
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def export(workdir: str | pathlib.Path, out: str | pathlib.Path,
+           checkpoint: str = 'latest') -> dict:
+  """Writes the encoder file; returns its backbone arrays."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from gzjax import checkpoint as checkpoints  # pylint: disable=g-import-not-at-top
+  from gzjax import finetune  # pylint: disable=g-import-not-at-top
+  from gzjax import train  # pylint: disable=g-import-not-at-top
+  from gzjax.data import labels  # pylint: disable=g-import-not-at-top
+  from gzjax.models import weights  # pylint: disable=g-import-not-at-top
+
+  workdir = pathlib.Path(workdir)
+  config = run_config(workdir)
+  config.model.pretrained = ''  # The checkpoint holds the weights.
+  task = None
+  if (workdir / 'labels.json').is_file():
+    manifest = json.loads((workdir / 'labels.json').read_text())
+    task = finetune.make_task([labels.Column(
+        c['name'], c['kind'], tuple(c['answers']), tuple(c['classes']))
+        for c in manifest['columns']])
+  experiment = train.create_experiment(config, task)
+  checkpointer = checkpoints.Checkpointer(
+      workdir, best_metric=config.best_metric, best_mode=config.best_mode)
+  try:
+    step = int(checkpoint) if str(checkpoint).isdigit() else None
+    state, _, _ = checkpointer.restore(
+        experiment.state, step=step,
+        which='best' if checkpoint == 'best' else 'latest')
+  finally:
+    checkpointer.close()
+  params = state.ema_params if config.ema_decay else state.params
+  model = nnx.merge(experiment.graphdef, params, state.rest)
+  arrays = {name: np.asarray(value) for name, value in
+            weights.named_variables(model, 'backbone/').items()}
+  weights.save(out, {**arrays, weights.PREPROCESSING_KEY:
+                     weights.encode_preprocessing(
+                         weights.preprocessing_of(config))})
+  return arrays
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  try:
+    arrays = export(_WORKDIR.value, _OUT.value, _CHECKPOINT.value)
+  except (FileNotFoundError, ValueError, KeyError) as error:
+    print(f'export_encoder: {error}', file=sys.stderr)
+    sys.exit(2)
+  print(f'{_OUT.value}: {len(arrays)} backbone arrays')
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['workdir', 'out'])
+  app.run(main)
