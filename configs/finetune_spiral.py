@@ -8,7 +8,7 @@ galaxies, ``GalaxyID,spiral``, a weak binary label, 75% "other"), read from
 ``../shared/data/galaxy_zoo_kaggle_sample`` beside the checkout (override
 with ``--config.labels.catalog=/path/to/spiral_labels.csv``); the images are
 ``images_training_rev1/<GalaxyID>.jpg`` beside it.  The split is the Kaggle
-builder's stable hash of the id (20% validation: 884 galaxies).  The seed
+builder's stable hash of the id (20% validation: 850 galaxies).  The seed
 CNN from scratch, 64 px from the centre 207 px, binary cross-entropy;
 validation accuracy, F1, ROC AUC, and a reliability plot in
 ``plots/reliability_spiral.png``.
@@ -40,12 +40,20 @@ accuracy 0.768, F1 0 and ROC AUC 0.5: at this budget the CNN ranks galaxies
 better than chance but its probabilities stay under the 0.5 threshold, so
 accuracy equals the baseline; more steps (or a lower threshold) are needed
 for a useful F1.
+
+Precision (inherited, ``model.dtype='auto'``): bfloat16 compute on GPUs
+and TPUs, float32 on CPUs; weights, optimizer state, batch-norm statistics
+and the loss stay float32.
 """
+
+import pathlib
 
 from gzjax import config as base
 from gzjax.data import labels
 
-SAMPLE = '../shared/data/galaxy_zoo_kaggle_sample'
+# Beside the checkout, wherever the command runs from.
+SAMPLE = str(pathlib.Path(__file__).resolve().parents[2] / 'shared' / 'data'
+             / 'galaxy_zoo_kaggle_sample')
 
 
 def get_config():

@@ -194,6 +194,20 @@ RULES: dict[str, Rule] = {
     'optimizer.grad_clip_norm': number(0.0),
     'optimizer.freeze_backbone': BOOL,
     'optimizer.layer_decay': number(0.0, 1.0, low_open=True),
+    # 0: every block follows freeze_backbone; N: the last N blocks train.
+    'optimizer.trainable_blocks': integer(0),
+    # A label catalogue to fine-tune on (gzjax.data.labels.default_config).
+    'labels.catalog': TEXT,
+    'labels.id_column': NONEMPTY_TEXT,
+    'labels.path_column': TEXT,
+    'labels.image_folder': TEXT,
+    'labels.image_suffix': Rule(
+        lambda v: isinstance(v, str) and v.lower() in ('.jpg', '.jpeg', '.png'),
+        "'.jpg', '.jpeg' or '.png'"),
+    'labels.split_column': TEXT,
+    'labels.validation_percent': number(0.0, 100.0, low_open=True,
+                                        high_open=True),
+    'labels.max_train_labels': integer(0),
     # training.
     'loss': one_of(*losses.LOSSES),
     'label_smoothing': number(0.0, 1.0, high_open=True),
@@ -254,6 +268,25 @@ def check(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 def _consistency(config: ml_collections.ConfigDict) -> None:
   """The rules between keys."""
+  if config.optimizer.get('trainable_blocks') and not (
+      config.optimizer.freeze_backbone):
+    raise _fail('optimizer.trainable_blocks',
+                config.optimizer.trainable_blocks,
+                '0 unless optimizer.freeze_backbone=True (it says how many of'
+                ' the last blocks a frozen backbone still trains)')
+  if 'labels' in config and config.labels.catalog:
+    # A label catalogue's task (gzjax.finetune) replaces config.task: its
+    # heads, losses and metrics come from the declared columns.
+    if config.best_metric and not config.best_metric.startswith(
+        'validation/'):
+      raise _fail('best_metric', config.best_metric,
+                  "'' or 'validation/<column>/<metric>' for a label catalogue")
+    if not config.labels.columns:
+      raise _fail('labels.columns', {},
+                  "at least one {column: kind} (binary, multiclass,"
+                  " regression or votes:<answer columns>)")
+    _general_consistency(config)
+    return
   classification = config.task != 'votes'
   head = config.model.head
   if head:
@@ -286,6 +319,11 @@ def _consistency(config: ml_collections.ConfigDict) -> None:
                   f"'' (no best checkpoint) or one of"
                   f' {", ".join(map(repr, allowed))} for task'
                   f' {config.task!r}')
+  _general_consistency(config)
+
+
+def _general_consistency(config: ml_collections.ConfigDict) -> None:
+  """The rules between keys that hold whatever the task."""
   zoom = config.input.augment.zoom
   if zoom[0] > zoom[1]:
     raise _fail('input.augment.zoom', tuple(zoom),

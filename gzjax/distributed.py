@@ -26,6 +26,8 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
+from gzjax import errors
+
 
 def wanted(flag: bool | None,
            environ: Mapping[str, str] = os.environ) -> bool:
@@ -49,7 +51,7 @@ def _int_variable(name: str, environ: Mapping[str, str]) -> int | None:
   try:
     return int(value)
   except ValueError:
-    raise ValueError(
+    raise errors.ConfigError(
         f'{name}={value!r} is not an integer: set it to {_MEANINGS[name]},'
         ' or unset it on a cluster that JAX detects (SLURM, Open MPI,'
         ' Kubernetes, Cloud TPU).'

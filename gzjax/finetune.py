@@ -179,31 +179,9 @@ def run(config: ml_collections.ConfigDict,
   return result
 
 
-def main(argv):
-  del argv
-  from absl import logging  # pylint: disable=g-import-not-at-top
-  logging.set_verbosity(logging.WARNING)
-  config = _CONFIG.value
-  try:
-    print(json.dumps(_printable(run(config, _WORKDIR.value)), indent=1))
-  except (labels_lib.LabelError, ValueError, FileNotFoundError) as error:
-    print(f'gzjax: {error}', file=sys.stderr)
-    sys.exit(1)
-
-
 def _printable(values):
   if isinstance(values, Mapping):
     return {k: _printable(v) for k, v in values.items()
             if k not in ('reliability', 'per_class')}
   return values
 
-
-if __name__ == '__main__':
-  from absl import app  # pylint: disable=g-import-not-at-top
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.',
-                                            lock_config=True)
-  _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory.')
-  flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(main)

@@ -169,7 +169,7 @@ def main(argv):
   if distributed.wanted(_DISTRIBUTED.value):
     try:
       distributed.initialize()
-    except ValueError as error:  # A malformed JAX_* variable, named.
+    except errors.GzjaxError as error:  # A malformed JAX_* variable, named.
       print(f'gzjax: {error}', file=sys.stderr)
       sys.exit(1)
   logging.set_verbosity(logging.WARNING)
@@ -181,7 +181,13 @@ def main(argv):
   try:
     config = config_checks.check(_CONFIG.value)
     train.use_compilation_cache(config.compilation_cache_dir)
-    if _MODE.value == 'train' and 'labels' in config and config.labels.catalog:
+    if 'labels' in config and config.labels.catalog:  # Fine-tuning.
+      if _MODE.value != 'train':
+        raise errors.ConfigError(
+            f'--mode={_MODE.value} does not take a label-catalogue run yet'
+            ' (config.labels.catalog is set): its validation metrics are in'
+            ' WORKDIR/metrics.jsonl, and python -m gzjax.tools.export_encoder'
+            ' exports its backbone.')
       from gzjax import finetune  # pylint: disable=g-import-not-at-top
       finetune.run(config, _WORKDIR.value)
     elif _MODE.value == 'train':

@@ -17,6 +17,7 @@ import pathlib
 import time
 from typing import Any, Callable, Mapping, Sequence
 
+from absl import logging
 from flax import nnx
 from flax import struct
 import jax
@@ -121,15 +122,16 @@ def scan_labels(source) -> dict[str, np.ndarray]:
 
 def task_of(config: ml_collections.ConfigDict) -> Task:
   if config.task not in TASKS:
-    raise ValueError(f'Unknown task {config.task!r} (config.task); choose one'
-                     f' of {", ".join(TASKS)}.')
+    raise errors.ConfigError(
+        f'Unknown task {config.task!r} (config.task); choose one of'
+        f' {", ".join(TASKS)}.')
   return TASKS[config.task]
 
 
 def dataset_config_name(config: ml_collections.ConfigDict) -> str:
   name, _, builder_config = config.dataset.partition('/')
   if name != galaxy_zoo.NAME or builder_config not in ('kaggle', 'synthetic'):
-    raise ValueError(
+    raise errors.ConfigError(
         f'config.dataset={config.dataset!r}: use galaxy_zoo/kaggle or'
         ' galaxy_zoo/synthetic.')
   return builder_config
@@ -187,9 +189,9 @@ def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
   try:
     return jnp.dtype(name)
   except TypeError:
-    raise ValueError(
+    raise errors.ConfigError(
         f'config.model.dtype={config.model.dtype!r} is not a dtype; use auto,'
-        ' bfloat16 or float32.') from None
+        ' float32, bfloat16 or float16.') from None
 
 
 def create_model(config: ml_collections.ConfigDict, task: Task,
@@ -248,7 +250,14 @@ def use_compilation_cache(directory: str,
     jax.config.update('jax_enable_compilation_cache', False)
     return
   path = pathlib.Path(directory).expanduser()
-  path.mkdir(parents=True, exist_ok=True)
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+  except OSError as error:  # A read-only home: run, only without the cache.
+    logging.warning('No compilation cache: cannot create %s (%s); set'
+                    ' config.compilation_cache_dir to a writable folder.',
+                    path, error.strerror)
+    jax.config.update('jax_enable_compilation_cache', False)
+    return
   jax.config.update('jax_enable_compilation_cache', True)
   jax.config.update('jax_compilation_cache_dir', str(path))
   jax.config.update(
@@ -323,7 +332,6 @@ def create_experiment(config: ml_collections.ConfigDict,
       config.optimizer, labels, num_blocks, config.num_train_steps)
   schedule = optimizers.create_schedule(config.optimizer,
                                         config.num_train_steps)
-  pretrained = load_pretrained(config) if config.model.pretrained else {}
 
   def initial_state(pretrained):
     model = create_model(config, task, pretrained)
@@ -346,6 +354,9 @@ def create_experiment(config: ml_collections.ConfigDict,
   init = jax.jit(initial_state, out_shardings=replicated if local else None)
 
   def init_state():
+    # Read only to initialise: a restore (evaluate, predict, a resumed run)
+    # needs neither the file nor its time.
+    pretrained = load_pretrained(config) if config.model.pretrained else {}
     state = init(pretrained)
     return state if local else distributed.replicate(state, replicated)
 
@@ -358,7 +369,8 @@ def create_experiment(config: ml_collections.ConfigDict,
     experiment.state = jax.tree.map(
         lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
                                           sharding=replicated),
-        jax.eval_shape(init, pretrained))
+        # The state's shapes are the same with or without pretrained arrays.
+        jax.eval_shape(init, {}))
   return experiment
 
 
@@ -654,6 +666,7 @@ STATE_KEYS = (
     ('optimizer.schedule', lambda s: s == 'plateau'),
     ('optimizer.grad_clip_norm', bool),
     ('optimizer.layer_decay', lambda d: d != 1.0),
+    ('optimizer.trainable_blocks', None),
 )
 
 

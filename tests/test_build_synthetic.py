@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from gzjax import errors
 from gzjax import taxonomy
 from gzjax.data import galaxy_zoo
 from gzjax.data import synthetic
@@ -83,11 +84,18 @@ def test_metadata_records_the_universe(data_dir):
 
 def test_rebuild_keeps_or_overwrites(data_dir, tmp_path):
   galaxy_zoo.prepare('synthetic', tmp_path, num_workers=1, **OPTIONS)
-  again = galaxy_zoo.prepare('synthetic', tmp_path, num_workers=1,
-                      **dict(OPTIONS, num_labelled=30))
+  again = galaxy_zoo.prepare('synthetic', tmp_path, num_workers=1, **OPTIONS)
   assert not again.report.votes  # Found on disk: nothing was generated.
   assert 'already built' in galaxy_zoo.summarize(again)
   assert sum(s.num_examples for s in again.info.splits.values()) == 66
+  # Other options without --overwrite: refused, naming the difference, and
+  # the dataset on disk is the old one (it used to be kept silently and
+  # reported as if built with the new options).
+  with pytest.raises(errors.DataError, match='num_labelled 60 -> 30'):
+    galaxy_zoo.prepare('synthetic', tmp_path, num_workers=1,
+                       **dict(OPTIONS, num_labelled=30))
+  kept = galaxy_zoo.prepare('synthetic', tmp_path, num_workers=1, **OPTIONS)
+  assert sum(s.num_examples for s in kept.info.splits.values()) == 66
   rebuilt = galaxy_zoo.prepare('synthetic', tmp_path, num_workers=1, overwrite=True,
                         **dict(OPTIONS, num_labelled=30))
   assert sum(s.num_examples for s in rebuilt.info.splits.values()) == 36

@@ -412,4 +412,5 @@ def test_default_config_is_the_documented_one():
       'plateau_factor': 0.5, 'plateau_patience': 5, 'plateau_window': 50,
       'plateau_min_delta': 1e-3, 'momentum': 0.9, 'weight_decay': 0.0,
       'grad_clip_norm': 0.0, 'freeze_backbone': False, 'layer_decay': 1.0,
+      'trainable_blocks': 0,
   }

@@ -70,44 +70,50 @@ from gzjax.data import galaxy_zoo
 from gzjax.data import pipeline
 
 FLAGS = flags.FLAGS  # --manual_dir, --images, --workers, --batch_size: shared.
-_CONFIG = flags.DEFINE_string(
-    'config', '', 'An experiment config file (configs/*.py); default: the base'
-    ' config (gzjax.config.base_config).')
-_MODEL = flags.DEFINE_string(
-    'model', None, 'Model name (gzjax.models.MODEL_NAMES); default: the'
-    ' config\'s.')
-_IMAGE_SIZE = flags.DEFINE_integer(
-    'image_size', None, 'Input side in pixels; default: the --config file\'s,'
-    ' else the model\'s native size.')
-_STEPS = flags.DEFINE_integer('steps', 10, 'Train steps per timing.')
-_REPEATS = flags.DEFINE_integer(
-    'repeats', 5, 'Timings per measurement; the median is reported.')
 PEER_NAMES = ('keras_jax', 'keras_torch', 'torch')
-_PEERS = flags.DEFINE_list(
-    'peers', list(PEER_NAMES),
-    f'Training peers to measure ({", ".join(PEER_NAMES)}); the PyTorch'
-    ' DataLoader runs whenever torch is among them.')
-flags.register_validator('peers', lambda names: set(names) <= set(PEER_NAMES),
-                         f'--peers takes names from {", ".join(PEER_NAMES)}.')
-_TORCH_COMPILE = flags.DEFINE_bool(
-    'torch_compile', True, 'PyTorch peer: torch.compile the model (a cold'
-    ' compile takes about a minute on 2 CPU cores).')
-_JSON = flags.DEFINE_string('json', '', 'Also write the rows to this file.')
-_PEER = flags.DEFINE_string(
-    'peer', '', 'Internal: run only this peer and print its JSON line.')
-_INPUT_ROWS = flags.DEFINE_bool(
-    'input_rows', True, 'Measure the input pipelines on the real sample'
-    ' (--manual_dir).')
-_E2E_STEPS = flags.DEFINE_integer(
-    'e2e_steps', 0, 'End-to-end rows (input + augmentation + step on a'
-    ' rendered synthetic set, gzjax\'s loop against a PyTorch DataLoader):'
-    ' training steps each, 0 for none; 200 or more on accelerators.')
-_E2E_GALAXIES = flags.DEFINE_integer(
-    'e2e_galaxies', 1000, 'End-to-end rows: synthetic galaxies to render.')
-_E2E_WORKERS = flags.DEFINE_integer(
-    'e2e_workers', 0, 'End-to-end rows: DataLoader workers (0: one per core).')
-_PEER_DATA_DIR = flags.DEFINE_string(
-    'peer_data_dir', '', 'Internal: the torch_dataloader peer\'s dataset.')
+
+
+def define_flags() -> None:
+  """The program's flags (with benchmark_input's), defined only when it
+  runs as one: a test importing its functions beside gzjax.main defines no
+  flag twice."""
+  benchmark_input.define_flags()  # --batch_size, --workers, --images.
+  flags.DEFINE_string(
+      'config', '', 'An experiment config file (configs/*.py); default: the base'
+      ' config (gzjax.config.base_config).')
+  flags.DEFINE_string(
+      'model', None, 'Model name (gzjax.models.MODEL_NAMES); default: the'
+      ' config\'s.')
+  flags.DEFINE_integer(
+      'image_size', None, 'Input side in pixels; default: the --config file\'s,'
+      ' else the model\'s native size.')
+  flags.DEFINE_integer('steps', 10, 'Train steps per timing.')
+  flags.DEFINE_integer(
+      'repeats', 5, 'Timings per measurement; the median is reported.')
+  flags.DEFINE_list(
+      'peers', list(PEER_NAMES),
+      f'Training peers to measure ({", ".join(PEER_NAMES)}); the PyTorch'
+      ' DataLoader runs whenever torch is among them.')
+  flags.DEFINE_bool(
+      'torch_compile', True, 'PyTorch peer: torch.compile the model (a cold'
+      ' compile takes about a minute on 2 CPU cores).')
+  flags.DEFINE_string('json', '', 'Also write the rows to this file.')
+  flags.DEFINE_string(
+      'peer', '', 'Internal: run only this peer and print its JSON line.')
+  flags.DEFINE_bool(
+      'input_rows', True, 'Measure the input pipelines on the real sample'
+      ' (--manual_dir).')
+  flags.DEFINE_integer(
+      'e2e_steps', 0, 'End-to-end rows (input + augmentation + step on a'
+      ' rendered synthetic set, gzjax\'s loop against a PyTorch DataLoader):'
+      ' training steps each, 0 for none; 200 or more on accelerators.')
+  flags.DEFINE_integer(
+      'e2e_galaxies', 1000, 'End-to-end rows: synthetic galaxies to render.')
+  flags.DEFINE_integer(
+      'e2e_workers', 0, 'End-to-end rows: DataLoader workers (0: one per core).')
+  flags.DEFINE_string(
+      'peer_data_dir', '', 'Internal: the torch_dataloader peer\'s dataset.')
+
 
 # device_kind substring (first match wins): dense peak FLOP/s in
 # (bfloat16, float32), from NVIDIA's data sheets (float32 without TF32).
@@ -543,22 +549,22 @@ def torch_end_to_end(model: str, size: int, batch_size: int, steps: int,
 def end_to_end_rows(model: str, size: int, batch_size: int) -> list[Row]:
   """gzjax's training loop against PyTorch's DataLoader + compiled model,
   on a synthetic dataset rendered for the purpose."""
-  steps = _E2E_STEPS.value
+  steps = FLAGS.e2e_steps
   with tempfile.TemporaryDirectory() as data_dir:
-    render_synthetic(data_dir, size, _E2E_GALAXIES.value)
+    render_synthetic(data_dir, size, FLAGS.e2e_galaxies)
     common = [f'--model={model}', f'--image_size={size}',
               f'--batch_size={batch_size}', f'--e2e_steps={steps}',
               f'--peer_data_dir={data_dir}']
-    gzjax = run_peer(['--peer=gzjax_e2e', f'--config={_CONFIG.value}',
+    gzjax = run_peer(['--peer=gzjax_e2e', f'--config={FLAGS.config}',
                       *common])
     rows = [measured_row(
         f'end to end: gzjax training, cached on device ({model}, {size} px,'
         f' batch {batch_size})', gzjax, gzjax.get('images_per_s', 0))]
-    if 'torch' in _PEERS.value:
-      workers = _E2E_WORKERS.value or os.cpu_count()
+    if 'torch' in FLAGS.peers:
+      workers = FLAGS.e2e_workers or os.cpu_count()
       torch_result = run_peer(
           ['--peer=torch_e2e', *common, f'--workers={workers}',
-           f'--torch_compile={_TORCH_COMPILE.value}'])
+           f'--torch_compile={FLAGS.torch_compile}'])
       rows.append(measured_row(
           f'end to end: PyTorch DataLoader ({workers} workers) + model',
           torch_result, gzjax.get('images_per_s', 0)))
@@ -600,23 +606,23 @@ def measured_row(label: str, result: dict, reference_rate: float) -> Row:
 
 def run_peer_in_process() -> dict:
   """What the ``--peer`` subprocess measures."""
-  size, batch_size = _IMAGE_SIZE.value, FLAGS.batch_size
-  if _PEER.value == 'torch_dataloader':
-    return torch_dataloader_peer(_PEER_DATA_DIR.value, size,
+  size, batch_size = FLAGS.image_size, FLAGS.batch_size
+  if FLAGS.peer == 'torch_dataloader':
+    return torch_dataloader_peer(FLAGS.peer_data_dir, size,
                                  int(FLAGS.workers[0]), FLAGS.images,
                                  batch_size)
-  if _PEER.value == 'gzjax_e2e':
-    return gzjax_end_to_end(_CONFIG.value, _MODEL.value, size, batch_size,
-                            _E2E_STEPS.value, _PEER_DATA_DIR.value)
-  if _PEER.value == 'torch_e2e':
-    return torch_end_to_end(_MODEL.value, size, batch_size, _E2E_STEPS.value,
-                            _PEER_DATA_DIR.value, int(FLAGS.workers[0]),
-                            _TORCH_COMPILE.value)
-  training = (_MODEL.value, size, batch_size, _STEPS.value, _REPEATS.value)
-  if _PEER.value == 'gzjax':
-    return gzjax_peer(_CONFIG.value, *training)
-  if _PEER.value == 'torch':
-    return torch_peer(*training, compile_model=_TORCH_COMPILE.value)
+  if FLAGS.peer == 'gzjax_e2e':
+    return gzjax_end_to_end(FLAGS.config, FLAGS.model, size, batch_size,
+                            FLAGS.e2e_steps, FLAGS.peer_data_dir)
+  if FLAGS.peer == 'torch_e2e':
+    return torch_end_to_end(FLAGS.model, size, batch_size, FLAGS.e2e_steps,
+                            FLAGS.peer_data_dir, int(FLAGS.workers[0]),
+                            FLAGS.torch_compile)
+  training = (FLAGS.model, size, batch_size, FLAGS.steps, FLAGS.repeats)
+  if FLAGS.peer == 'gzjax':
+    return gzjax_peer(FLAGS.config, *training)
+  if FLAGS.peer == 'torch':
+    return torch_peer(*training, compile_model=FLAGS.torch_compile)
   return keras_peer(*training)
 
 
@@ -657,7 +663,7 @@ def input_rows(model: str, size: int, batch_size: int,
                          f'--image_size={size}', f'--batch_size={batch_size}',
                          f'--peer_data_dir={data_dir}', f'--workers={count}',
                          f'--images={images}'])
-        for count in workers if 'torch' in _PEERS.value}
+        for count in workers if 'torch' in FLAGS.peers}
   rows = [Row(f'gzjax pipeline -> {size} px, {count} workers', rate)
           for count, rate in pipeline_rates.items()]
   rows += [Row(f'gzjax cached ({mode}) -> {size} px, augmented on device',
@@ -698,19 +704,19 @@ def markdown_table(rows: list[Row]) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if _PEER.value:
+  if FLAGS.peer:
     print(json.dumps(run_peer_in_process()))
     return
   # This process only orchestrates: each trainer gets a fresh process (and,
   # on a GPU, all of its memory), gzjax first so that its errors come early.
-  config = configure(_CONFIG.value, _MODEL.value, _IMAGE_SIZE.value,
+  config = configure(FLAGS.config, FLAGS.model, FLAGS.image_size,
                      FLAGS.batch_size)
   model, size = config.model.name, config.input.image_size
   batch_size = config.input.batch_size
   training = [f'--model={model}', f'--image_size={size}',
-              f'--batch_size={batch_size}', f'--steps={_STEPS.value}',
-              f'--repeats={_REPEATS.value}']
-  gzjax = run_peer(['--peer=gzjax', f'--config={_CONFIG.value}', *training])
+              f'--batch_size={batch_size}', f'--steps={FLAGS.steps}',
+              f'--repeats={FLAGS.repeats}']
+  gzjax = run_peer(['--peer=gzjax', f'--config={FLAGS.config}', *training])
   if 'missing' in gzjax:
     sys.exit(f'The gzjax train step failed:\n{gzjax["stderr"]}')
   rows = [measured_row(
@@ -719,18 +725,19 @@ def main(argv):
   rows += [
       measured_row(f'{TRAINERS[name][0]} train step', run_peer(
           [f'--peer={name}', *training,
-           f'--torch_compile={_TORCH_COMPILE.value}'], TRAINERS[name][1]),
+           f'--torch_compile={FLAGS.torch_compile}'], TRAINERS[name][1]),
                    gzjax['images_per_s'])
-      for name in _PEERS.value]
-  if _INPUT_ROWS.value:
+      for name in FLAGS.peers]
+  if FLAGS.input_rows:
     rows += input_rows(model, size, batch_size, gzjax['images_per_s'])
-  if _E2E_STEPS.value:
+  if FLAGS.e2e_steps:
     rows += end_to_end_rows(model, size, batch_size)
   print(f'\n{markdown_table(rows)}')
-  if _JSON.value:
-    with open(_JSON.value, 'w') as f:
+  if FLAGS.json:
+    with open(FLAGS.json, 'w') as f:
       json.dump([dataclasses.asdict(row) for row in rows], f, indent=2)
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

@@ -30,20 +30,27 @@ from gzjax.data import galaxy_zoo
 from gzjax.data import pipeline
 from gzjax.data import synthetic
 
-_MANUAL_DIR = flags.DEFINE_string(
-    'manual_dir', '../shared/data/galaxy_zoo_kaggle_sample',
-    'A Kaggle-layout directory whose JPEGs feed the pipeline.')
-_RENDER_COUNT = flags.DEFINE_integer(
-    'render_count', 200, 'Synthetic galaxies per rendering measurement.')
-_RENDER_WORKERS = flags.DEFINE_integer(
-    'render_workers', 2, 'Processes for the parallel rendering measurement.')
-_IMAGES = flags.DEFINE_integer(
-    'images', 1024, 'Pipeline images per measurement.')
-_SIZES = flags.DEFINE_list(
-    'sizes', ['64', '224'], 'Model input sizes to measure.')
-_WORKERS = flags.DEFINE_list(
-    'workers', ['0', '2'], 'Pipeline worker counts to measure.')
-_BATCH_SIZE = flags.DEFINE_integer('batch_size', 64, 'Pipeline batch size.')
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """The program's flags, defined only when it runs as one (or
+  tools/benchmark.py does): importing its measuring functions beside
+  gzjax.main defines no flag twice."""
+  flags.DEFINE_string(
+      'manual_dir', '../shared/data/galaxy_zoo_kaggle_sample',
+      'A Kaggle-layout directory whose JPEGs feed the pipeline.')
+  flags.DEFINE_integer(
+      'render_count', 200, 'Synthetic galaxies per rendering measurement.')
+  flags.DEFINE_integer(
+      'render_workers', 2, 'Processes for the parallel rendering measurement.')
+  flags.DEFINE_integer(
+      'images', 1024, 'Pipeline images per measurement.')
+  flags.DEFINE_list(
+      'sizes', ['64', '224'], 'Model input sizes to measure.')
+  flags.DEFINE_list(
+      'workers', ['0', '2'], 'Pipeline worker counts to measure.')
+  flags.DEFINE_integer('batch_size', 64, 'Pipeline batch size.')
 
 
 def per_second(count: int, seconds: float) -> float:
@@ -111,18 +118,18 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   rows = []
   for label, rate in render_rates(
-      _RENDER_COUNT.value, _RENDER_WORKERS.value).items():
+      FLAGS.render_count, FLAGS.render_workers).items():
     rows.append((f'synthetic render 424 px, {label}', rate, ''))
   with tempfile.TemporaryDirectory() as data_dir:
-    galaxy_zoo.prepare('kaggle', data_dir, manual_dir=_MANUAL_DIR.value)
+    galaxy_zoo.prepare('kaggle', data_dir, manual_dir=FLAGS.manual_dir)
     source = galaxy_zoo.data_source('kaggle', data_dir, 'train')
     jpegs = [source[i]['image'] for i in range(min(len(source), 256))]
-    for size in map(int, _SIZES.value):
-      baseline = plain_pillow_rate(jpegs, size, _IMAGES.value)
+    for size in map(int, FLAGS.sizes):
+      baseline = plain_pillow_rate(jpegs, size, FLAGS.images)
       rows.append((f'plain Pillow loop -> {size} px', baseline, '1.00'))
-      for workers in map(int, _WORKERS.value):
-        rate = pipeline_rate(source, size, workers, _IMAGES.value,
-                             _BATCH_SIZE.value)
+      for workers in map(int, FLAGS.workers):
+        rate = pipeline_rate(source, size, workers, FLAGS.images,
+                             FLAGS.batch_size)
         rows.append((f'gzjax pipeline -> {size} px, {workers} workers', rate,
                      f'{rate / baseline:.2f}'))
   print(f'\n{"measurement":<44s}{"images/s":>10s}{"vs plain":>10s}')
@@ -131,4 +138,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

@@ -103,4 +103,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  benchmark.define_flags()  # --config, --model, --batch_size, …
   app.run(main)

@@ -20,6 +20,7 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 
+from gzjax import errors
 from gzjax import taxonomy
 
 HEADS = ('votes', 'sigmoid', 'linear', 'classes')
@@ -83,9 +84,10 @@ class Head(nnx.Module):
       rngs: nnx.Rngs,
   ):
     if kind not in HEADS:
-      raise ValueError(f'Unknown head {kind!r}; choose one of {HEADS}.')
+      raise errors.ConfigError(
+          f'Unknown head {kind!r} (config.model.head); choose one of {HEADS}.')
     if kind == 'votes' and num_outputs != taxonomy.NUM_ANSWERS:
-      raise ValueError(
+      raise errors.ConfigError(
           f'The votes head has {taxonomy.NUM_ANSWERS} outputs (the Kaggle'
           f' answers), not num_outputs={num_outputs}.'
       )

@@ -23,17 +23,25 @@ from absl import app
 from absl import flags
 import ml_collections
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'The trained run.')
-_OUT = flags.DEFINE_string('out', None, 'The encoder file to write.')
-_CHECKPOINT = flags.DEFINE_string(
-    'checkpoint', 'latest', 'latest, best or a step number.')
+from gzjax import errors
+
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  """The command line's flags: defined only when run as a program, so that
+  importing :func:`export` beside ``gzjax.main`` defines no flag twice."""
+  flags.DEFINE_string('workdir', None, 'The trained run.')
+  flags.DEFINE_string('out', None, 'The encoder file to write.')
+  flags.DEFINE_string('checkpoint', 'latest', 'latest, best or a step number.')
+  flags.mark_flags_as_required(['workdir', 'out'])
 
 
 def run_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
   path = pathlib.Path(workdir) / 'config.json'
   if not path.is_file():
-    raise FileNotFoundError(f'{path}: no config.json; is {workdir} a gzjax'
-                            ' training run?')
+    raise errors.MissingFileError(
+        f'{path}: no config.json; is {workdir} a gzjax training run?')
   return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
@@ -57,7 +65,8 @@ def export(workdir: str | pathlib.Path, out: str | pathlib.Path,
     task = finetune.make_task([labels.Column(
         c['name'], c['kind'], tuple(c['answers']), tuple(c['classes']))
         for c in manifest['columns']])
-  experiment = train.create_experiment(config, task)
+  # Shapes only: the checkpoint fills the state.
+  experiment = train.create_experiment(config, task, initialise=False)
   checkpointer = checkpoints.Checkpointer(
       workdir, best_metric=config.best_metric, best_mode=config.best_mode)
   try:
@@ -81,13 +90,13 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   try:
-    arrays = export(_WORKDIR.value, _OUT.value, _CHECKPOINT.value)
-  except (FileNotFoundError, ValueError, KeyError) as error:
+    arrays = export(FLAGS.workdir, FLAGS.out, FLAGS.checkpoint)
+  except errors.GzjaxError as error:  # Anything else keeps its traceback.
     print(f'export_encoder: {error}', file=sys.stderr)
     sys.exit(2)
-  print(f'{_OUT.value}: {len(arrays)} backbone arrays')
+  print(f'{FLAGS.out}: {len(arrays)} backbone arrays')
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['workdir', 'out'])
+  _define_flags()
   app.run(main)
