@@ -13,6 +13,7 @@ import os
 import ml_collections
 
 from gzjax import optimizers
+from gzjax.data import labels
 from gzjax.data import pipeline
 
 
@@ -44,6 +45,9 @@ def base_config() -> ml_collections.ConfigDict:
 
   config.input = pipeline.default_config()
   config.optimizer = optimizers.default_config()
+  # Fine-tuning on a label catalogue instead of config.task (gzjax.finetune);
+  # an empty labels.catalog means the built-in Galaxy Zoo tasks.
+  config.labels = labels.default_config()
   # mse (votes), bce (votes through sigmoid outputs) or softmax (classes).
   config.loss = 'mse'
   config.label_smoothing = 0.0

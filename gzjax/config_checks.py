@@ -30,7 +30,7 @@ from gzjax.data import cache
 from gzjax.models import heads
 
 # Keys whose value is a mapping with free keys: checked as one value.
-MAPPING_KEYS = ('optimizer.boundaries',)
+MAPPING_KEYS = ('optimizer.boundaries', 'labels.columns')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,6 +204,14 @@ RULES: dict[str, Rule] = {
     'labels.image_suffix': Rule(
         lambda v: isinstance(v, str) and v.lower() in ('.jpg', '.jpeg', '.png'),
         "'.jpg', '.jpeg' or '.png'"),
+    'labels.columns': Rule(
+        lambda v: isinstance(v, (dict, ml_collections.ConfigDict)) and all(
+            isinstance(name, str) and isinstance(kind, str) and (
+                kind in ('binary', 'multiclass', 'regression')
+                or (kind.startswith('votes:') and len(kind) > 6))
+            for name, kind in v.items()),
+        '{column: kind} with kind binary, multiclass, regression or'
+        ' votes:<answer column>,<answer column>,...'),
     'labels.split_column': TEXT,
     'labels.validation_percent': number(0.0, 100.0, low_open=True,
                                         high_open=True),

@@ -1,6 +1,7 @@
 """Fine-tuning on a label catalogue: reading, masking, splits, every label
 kind end to end through the engine's loop, and the encoder round trip."""
 
+import copy
 import json
 
 import numpy as np
@@ -128,7 +129,9 @@ def test_encoder_round_trip_and_preprocessing_check(trained, tmp_path):
   assert recorded['image_size'] == 32 and recorded['crop_size'] == 36
   task = finetune.make_task(labels.read(config.labels).columns)
   fresh = base.base_config()
-  fresh.update({k: config[k] for k in ('input',)})
+  # A copy: the fixture's config is shared (and num_epochs is a typed
+  # placeholder, which ConfigDict.update cannot merge).
+  fresh.input = copy.deepcopy(config.input)
   # The export holds the trained backbone, not the initial one.
   initial = weights.named_variables(train.create_model(fresh, task),
                                     'backbone/')
