@@ -8,6 +8,9 @@ need real data must run.
 
 import os
 import pathlib
+import signal
+import subprocess
+import time
 import tempfile
 
 import pytest
@@ -82,3 +85,21 @@ def tiny_config(data_dir, **overrides):
   config.update_from_flattened_dict(overrides)
   config.unlock()
   return config
+
+
+def kill_when(command, appears: pathlib.Path, *, cwd=REPO, env=None,
+              timeout: float = 300) -> None:
+  """Starts ``command`` and SIGKILLs it as soon as ``appears`` exists (a
+  checkpoint being written): the kill of a run that resume tests need."""
+  process = subprocess.Popen(command, cwd=cwd, env=env,
+                             stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+  deadline = time.time() + timeout
+  try:
+    while not appears.is_dir():
+      assert process.poll() is None, f'{command} ended before {appears}'
+      assert time.time() < deadline, f'no {appears} within {timeout} s'
+      time.sleep(0.02)
+  finally:
+    process.send_signal(signal.SIGKILL)
+    process.wait()

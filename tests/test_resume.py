@@ -9,10 +9,8 @@ only the first compiles.
 import json
 import os
 import pathlib
-import signal
 import subprocess
 import sys
-import time
 
 import jax
 import ml_collections
@@ -20,6 +18,7 @@ import numpy as np
 
 from gzjax import checkpoint
 from gzjax import train
+from tests.conftest import kill_when
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 6
@@ -70,15 +69,8 @@ def test_killed_run_resumes_batch_norm_dropout_ema_and_adam(
   straight, killed = tmp_path / 'straight', tmp_path / 'killed'
   subprocess.run(_command(straight, synthetic_data_dir), check=True,
                  cwd=REPO, env=env, capture_output=True)
-  process = subprocess.Popen(_command(killed, synthetic_data_dir), cwd=REPO,
-                             env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
-  deadline = time.time() + 300
-  while not (killed / 'checkpoints' / '2').is_dir():
-    assert process.poll() is None and time.time() < deadline
-    time.sleep(0.02)
-  process.send_signal(signal.SIGKILL)
-  process.wait()
+  kill_when(_command(killed, synthetic_data_dir), killed / 'checkpoints' / '2',
+            env=env)
   steps = sorted(int(p.name) for p in (killed / 'checkpoints').iterdir()
                  if p.name.isdigit())
   assert STEPS not in steps, 'the run finished before it could be killed'

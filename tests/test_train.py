@@ -4,10 +4,8 @@ import csv
 import json
 import os
 import pathlib
-import signal
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
@@ -17,6 +15,7 @@ from gzjax import checkpoint
 from gzjax import evaluate
 from gzjax import taxonomy
 from gzjax import train
+from tests.conftest import kill_when
 from tests.conftest import tiny_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -251,15 +250,8 @@ def test_killed_run_resumes_bit_identically(synthetic_data_dir, tmp_path):
   subprocess.run(_main(tmp_path / 'straight', synthetic_data_dir, *common),
                  check=True, cwd=REPO, capture_output=True)
   killed = tmp_path / 'killed'
-  process = subprocess.Popen(_main(killed, synthetic_data_dir, *common),
-                             cwd=REPO, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
-  deadline = time.time() + 300
-  while not (killed / 'checkpoints' / '10').is_dir():
-    assert process.poll() is None and time.time() < deadline
-    time.sleep(0.02)
-  process.send_signal(signal.SIGKILL)
-  process.wait()
+  kill_when(_main(killed, synthetic_data_dir, *common),
+            killed / 'checkpoints' / '10')
   steps = sorted(int(p.name) for p in (killed / 'checkpoints').iterdir()
                  if p.name.isdigit())
   assert 40 not in steps, 'the run finished before it could be killed'
