@@ -238,7 +238,8 @@ def read_shards(output_dir: str | pathlib.Path) -> pa.Table:
       import pyarrow.csv as pa_csv  # pylint: disable=g-import-not-at-top
       tables.append(pa_csv.read_csv(path, convert_options=pa_csv.ConvertOptions(
           column_types={'id': pa.string()})))
-  return pa.concat_tables(tables)
+  # A CSV shard whose optional cells are all empty reads them as nulls.
+  return pa.concat_tables(tables, promote_options='permissive')
 
 
 # ----------------------------------------------------------------- decode ---
@@ -444,7 +445,10 @@ def _predict_shards(experiment: train.Experiment, catalog: catalogs.Catalog,
             f'{catalog.path(row)} (id {catalog.id(row)}): {reason}; rerun'
             ' without --strict to list unreadable images in errors.csv and'
             ' go on.')
-      outputs = np.asarray(predict_fn(local.state, batch['image']))[:count]
+      # Placed explicitly: with several processes JAX takes no numpy input
+      # for a sharded argument, even on this process's own devices.
+      images = jax.device_put(batch['image'], local.batch_sharding)
+      outputs = np.asarray(predict_fn(local.state, images))[:count]
       readable = np.asarray(batch['readable'][:count])
       ids = catalog.ids(start, stop)
       pending_ids += [i for i, ok in zip(ids, readable) if ok]
