@@ -116,6 +116,14 @@ peer keras_inception 60 keras_jax inception_v3 $INCEPTION $INC_BATCH
 measure startup 80 "$PY" tools/startup_benchmark.py "${STARTUP[@]}" \
   --timeout=$(( 35 * SCALE ))
 cp "$OUT/startup.out" "$OUT/startup.md" 2>/dev/null
+# Survey prediction (gzjax.predict against a DataLoader + eval-mode PyTorch
+# loop), 8 decoding workers; its table is in predict.out.
+if [[ "${SMOKE:-0}" != 1 ]]; then
+  PREDICT_DIR=$(mktemp -d)
+  measure predict 90 "$PY" tools/benchmark_predict.py --out="$PREDICT_DIR" \
+    --predict_models=cnn,efficientnet_b0 --worker_counts=8 --rss_counts=
+  rm -rf "$PREDICT_DIR"
+fi
 peer torch_b0 100 torch efficientnet_b0 $B0 $B0_BATCH "${TORCH[@]}"
 peer torch_inception 100 torch inception_v3 $INCEPTION $INC_BATCH "${TORCH[@]}"
 peer keras_cnn_large 30 keras_jax cnn $CNN $LARGE
