@@ -10,6 +10,7 @@ import os
 import pathlib
 import signal
 import subprocess
+import sys
 import time
 import tempfile
 
@@ -103,3 +104,20 @@ def kill_when(command, appears: pathlib.Path, *, cwd=REPO, env=None,
   finally:
     process.send_signal(signal.SIGKILL)
     process.wait()
+
+
+def parse_main_flags(argv: list[str]) -> None:
+  """Parses ``argv`` as gzjax.main's flags in this process, from a clean
+  slate: absl keeps a flag's value from an earlier parse unless it is reset,
+  and config_flags keeps the earlier call's ``--config.*`` override flags."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  flags.FLAGS.unparse_flags()
+  for name in [n for n in flags.FLAGS if n.startswith('config.')]:
+    delattr(flags.FLAGS, name)
+  # config_flags reads its --config.* overrides from sys.argv.
+  saved, sys.argv = sys.argv, list(argv)
+  try:
+    flags.FLAGS(argv)
+  finally:
+    sys.argv = saved

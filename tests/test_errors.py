@@ -7,6 +7,7 @@ import pytest
 
 from gzjax import errors
 from gzjax import main
+from tests.conftest import parse_main_flags
 from gzjax import train
 from gzjax.data import cache
 from gzjax.data import galaxy_zoo
@@ -30,7 +31,7 @@ def test_every_user_error_shares_the_base_and_keeps_its_old_type():
 
 @pytest.fixture
 def parsed_flags(tmp_path):
-  flags.FLAGS([
+  parse_main_flags([
       'gzjax.main', f'--config={REPO / "configs" / "quickstart.py"}',
       f'--workdir={tmp_path}'])
   yield

@@ -9,7 +9,6 @@ call.
 import csv
 import json
 import pathlib
-import sys
 
 from absl import flags
 import numpy as np
@@ -18,6 +17,7 @@ import pytest
 from gzjax import main as cli
 from gzjax import taxonomy
 from gzjax.data import galaxy_zoo
+from tests.conftest import parse_main_flags
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FOLDER_IDS = (100053, 100078, 100090)
@@ -32,16 +32,11 @@ def _cli(workdir, data_dir, *flags_, size=32, crop=48):
           '--config.input.batch_size=8', '--config.eval_batch_size=64',
           '--config.input.read_threads=1', '--config.best_mode=max',
           *flags_]
-  flags.FLAGS.unparse_flags()
-  for name in [n for n in flags.FLAGS if n.startswith('config.')]:
-    delattr(flags.FLAGS, name)  # The previous call's overrides.
-  # config_flags reads its --config.* overrides from sys.argv.
-  saved, sys.argv = sys.argv, argv
+  parse_main_flags(argv)
   try:
-    flags.FLAGS(argv)
+    cli.main(['gzjax'])
   finally:
-    sys.argv = saved
-  cli.main(['gzjax'])
+    flags.FLAGS.unparse_flags()  # Nothing of this call reaches the next test.
 
 
 def _read_csv(path):
