@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 
+from gzjax import experiment as experiments
 from gzjax import train
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / 'configs'
@@ -88,7 +89,7 @@ def test_one_training_step_is_finite_and_moves_the_parameters(name):
   config = _load(name).get_config()
   config.input.batch_size = 4
   size = config.input.image_size
-  experiment = train.create_experiment(config)
+  experiment = experiments.create_experiment(config)
   before = [np.asarray(x) for x in jax.tree.leaves(experiment.state.params)]
   rng = np.random.default_rng(0)
   batch = train.to_global({

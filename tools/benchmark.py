@@ -9,7 +9,7 @@ One run, one markdown table, everything side by side on the same machine, for
 one model at one input size (``--image_size``; default: the ``--config``
 file's, else the model's native side) and one batch size:
 
-* gzjax's jitted train step (``train.create_experiment`` and
+* gzjax's jitted train step (``experiment.create_experiment`` and
   ``train.make_train_step`` on the config: its head, loss and optimizer) on a
   fixed random batch sharded over every local device.  Compilation (the first
   call, lowering included) is timed apart; throughput is the median images/s
@@ -63,6 +63,8 @@ import numpy as np
 
 import benchmark_input
 from gzjax import config as base
+from gzjax import distributed
+from gzjax import experiment as experiments
 from gzjax import models
 from gzjax import train
 from gzjax.data import cache
@@ -205,7 +207,7 @@ def peak_flops(device_kind: str, dtype: str = 'bfloat16') -> float | None:
   return None
 
 
-def step_flops(experiment: train.Experiment, batch_size: int) -> float:
+def step_flops(experiment: experiments.Experiment, batch_size: int) -> float:
   """FLOPs of one train step on ``batch_size`` images, convolutions included.
 
   XLA's cost analysis of the step as the CPU lowers it (``train.make_train_step``
@@ -213,7 +215,7 @@ def step_flops(experiment: train.Experiment, batch_size: int) -> float:
   analysis leaves out the convolutions, which become cuDNN calls, and so
   reported an MFU of 0.1% for a step running at ~21%.
   """
-  cpu = jax.sharding.Mesh(np.array(jax.devices('cpu')[:1]), (train.DATA_AXIS,))
+  cpu = distributed.make_mesh(jax.devices('cpu')[:1])
   on_cpu = dataclasses.replace(experiment, mesh=cpu)
   size = experiment.config.input.image_size
   shapes = jax.tree.map(
@@ -231,7 +233,7 @@ def gzjax_peer(config_path: str, model: str, size: int, batch_size: int,
   if batch_size % len(devices):
     raise ValueError(f'--batch_size={batch_size} does not divide over'
                      f' {len(devices)} devices.')
-  experiment = train.create_experiment(config)
+  experiment = experiments.create_experiment(config)
   batch = train.to_global(random_batch(batch_size, size),
                           experiment.batch_sharding)
   start = time.perf_counter()
@@ -250,7 +252,7 @@ def gzjax_peer(config_path: str, model: str, size: int, batch_size: int,
   rate = timed_rate(run_steps, steps * batch_size, repeats)
   flops_per_second = step_flops(experiment, batch_size) * rate / batch_size
   kind = devices[0].device_kind
-  mode = [f'{train.compute_dtype(config).name} (model.dtype'
+  mode = [f'{experiments.compute_dtype(config).name} (model.dtype'
           f' {config.model.dtype})', f'{len(devices)}x {kind}',
           f'{flops_per_second / 1e12:.3g} TFLOP/s']
   if peak := peak_flops(kind):
@@ -475,7 +477,7 @@ def gzjax_end_to_end(config_path: str, model: str, size: int,
   rate = len(windows) / sum(1 / r for r in windows)
   return {'images_per_s': rate, 'warmup_s': total_seconds,
           'mode': (f'train.train_and_evaluate, {steps} steps, input.cache='
-                   f'device, {train.compute_dtype(config).name}; warmup ='
+                   f'device, {experiments.compute_dtype(config).name}; warmup ='
                    ' whole run incl. cache build and evaluation')}
 
 
