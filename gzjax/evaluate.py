@@ -37,6 +37,7 @@ from gzjax import plots
 from gzjax import tasks
 from gzjax import taxonomy
 from gzjax import workdir_rules
+from gzjax.data import fields
 from gzjax.data import kaggle
 from gzjax.data import pipeline
 from gzjax.data import splits
@@ -100,9 +101,7 @@ def predict_split(experiment: experiments.Experiment, source, *,
     outputs = multihost_utils.process_allgather(
         predict_fn(experiment.state, images), tiled=True)
     host = distributed.gather_rows(
-        {k: batch[k] for k in ('galaxy_id', 'votes', 'votes_mask',
-                               'label_3class', 'label_7class',
-                               'example_mask')})
+        {k: batch[k] for k in fields.GATHERED})
     if 'targets' in batch:  # A label catalogue's columns (gzjax.finetune).
       host['targets'] = distributed.gather_rows(batch['targets'])
     host['outputs'] = np.asarray(outputs, np.float32)
@@ -324,10 +323,7 @@ class ImageFolder:
     return {
         'image': self._paths[galaxy_id].read_bytes(),
         'galaxy_id': galaxy_id,
-        'votes': np.full(taxonomy.NUM_ANSWERS, np.nan, np.float32),
-        'votes_mask': np.zeros(taxonomy.NUM_ANSWERS, bool),
-        'label_3class': -1,
-        'label_7class': -1,
+        **fields.no_labels(votes_fill=np.nan),
     }
 
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from gzjax import errors
 from gzjax import taxonomy
+from gzjax.data import fields
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,9 +65,9 @@ class LabelledSubset(Sequence):
 
 def scan_labels(source) -> dict[str, np.ndarray]:
   """Votes, masks and labels of every record (one read of the split)."""
-  keys = ('votes', 'votes_mask', 'label_3class', 'label_7class')
   records = [source[i] for i in range(len(source))]
-  return {k: np.stack([np.asarray(r[k]) for r in records]) for k in keys}
+  return {k: np.stack([np.asarray(r[k]) for r in records])
+          for k in fields.LABELS}
 
 
 def task_of(config: ml_collections.ConfigDict) -> Task:

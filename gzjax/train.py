@@ -34,13 +34,9 @@ from gzjax import progress as progress_bars
 from gzjax import tasks
 from gzjax import workdir_rules
 from gzjax.data import cache
+from gzjax.data import fields
 from gzjax.data import splits
 
-# Batch fields that go to the devices; galaxy_id stays on the host.
-# stream_position (the cached modes') seeds each example's augmentation.
-# targets: a label catalogue's columns (gzjax.finetune), a dict of arrays.
-DEVICE_FIELDS = ('image', 'votes', 'votes_mask', 'label_3class',
-                 'label_7class', 'example_mask', 'stream_position', 'targets')
 
 
 class TrainingDiverged(errors.GzjaxError, RuntimeError):
@@ -143,7 +139,7 @@ def to_global(batch: Mapping[str, np.ndarray],
       key: jax.tree.map(
           lambda x: jax.make_array_from_process_local_data(sharding, x),
           batch[key])
-      for key in DEVICE_FIELDS if key in batch
+      for key in fields.DEVICE if key in batch
   }
 
 

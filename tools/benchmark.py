@@ -68,6 +68,7 @@ from gzjax import experiment as experiments
 from gzjax import models
 from gzjax import train
 from gzjax.data import cache
+from gzjax.data import fields
 from gzjax.data import galaxy_zoo
 from gzjax.data import pipeline
 
@@ -192,8 +193,8 @@ def random_batch(batch_size: int, size: int) -> dict[str, np.ndarray]:
   rng = np.random.default_rng(0)
   return {
       'image': rng.normal(size=(batch_size, size, size, 3)).astype(np.float32),
-      'votes': rng.random((batch_size, 37)).astype(np.float32),
-      'votes_mask': np.ones((batch_size, 37), bool),
+      'votes': rng.random((batch_size, fields.NUM_VOTES)).astype(np.float32),
+      'votes_mask': np.ones((batch_size, fields.NUM_VOTES), bool),
       'label_3class': rng.integers(0, 3, batch_size).astype(np.int32),
       'label_7class': rng.integers(0, 7, batch_size).astype(np.int32),
       'example_mask': np.ones(batch_size, bool),

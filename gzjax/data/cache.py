@@ -63,14 +63,14 @@ import PIL
 from gzjax import distributed
 from gzjax import errors
 from gzjax.data import device_augment
+from gzjax.data import fields
 from gzjax.data import pipeline
 
 MODES = ('', 'host', 'device')
 # Bumped whenever what is stored changes, so old caches are refused.
 # 2: cache.json holds the content fingerprint, not 16 galaxy ids.
 FORMAT_VERSION = 2
-_LABEL_KEYS = ('votes', 'votes_mask', 'label_3class', 'label_7class',
-               'galaxy_id')
+_LABEL_KEYS = (*fields.LABELS, fields.GALAXY_ID)
 # What the source fingerprint hashes, each part separately so that a stale
 # cache can name what changed.
 _SOURCE_PARTS = ('images', 'galaxy ids', 'votes', 'class labels')
