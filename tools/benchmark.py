@@ -3,7 +3,8 @@ the input pipeline keeps the device busy.
 
   python tools/benchmark.py --model=cnn --batch_size=64
   python tools/benchmark.py --model=efficientnet_b0 --batch_size=16 --steps=3
-  python tools/benchmark.py --config=configs/effnet_votes.py --json=bench.json
+  PYTHONPATH=. python tools/benchmark.py --config=configs/effnet_votes.py \
+      --json=bench.json  # configs/ import configs.common from the repo root
 
 One run, one markdown table, everything side by side on the same machine, for
 one model at one input size (``--image_size``; default: the ``--config``
