@@ -24,11 +24,12 @@ and TPUs, float32 on CPUs; weights, optimizer state, batch-norm statistics
 and the loss stay float32.
 """
 
+from configs import common
 from gzjax import config as base
 
 
 def get_config():
-  config = base.kalvankar_efficientnet(base.base_config(), 9_000)
+  config = common.kalvankar_efficientnet(base.base_config(), 9_000)
   config.task = '7class'
   config.model.head = 'classes'
   config.loss = 'softmax'

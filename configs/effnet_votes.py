@@ -12,7 +12,7 @@ throughout), the decision-tree votes head, masked MSE, Adam at 1.5e-4 with
 the learning rate halved when the training loss plateaus, as Kalvankar et al.
 The centre 212 px of each image resized to 224 px, the full rotation/flip/zoom
 augmentation, and the ImageNet normalisation the Keras weights expect
-(gzjax.config.kalvankar_efficientnet).  Other sizes:
+(configs/common.py, kalvankar_efficientnet).  Other sizes:
 --config.model.name=efficientnet_b3 (and --config.input.image_size=300).
 
 Runtime: 30 epochs of 55k galaxies at batch 64 is 26k steps; ~1.2 GFLOPs per
@@ -27,11 +27,12 @@ and TPUs, float32 on CPUs; weights, optimizer state, batch-norm statistics
 and the loss stay float32.
 """
 
+from configs import common
 from gzjax import config as base
 
 
 def get_config():
-  config = base.kalvankar_efficientnet(base.base_config(), 26_000)
+  config = common.kalvankar_efficientnet(base.base_config(), 26_000)
   config.eval_every_steps = 1000
   config.checkpoint_every_steps = 1000
   return config

@@ -119,8 +119,8 @@ def _model_names() -> tuple[str, ...]:
 
 
 def _tasks() -> dict:
-  from gzjax import train  # pylint: disable=g-import-not-at-top
-  return train.TASKS
+  from gzjax import tasks  # pylint: disable=g-import-not-at-top
+  return tasks.TASKS
 
 
 def _model_name_rule() -> Rule:

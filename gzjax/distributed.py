@@ -28,6 +28,16 @@ import numpy as np
 
 from gzjax import errors
 
+# The one mesh axis: batches are split along it, everything else replicated.
+DATA_AXIS = 'data'
+
+
+def make_mesh(devices=None) -> jax.sharding.Mesh:
+  """A 1-D mesh with axis :data:`DATA_AXIS` over ``devices`` (default: every
+  device of every process)."""
+  devices = jax.devices() if devices is None else devices
+  return jax.sharding.Mesh(np.array(devices), (DATA_AXIS,))
+
 
 def wanted(flag: bool | None,
            environ: Mapping[str, str] = os.environ) -> bool:

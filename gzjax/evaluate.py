@@ -1,4 +1,9 @@
-"""Evaluation of a checkpoint, and Kaggle-format predictions (with ensembles).
+"""Prediction and scoring; evaluation of a checkpoint, and Kaggle-format
+predictions (with ensembles).
+
+``predict_split`` runs a model over every record of a split (optionally with
+test-time augmentation), ``score`` turns its result into the task's metrics
+and ``summary_line`` into the line the loop and ``evaluate`` print.
 
 ``evaluate`` scores one split and writes ``WORKDIR/eval_<split>.json`` and
 plots; ``predict`` writes a submission CSV (``GalaxyID,Class1.1,…,Class11.6``,
@@ -12,29 +17,163 @@ import io
 import json
 import os
 import pathlib
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
+from flax import nnx
 import jax
+from jax.experimental import multihost_utils
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from PIL import Image
 
 from gzjax import checkpoint as checkpoints
 from gzjax import config_checks
+from gzjax import distributed
 from gzjax import errors
+from gzjax import experiment as experiments
+from gzjax import metrics
 from gzjax import plots
+from gzjax import tasks
 from gzjax import taxonomy
-from gzjax import train
+from gzjax import workdir_rules
+from gzjax.data import fields
 from gzjax.data import kaggle
+from gzjax.data import pipeline
+from gzjax.data import splits
+
+
+# ------------------------------------------- prediction and scoring ---
+
+
+def _outputs(model, images: jax.Array, task: tasks.Task) -> jax.Array:
+  outputs = model(images)
+  if task.activate is not None:
+    return task.activate(outputs)
+  return jax.nn.softmax(outputs) if task.is_classification else outputs
+
+
+TTA_TRANSFORMS = tuple((k, flip) for flip in (False, True) for k in range(4))
+"""Test-time augmentation: 4 rotations by 90°, each with and without a flip."""
+
+
+def make_predict_fn(experiment: experiments.Experiment, *,
+                    tta: bool = False) -> Callable:
+  """Jitted ``(state, images) -> outputs`` in inference mode.
+
+  Outputs are vote fractions, or class probabilities for classifiers; with
+  ``tta`` they are averaged over :data:`TTA_TRANSFORMS`.  Uses the EMA of
+  the parameters when the config keeps one.
+  """
+  config, task, graphdef = experiment.config, experiment.task, \
+      experiment.graphdef
+
+  def predict(state: experiments.TrainState, images: jax.Array) -> jax.Array:
+    params = state.ema_params if config.ema_decay else state.params
+    model = nnx.merge(graphdef, params, state.rest)
+    model.eval()
+    if not tta:
+      return _outputs(model, images, task)
+    total = 0.0
+    for rotations, flip in TTA_TRANSFORMS:
+      view = jnp.rot90(images, rotations, axes=(1, 2))
+      total = total + _outputs(model, view[:, :, ::-1] if flip else view,
+                               task)
+    return total / len(TTA_TRANSFORMS)
+
+  return jax.jit(
+      predict,
+      in_shardings=(experiment.replicated, experiment.batch_sharding),
+      out_shardings=experiment.batch_sharding,
+  )
+
+
+def predict_split(experiment: experiments.Experiment, source, *,
+                  tta: bool = False, predict_fn: Callable | None = None
+                  ) -> dict[str, np.ndarray]:
+  """Outputs and targets of every record of ``source`` (all processes)."""
+  input_config = _eval_input_config(experiment.config)
+  predict_fn = predict_fn or make_predict_fn(experiment, tta=tta)
+  collected = []
+  for batch in pipeline.create_eval_iterator(source, input_config):
+    images = jax.make_array_from_process_local_data(
+        experiment.batch_sharding, batch['image'])
+    outputs = multihost_utils.process_allgather(
+        predict_fn(experiment.state, images), tiled=True)
+    host = distributed.gather_rows(
+        {k: batch[k] for k in fields.GATHERED})
+    if 'targets' in batch:  # A label catalogue's columns (gzjax.finetune).
+      host['targets'] = distributed.gather_rows(batch['targets'])
+    host['outputs'] = np.asarray(outputs, np.float32)
+    collected.append(host)
+  merged = jax.tree.map(lambda *parts: np.concatenate(parts), *collected)
+  real = merged.pop('example_mask')
+  return jax.tree.map(lambda v: np.asarray(v)[real], merged)
+
+
+def _eval_input_config(config: ml_collections.ConfigDict):
+  input_config = ml_collections.ConfigDict(config.input.to_dict())
+  input_config.batch_size = config.eval_batch_size or config.input.batch_size
+  return input_config
+
+
+def score(task: tasks.Task, predictions: Mapping[str, np.ndarray],
+          baseline_votes: np.ndarray | None = None) -> dict[str, Any]:
+  """Metrics of ``predict_split``'s result for the task."""
+  if task.evaluate is not None:
+    return task.evaluate(predictions)
+  if task.is_classification:
+    labels = predictions[task.label_key]
+    report = metrics.classification_report(
+        labels, predictions['outputs'].argmax(-1), task.class_names)
+    return report
+  result = {
+      'rmse': metrics.vote_rmse(predictions['outputs'], predictions['votes'],
+                                predictions['votes_mask']),
+      'rmse_per_question': metrics.question_rmse(
+          predictions['outputs'], predictions['votes'],
+          predictions['votes_mask']),
+      'count': int(len(predictions['votes'])),
+  }
+  if baseline_votes is not None:
+    result['mean_predictor_rmse'] = metrics.vote_rmse(
+        np.broadcast_to(baseline_votes, predictions['votes'].shape),
+        predictions['votes'], predictions['votes_mask'])
+  return result
+
+
+def training_mean_votes(source) -> np.ndarray:
+  """The per-answer mean of the known training votes: the mean predictor."""
+  scanned = tasks.scan_labels(source)
+  known = scanned['votes_mask']
+  votes = np.where(known, scanned['votes'], 0.0)
+  return votes.sum(0) / np.maximum(known.sum(0), 1)
+
+
+def summary_line(step: int, task: tasks.Task, values: Mapping[str, Any],
+                 split: str = 'validation') -> str:
+  """One line of the main metrics, as the loop and ``evaluate`` print them."""
+  if task.summary is not None:
+    return f'step {step}: {split} {task.summary(values)}'
+  if task.is_classification:
+    return (f'step {step}: {split} accuracy {values["accuracy"]:.4f},'
+            f' macro-F1 {values["macro_f1"]:.4f} ({values["count"]} galaxies)')
+  line = f'step {step}: {split} RMSE {values["rmse"]:.4f}'
+  if 'mean_predictor_rmse' in values:
+    line += f' (mean predictor {values["mean_predictor_rmse"]:.4f})'
+  return line + f' over {values["count"]} galaxies'
+
+
+# -------------------------------------------------------- checkpoints ---
 
 
 def restore(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
-            which: str = 'latest') -> tuple[train.Experiment, int]:
+            which: str = 'latest') -> tuple[experiments.Experiment, int]:
   """The experiment with the state of a checkpoint: latest, best or a step."""
   workdir = pathlib.Path(workdir)
   check_checkpoint_folder(workdir, which)
-  train.check_resumable(config, workdir)
-  experiment = train.create_experiment(config, initialise=False)
+  workdir_rules.check_resumable(config, workdir)
+  experiment = experiments.create_experiment(config, initialise=False)
   checkpointer = checkpoints.Checkpointer(
       workdir, best_metric=config.best_metric, best_mode=config.best_mode)
   try:
@@ -90,20 +229,20 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
   check_checkpoint_folder(workdir, checkpoint)
   experiment, step = restore(config, workdir, checkpoint)
   task = experiment.task
-  source = train.open_split(config, split)
-  predictions = train.predict_split(experiment, source, tta=tta)
-  baseline = None if task.is_classification else train.training_mean_votes(
-      train.open_split(config, 'train'))
-  result = train.score(task, predictions, baseline)
+  source = splits.open_split(config, split)
+  predictions = predict_split(experiment, source, tta=tta)
+  baseline = None if task.is_classification else training_mean_votes(
+      splits.open_split(config, 'train'))
+  result = score(task, predictions, baseline)
   result.update(split=split, step=step, checkpoint=checkpoint, tta=tta)
   if jax.process_index() == 0:
     (workdir / f'eval_{split}.json').write_text(json.dumps(result, indent=2))
     _plots(workdir, split, task, result, source, predictions)
-    print(train.summary_line(step, task, result, split=split))
+    print(summary_line(step, task, result, split=split))
   return result
 
 
-def _plots(workdir: pathlib.Path, split: str, task: train.Task,
+def _plots(workdir: pathlib.Path, split: str, task: tasks.Task,
            result: dict[str, Any], source, predictions) -> None:
   folder = workdir / 'plots'
   if task.is_classification:
@@ -184,10 +323,7 @@ class ImageFolder:
     return {
         'image': self._paths[galaxy_id].read_bytes(),
         'galaxy_id': galaxy_id,
-        'votes': np.full(taxonomy.NUM_ANSWERS, np.nan, np.float32),
-        'votes_mask': np.zeros(taxonomy.NUM_ANSWERS, bool),
-        'label_3class': -1,
-        'label_7class': -1,
+        **fields.no_labels(votes_fill=np.nan),
     }
 
 
@@ -232,7 +368,7 @@ def predict(config: ml_collections.ConfigDict,
   for workdir in workdirs:
     check_checkpoint_folder(workdir, checkpoint)
   source = (ImageFolder(images) if images
-            else train.open_split(config, 'test'))
+            else splits.open_split(config, 'test'))
   total, ids, task = None, None, None
   for index, workdir in enumerate(workdirs):
     member_config = config if index == 0 else _member_config(workdir)
@@ -242,7 +378,7 @@ def predict(config: ml_collections.ConfigDict,
           f'{workdir} was trained for {experiment.task.name}, the others for'
           f' {task.name}: an ensemble needs one task.')
     task = experiment.task
-    result = train.predict_split(experiment, source, tta=tta)
+    result = predict_split(experiment, source, tta=tta)
     ids = result['galaxy_id'] if ids is None else ids
     total = result['outputs'] if total is None else total + result['outputs']
   mean = np.clip(total / len(workdirs), 0.0, 1.0)
@@ -254,7 +390,7 @@ def predict(config: ml_collections.ConfigDict,
 
 
 def _write_csv(path: pathlib.Path, ids: np.ndarray, outputs: np.ndarray,
-               task: train.Task) -> None:
+               task: tasks.Task) -> None:
   """Writes rows by GalaxyID, atomically: never a partial CSV by that name."""
   order = np.argsort(ids, kind='stable')
   ids, outputs = ids[order], outputs[order]

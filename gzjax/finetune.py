@@ -4,7 +4,7 @@ r"""Fine-tune on your own labels: a label catalogue as a task for the engine.
       --workdir=/tmp/spiral
 
 ``config.labels`` (gzjax.data.labels) names the catalogue and its columns;
-this module turns them into a :class:`gzjax.train.Task` (one linear output
+this module turns them into a :class:`gzjax.tasks.Task` (one linear output
 per binary/regression column, one per class, one per answer of a votes
 question; a masked loss per kind, summed; metrics per kind) and hands it and
 the catalogue's two splits to :func:`gzjax.train.train_and_evaluate`, the
@@ -36,6 +36,7 @@ import numpy as np
 
 from gzjax import losses
 from gzjax import metrics
+from gzjax import tasks
 from gzjax import train
 from gzjax.data import labels as labels_lib
 
@@ -55,7 +56,7 @@ def _concentrations(logits: jax.Array) -> jax.Array:
   return 1.0 + VOTE_CONCENTRATION * jax.nn.sigmoid(logits)
 
 
-def make_task(columns, name: str = 'labels') -> train.Task:
+def make_task(columns, name: str = 'labels') -> tasks.Task:
   """The engine's task for the declared (and read) label columns."""
   slices = output_slices(columns)
 
@@ -98,7 +99,7 @@ def make_task(columns, name: str = 'labels') -> train.Task:
   def summary(values: Mapping[str, Any]) -> str:
     return '; '.join(_column_summary(c, values[c.name]) for c in columns)
 
-  return train.Task(name, sum(c.num_outputs for c in columns), head='linear',
+  return tasks.Task(name, sum(c.num_outputs for c in columns), head='linear',
                     loss=loss, activate=activate, evaluate=evaluate,
                     summary=summary)
 

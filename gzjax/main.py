@@ -176,11 +176,12 @@ def main(argv):
   # Imported here so that --help is fast and flags parse before grain starts.
   from gzjax import config_checks  # pylint: disable=g-import-not-at-top
   from gzjax import evaluate  # pylint: disable=g-import-not-at-top
+  from gzjax import experiment as experiments  # pylint: disable=g-import-not-at-top
   from gzjax import train  # pylint: disable=g-import-not-at-top
 
   try:
     config = config_checks.check(_CONFIG.value)
-    train.use_compilation_cache(config.compilation_cache_dir)
+    experiments.use_compilation_cache(config.compilation_cache_dir)
     if 'labels' in config and config.labels.catalog:  # Fine-tuning.
       if _MODE.value != 'train':
         raise errors.ConfigError(

@@ -6,7 +6,7 @@ not grow with the catalogue:
 
 * grain decodes whole batches (in ``num_workers`` processes, with bounded
   prefetch buffers) with the evaluation preprocessing of
-  ``gzjax.data.pipeline.eval_image``; the jitted ``train.make_predict_fn``
+  ``gzjax.data.pipeline.eval_image``; the jitted ``evaluate.make_predict_fn``
   (TTA too) runs them; a shard's rows are held until it is written.
 * The catalogue is cut into a fixed grid of shards of ``shard_size`` rows
   (the last is shorter).  Each shard is written atomically (a ``.tmp`` file,
@@ -67,11 +67,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from gzjax import distributed
 from gzjax import errors
 from gzjax import evaluate
+from gzjax import experiment as experiments
 from gzjax import progress
+from gzjax import tasks
 from gzjax import taxonomy
-from gzjax import train
 from gzjax.data import catalog as catalogs
 from gzjax.data import pipeline
 
@@ -172,7 +174,7 @@ def _float_text(value: float) -> str:
 
 
 def output_columns(ids: Sequence[str], outputs: np.ndarray,
-                   task: train.Task) -> dict[str, Any]:
+                   task: tasks.Task) -> dict[str, Any]:
   """The shard's columns, in order, for ``outputs`` of ``task``."""
   outputs = np.asarray(outputs, np.float32).reshape(len(ids), -1)
   columns: dict[str, Any] = {'id': list(ids)}
@@ -293,11 +295,12 @@ def _barrier(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
-def _local_experiment(experiment: train.Experiment) -> train.Experiment:
+def _local_experiment(
+    experiment: experiments.Experiment) -> experiments.Experiment:
   """The experiment on this process's devices only: no cross-process step."""
   if jax.process_count() == 1:
     return experiment
-  mesh = jax.sharding.Mesh(np.array(jax.local_devices()), (train.DATA_AXIS,))
+  mesh = distributed.make_mesh(jax.local_devices())
   local = dataclasses.replace(experiment, mesh=mesh)
   # This process's replica (typed PRNG keys too), placed on its devices.
   state = jax.tree.map(lambda x: x.addressable_data(0), experiment.state)
@@ -405,14 +408,15 @@ def predict_catalog(config: ml_collections.ConfigDict,
   return dataclasses.replace(summary, shards_written=len(todo))
 
 
-def _predict_shards(experiment: train.Experiment, catalog: catalogs.Catalog,
-                    options: Options, todo: Sequence[int],
+def _predict_shards(experiment: experiments.Experiment,
+                    catalog: catalogs.Catalog, options: Options,
+                    todo: Sequence[int],
                     names: dict[int, str], done_rows: int,
                     process_index: int) -> None:
   config = experiment.config
   output_dir = pathlib.Path(options.output_dir)
   local = _local_experiment(experiment)
-  predict_fn = train.make_predict_fn(local, tta=options.tta)
+  predict_fn = evaluate.make_predict_fn(local, tta=options.tta)
   batch_size = _batch_size(config)
   specs = []
   for shard in todo:
@@ -472,7 +476,7 @@ def _predict_shards(experiment: train.Experiment, catalog: catalogs.Catalog,
 
 def _write_shard(output_dir: pathlib.Path, name: str, ids: list[str],
                  outputs: np.ndarray, errors: list[tuple[str, str, str]],
-                 task: train.Task, fmt: str) -> None:
+                 task: tasks.Task, fmt: str) -> None:
   """The errors first, then the shard: a shard's file means it is done."""
   errors_path = output_dir / _errors_name(name)
   if errors:

@@ -15,7 +15,9 @@ from tests.conftest import tiny_config
 from gzjax import checkpoint
 from gzjax import errors
 from gzjax import evaluate
+from gzjax import experiment as experiments
 from gzjax import train
+from gzjax import workdir_rules
 from gzjax.data import galaxy_zoo
 
 
@@ -88,7 +90,7 @@ def test_damaged_latest_checkpoint_falls_back_and_metrics_are_not_doubled(
 def test_a_missing_metadata_file_is_named(trained, tmp_path):
   workdir = _copy(trained, tmp_path)
   (workdir / 'checkpoints' / '6' / 'state' / '_METADATA').unlink()
-  experiment = train.create_experiment(_config(trained[0]))
+  experiment = experiments.create_experiment(_config(trained[0]))
   checkpointer = checkpoint.Checkpointer(workdir)
   with pytest.raises(errors.CheckpointError) as info:
     checkpointer.restore(experiment.state)
@@ -145,7 +147,7 @@ def test_a_batch_larger_than_the_training_split_is_refused(trained, tmp_path):
 def test_truncate_metrics_keeps_steps_up_to_the_restored_one(tmp_path):
   path = tmp_path / 'metrics.jsonl'
   path.write_text('{"step": 2}\n{"step": 3}\n{"step": 4}\n{"ste')
-  train.truncate_metrics(path, 3)
+  workdir_rules.truncate_metrics(path, 3)
   assert path.read_text() == '{"step": 2}\n{"step": 3}\n'
   assert not list(tmp_path.glob('*.tmp'))
 

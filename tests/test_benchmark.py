@@ -102,12 +102,12 @@ def test_benchmark_configures_every_model_at_its_native_size():
 
 def test_step_flops_count_the_convolutions():
   from gzjax import config as base  # pylint: disable=g-import-not-at-top
-  from gzjax import train  # pylint: disable=g-import-not-at-top
+  from gzjax import experiment as experiments  # pylint: disable=g-import-not-at-top
   benchmark = _benchmark_module()
   config = base.base_config()
   config.input.image_size = 32
   config.input.batch_size = 8
-  flops = benchmark.step_flops(train.create_experiment(config), 8)
+  flops = benchmark.step_flops(experiments.create_experiment(config), 8)
   # The seed CNN's convolutions by hand (see test_profile_step_splits_the_
   # step): forward + 2x for the backward, batch 8.  The lowered count lacks
   # only the first layer's input gradient, which nothing needs (0.9%).

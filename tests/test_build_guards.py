@@ -6,8 +6,8 @@ import pathlib
 import pytest
 
 from gzjax import errors
-from gzjax import train
 from gzjax.data import galaxy_zoo
+from gzjax.data import splits
 from tests.conftest import tiny_config
 from tests.test_build_kaggle import _break_images
 from tests.test_build_kaggle import _manual_copy
@@ -124,7 +124,7 @@ def test_building_on_first_use_gives_the_build_command(kaggle_sample,
   config = tiny_config(tmp_path / 'data', dataset='galaxy_zoo/kaggle',
                        manual_dir=str(manual))
   with pytest.raises(errors.DataError) as info:
-    train.open_split(config, 'train')
+    splits.open_split(config, 'train')
   message = str(info.value)
   assert message.endswith(
       'Restore them, or build it yourself with python -m gzjax.data.build'

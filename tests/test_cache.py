@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from gzjax import checkpoint
+from gzjax import experiment as experiments
 from gzjax import train
 from gzjax.data import cache
 from gzjax.data import pipeline
@@ -275,7 +276,7 @@ def test_training_resumes_bit_identically(tmp_path):
   config = tiny_config(tmp_path, **{'input.cache': 'device',
                                     'input.crop_size': 64})
   cached = _cache(_records(12), tmp_path / 'cache', config.input)
-  experiment = train.create_experiment(config)
+  experiment = experiments.create_experiment(config)
   device_input = cache.DeviceInput(
       config.input, cached.geometry,
       cache.place_on_devices(cached, experiment.replicated))

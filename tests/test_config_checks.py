@@ -12,7 +12,9 @@ from gzjax import config_checks
 from gzjax import errors
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-CONFIGS = sorted((REPO / 'configs').glob('*.py'))
+# Experiment files; __init__.py and common.py (shared recipe pieces) are not.
+CONFIGS = sorted(path for path in (REPO / 'configs').glob('*.py')
+                 if path.stem not in ('__init__', 'common'))
 
 
 def _load(path):

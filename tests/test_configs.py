@@ -11,10 +11,13 @@ import jax
 import numpy as np
 import pytest
 
+from gzjax import experiment as experiments
 from gzjax import train
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / 'configs'
-NAMES = sorted(path.stem for path in CONFIGS.glob('*.py'))
+# Experiment files; __init__.py and common.py (shared recipe pieces) are not.
+NAMES = sorted(path.stem for path in CONFIGS.glob('*.py')
+               if path.stem not in ('__init__', 'common'))
 
 
 def _load(name: str):
@@ -76,10 +79,10 @@ def test_published_recipes():
 
 
 def test_every_config_computes_in_bfloat16_on_accelerators_only():
-  for path in sorted(CONFIGS.glob('*.py')):
-    config = _load(path.stem).get_config()
-    assert config.model.dtype == 'auto', path.name
-    assert "model.dtype='auto'" in _load(path.stem).__doc__, path.name
+  for name in NAMES:
+    config = _load(name).get_config()
+    assert config.model.dtype == 'auto', name
+    assert "model.dtype='auto'" in _load(name).__doc__, name
 
 
 @pytest.mark.parametrize('name', ['quickstart', 'cnn_votes', 'cnn_3class',
@@ -88,7 +91,7 @@ def test_one_training_step_is_finite_and_moves_the_parameters(name):
   config = _load(name).get_config()
   config.input.batch_size = 4
   size = config.input.image_size
-  experiment = train.create_experiment(config)
+  experiment = experiments.create_experiment(config)
   before = [np.asarray(x) for x in jax.tree.leaves(experiment.state.params)]
   rng = np.random.default_rng(0)
   batch = train.to_global({

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from gzjax import config as base
+from gzjax import experiment as experiments
 from gzjax import finetune
-from gzjax import train
 from gzjax.data import galaxy_zoo
 from gzjax.data import labels
 from gzjax.models import weights
@@ -133,12 +133,12 @@ def test_encoder_round_trip_and_preprocessing_check(trained, tmp_path):
   # placeholder, which ConfigDict.update cannot merge).
   fresh.input = copy.deepcopy(config.input)
   # The export holds the trained backbone, not the initial one.
-  initial = weights.named_variables(train.create_model(fresh, task),
+  initial = weights.named_variables(experiments.create_model(fresh, task),
                                     'backbone/')
   assert any(not np.array_equal(np.asarray(initial[k]), v)
              for k, v in exported.items())
   fresh.model.pretrained = str(out)
-  loaded = weights.named_variables(train.create_model(fresh, task),
+  loaded = weights.named_variables(experiments.create_model(fresh, task),
                                    'backbone/')
   assert set(loaded) == set(exported)
   for name, value in exported.items():
@@ -146,4 +146,4 @@ def test_encoder_round_trip_and_preprocessing_check(trained, tmp_path):
   fresh.input.image_size = 48
   with pytest.raises(weights.WeightMismatchError,
                      match=r'input.image_size=32 but the config has 48'):
-    train.create_model(fresh, task)
+    experiments.create_model(fresh, task)

@@ -11,7 +11,7 @@ import numpy as np
 from tensorboardX.proto import event_pb2
 from tensorboardX.record_writer import masked_crc32c
 
-from gzjax import train
+from gzjax import metric_writer
 
 
 def _read_records(path: pathlib.Path) -> list[bytes]:
@@ -47,7 +47,7 @@ def _scalars(workdir: pathlib.Path) -> list[tuple[int, str, float]]:
 
 
 def test_writes_jsonl_and_tensorboard(tmp_path):
-  writer = train.MetricWriter(tmp_path)
+  writer = metric_writer.MetricWriter(tmp_path)
   writer.write(10, {'train/loss': 0.5, 'train/learning_rate': 0.001})
   writer.write(20, {'train/loss': 0.25, 'val/count': 3})
   writer.close()
@@ -67,7 +67,7 @@ def test_writes_jsonl_and_tensorboard(tmp_path):
 
 
 def test_non_finite_values_are_kept_in_jsonl_only(tmp_path):
-  writer = train.MetricWriter(tmp_path)
+  writer = metric_writer.MetricWriter(tmp_path)
   writer.write(1, {'loss': float('nan'), 'grad_norm': float('inf'),
                    'accuracy': 0.75})
   writer.write(2, {'loss': float('-inf')})
@@ -86,10 +86,10 @@ def test_non_finite_values_are_kept_in_jsonl_only(tmp_path):
 
 
 def test_a_resumed_run_appends_to_the_jsonl(tmp_path):
-  writer = train.MetricWriter(tmp_path)
+  writer = metric_writer.MetricWriter(tmp_path)
   writer.write(1, {'loss': 1.0})
   writer.close()
-  writer = train.MetricWriter(tmp_path)
+  writer = metric_writer.MetricWriter(tmp_path)
   writer.write(2, {'loss': 0.5})
   writer.close()
   lines = (tmp_path / 'metrics.jsonl').read_text().splitlines()

@@ -2,7 +2,7 @@
 checkpoints.
 
 Each run is ``python -m gzjax.main`` (or, for evaluation, a short script on
-the engine's restore and ``train.predict_split``) in separate OS processes:
+the engine's restore and ``evaluate.predict_split``) in separate OS processes:
 2 processes of 2 virtual CPU devices that meet through
 ``jax.distributed.initialize`` at a coordinator on a free loopback port
 (gloo collectives), against 1 process of 4 devices.  Every process is
@@ -24,7 +24,7 @@ import pytest
 
 from gzjax import checkpoint
 from gzjax import distributed
-from gzjax import train
+from gzjax import experiment as experiments
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Generous: two processes compile and train on a shared 2-core machine.
@@ -51,7 +51,7 @@ TRAIN_FLAGS = (
 # [--train=WORKDIR] CHECKPOINT_WORKDIR OUT: with --train, first trains
 # WORKDIR with CHECKPOINT_WORKDIR's config.json (so both runs have one
 # config); then evaluates CHECKPOINT_WORKDIR's last checkpoint through the
-# engine's restore and train.predict_split, as --mode=evaluate does.
+# engine's restore and evaluate.predict_split, as --mode=evaluate does.
 _SCRIPT = '''
 import json, sys
 import ml_collections, numpy as np
@@ -60,17 +60,18 @@ if distributed.wanted(None):
   distributed.initialize()
 import jax
 from gzjax import evaluate, train
+from gzjax.data import splits
 *train_workdir, workdir, out = sys.argv[1:]
 config = ml_collections.ConfigDict(
     json.loads(open(f'{workdir}/config.json').read()))
 for path in train_workdir:
   train.train_and_evaluate(config, path.removeprefix('--train='))
 experiment, step = evaluate.restore(config, workdir)
-validation = train.predict_split(experiment,
-                                 train.open_split(config, 'validation'))
-test = train.predict_split(experiment, train.open_split(config, 'test'))
-baseline = train.training_mean_votes(train.open_split(config, 'train'))
-metrics = train.score(experiment.task, validation, baseline)
+validation = evaluate.predict_split(experiment,
+                                    splits.open_split(config, 'validation'))
+test = evaluate.predict_split(experiment, splits.open_split(config, 'test'))
+baseline = evaluate.training_mean_votes(splits.open_split(config, 'train'))
+metrics = evaluate.score(experiment.task, validation, baseline)
 if jax.process_index() == 0:
   np.savez(out, step=step, processes=jax.process_count(),
            devices=len(jax.devices()), metrics=json.dumps(metrics),
@@ -138,7 +139,7 @@ def _final_params(workdir: pathlib.Path) -> list[np.ndarray]:
   """The last checkpoint's parameters, restored in this (1-process) pytest."""
   config = ml_collections.ConfigDict(
       json.loads((workdir / 'config.json').read_text()))
-  experiment = train.create_experiment(config)
+  experiment = experiments.create_experiment(config)
   checkpointer = checkpoint.Checkpointer(workdir)
   try:
     state, _, step = checkpointer.restore(experiment.state)

@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from gzjax.data import fields
 from gzjax.data import pipeline
 
 _NUM_RECORDS = 10
@@ -33,8 +34,8 @@ def _jpeg(image: np.ndarray) -> bytes:
 
 
 def _record(galaxy_id: int, jpeg: bytes) -> dict[str, object]:
-  votes = np.linspace(0, 1, pipeline.NUM_VOTES, dtype=np.float32)
-  votes_mask = np.ones(pipeline.NUM_VOTES, bool)
+  votes = np.linspace(0, 1, fields.NUM_VOTES, dtype=np.float32)
+  votes_mask = np.ones(fields.NUM_VOTES, bool)
   votes[5:8] = np.nan
   votes_mask[5:8] = False
   return {
@@ -255,7 +256,7 @@ def test_eval_batch_contents(records):
   assert batch['image'].dtype == np.float32
   assert batch['image'].shape == (4, 16, 16, 3)
   assert batch['votes'].dtype == np.float32
-  assert batch['votes'].shape == (4, pipeline.NUM_VOTES)
+  assert batch['votes'].shape == (4, fields.NUM_VOTES)
   assert not np.isnan(batch['votes']).any()
   np.testing.assert_array_equal(batch['votes'][:, 5:8], 0)
   assert not batch['votes_mask'][:, 5:8].any()

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 from gzjax import config as base
+from gzjax import evaluate
+from gzjax import experiment as experiments
 from gzjax import train
 
 
@@ -14,19 +16,19 @@ def test_auto_is_float32_on_cpu_and_every_config_inherits_it():
   config = base.base_config()
   assert config.model.dtype == 'auto'
   assert jax.default_backend() == 'cpu'
-  assert train.compute_dtype(config) == jnp.float32
+  assert experiments.compute_dtype(config) == jnp.float32
   config.model.dtype = 'bfloat16'
-  assert train.compute_dtype(config) == jnp.bfloat16
+  assert experiments.compute_dtype(config) == jnp.bfloat16
   config.model.dtype = 'bf16'
   with pytest.raises(ValueError, match=r"config.model.dtype='bf16'.*auto"):
-    train.compute_dtype(config)
+    experiments.compute_dtype(config)
 
 
 def test_bfloat16_keeps_weights_statistics_and_optimizer_in_float32():
   config = base.base_config()
   config.model.name = 'efficientnet_b0'  # Batch norm; shapes only, no init.
   config.model.dtype = 'bfloat16'
-  state = train.create_experiment(config, initialise=False).state
+  state = experiments.create_experiment(config, initialise=False).state
   dtypes = {jnp.dtype(leaf.dtype).name for leaf in jax.tree.leaves(
       (state.params, state.opt_state))}
   assert dtypes == {'float32', 'int32'}  # int32: Adam's step count.
@@ -38,8 +40,8 @@ def test_bfloat16_keeps_weights_statistics_and_optimizer_in_float32():
 
 
 def _real_batch(data_dir, experiment):
-  iterator, _ = train.create_train_input(experiment.config, experiment.task,
-                                         experiment)
+  iterator, _ = experiments.create_train_input(
+      experiment.config, experiment.task, experiment)
   try:
     return next(iterator)
   finally:
@@ -58,12 +60,12 @@ def test_a_bfloat16_step_on_the_real_sample_is_close_to_float32(
     config.input.read_threads = 1
     config.input.image_size = 64
     config.model.dtype = dtype
-    experiment = train.create_experiment(config)
+    experiment = experiments.create_experiment(config)
     batch = batch or _real_batch(kaggle_sample_data_dir, experiment)
     device_batch = train.to_global(batch, experiment.batch_sharding)
     # The same float32 weights in both: the forward pass's rounding alone.
-    outputs = train.make_predict_fn(experiment)(experiment.state,
-                                                device_batch['image'])
+    outputs = evaluate.make_predict_fn(experiment)(experiment.state,
+                                                   device_batch['image'])
     state, metrics = train.make_train_step(experiment)(experiment.state,
                                                        device_batch)
     results[dtype] = (jax.device_get(metrics), np.asarray(outputs),

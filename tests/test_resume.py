@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 
 from gzjax import checkpoint
-from gzjax import train
+from gzjax import experiment as experiments
 from tests.conftest import kill_when
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -46,7 +46,7 @@ def _environment(cache):
 def _state_leaves(workdir):
   config = ml_collections.ConfigDict(
       json.loads((workdir / 'config.json').read_text()))
-  experiment = train.create_experiment(config)
+  experiment = experiments.create_experiment(config)
   checkpointer = checkpoint.Checkpointer(workdir)
   state, data, step = checkpointer.restore(experiment.state)
   checkpointer.close()

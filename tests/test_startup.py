@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from gzjax import config as base
+from gzjax import experiment as experiments
 from gzjax import models
-from gzjax import train
+from gzjax import tasks
 from gzjax.models import weights
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -45,12 +46,12 @@ def _raw(x) -> np.ndarray:
 
 @pytest.fixture(scope='module')
 def experiment():
-  return train.create_experiment(_config())
+  return experiments.create_experiment(_config())
 
 
 def test_jitted_creation_gives_the_eager_parameters_replicated(experiment):
   config = _config()
-  eager = train.create_model(config, train.TASKS['votes'])
+  eager = experiments.create_model(config, tasks.TASKS['votes'])
   _, params, rest = nnx.split(eager, nnx.Param, ...)
   jitted_params = _named(experiment.state.params)
   eager_params = _named(params)
@@ -69,7 +70,7 @@ def test_jitted_creation_gives_the_eager_parameters_replicated(experiment):
   for leaf in jax.tree.leaves(experiment.state):
     assert leaf.sharding == experiment.replicated
   # Without initialising: the same shapes, dtypes and shardings, no values.
-  template = train.create_experiment(config, initialise=False).state
+  template = experiments.create_experiment(config, initialise=False).state
   assert jax.tree.map(lambda t: (t.shape, t.dtype, t.sharding), template) == \
       jax.tree.map(lambda x: (x.shape, x.dtype, x.sharding), experiment.state)
 
@@ -93,7 +94,7 @@ def test_pretrained_weights_fill_the_jitted_state(experiment, tmp_path):
             weights.named_variables(donor, 'backbone/').items()}
   weights.save(tmp_path / 'donor.msgpack', arrays)
   config = _config(pretrained=str(tmp_path / 'donor.msgpack'))
-  params = nnx.to_flat_state(train.create_experiment(config).state.params)
+  params = nnx.to_flat_state(experiments.create_experiment(config).state.params)
   fresh_params = dict(nnx.to_flat_state(fresh.state.params))
   assert len(params) == 16
   for path, variable in params:

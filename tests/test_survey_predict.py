@@ -17,9 +17,11 @@ import pytest
 from PIL import Image
 
 from gzjax import checkpoint
+from gzjax import evaluate
+from gzjax import experiment as experiments
 from gzjax import predict
+from gzjax import tasks
 from gzjax import taxonomy
-from gzjax import train
 from gzjax.data import catalog as catalogs
 from tests.conftest import tiny_config
 
@@ -41,7 +43,7 @@ def _galaxy(rng, size=64) -> np.ndarray:
 
 def _save_checkpoint(workdir: pathlib.Path, config) -> None:
   """A checkpoint of the initial state: any fixed weights serve here."""
-  experiment = train.create_experiment(config)
+  experiment = experiments.create_experiment(config)
   checkpointer = checkpoint.Checkpointer(workdir)
   checkpointer.save(3, experiment.state, {'position': 0})
   checkpointer.wait()
@@ -140,7 +142,7 @@ def test_shards_manifest_errors_and_rows_match_the_eval_path(
               'votes': np.full(37, np.nan, np.float32),
               'votes_mask': np.zeros(37, bool), 'label_3class': -1,
               'label_7class': -1} for i, (_, path) in enumerate(good)]
-  reference = train.predict_split(experiment, records)
+  reference = evaluate.predict_split(experiment, records)
   np.testing.assert_array_equal(reference['galaxy_id'], np.arange(len(good)))
   np.testing.assert_allclose(votes, reference['outputs'], atol=1e-6)
   assert np.ptp(votes[:, 0]) > 1e-4  # Rows differ: a mix-up would show.
@@ -157,7 +159,7 @@ def test_derived_labels_and_their_probabilities_by_hand():
   undecided = np.zeros(37)
   undecided[[0, 1, 2]] = (0.4, 0.35, 0.25)
   columns = predict.output_columns(['a', 'b'], np.stack(
-      [smooth_round, undecided]), train.TASKS['votes'])
+      [smooth_round, undecided]), tasks.TASKS['votes'])
   assert columns['label_3class'].tolist() == [0, -1]
   assert columns['name_3class'] == ['smooth', '']
   np.testing.assert_allclose(columns['p_3class'], [0.9, np.nan])
@@ -168,7 +170,7 @@ def test_derived_labels_and_their_probabilities_by_hand():
                              rtol=1e-6)
   probabilities = np.array([[0.2, 0.7, 0.1]])
   columns = predict.output_columns(['J1'], probabilities,
-                                   train.TASKS['3class'])
+                                   tasks.TASKS['3class'])
   assert list(columns) == ['id', 'smooth', 'features or disk',
                            'star or artifact', 'predicted', 'p_predicted']
   assert (columns['predicted'], columns['p_predicted'].tolist()) == (

@@ -13,6 +13,7 @@ import pytest
 
 from gzjax import checkpoint
 from gzjax import evaluate
+from gzjax import experiment as experiments
 from gzjax import taxonomy
 from gzjax import train
 from tests.conftest import kill_when
@@ -24,7 +25,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 def _final_params(workdir) -> list[np.ndarray]:
   config = json.loads((pathlib.Path(workdir) / 'config.json').read_text())
   import ml_collections  # pylint: disable=g-import-not-at-top
-  experiment = train.create_experiment(ml_collections.ConfigDict(config))
+  experiment = experiments.create_experiment(ml_collections.ConfigDict(config))
   checkpointer = checkpoint.Checkpointer(workdir)
   state, _, step = checkpointer.restore(experiment.state)
   checkpointer.close()
@@ -35,6 +36,7 @@ _DATA_PARALLEL_SCRIPT = '''
 import sys
 import jax, numpy as np
 from tests.conftest import tiny_config
+from gzjax import experiment as experiments
 from gzjax import train
 config = tiny_config('/nonexistent', **{'input.batch_size': 16,
                                          'model.dropout': 0.5})
@@ -42,7 +44,7 @@ config.model.hidden = (16,)
 # SGD: Adam's normalised step turns a last-bit difference of a near-zero
 # gradient (the devices sum in another order) into a full learning-rate step.
 config.optimizer.name = 'sgd'
-experiment = train.create_experiment(config)
+experiment = experiments.create_experiment(config)
 step = train.make_train_step(experiment)
 rng = np.random.default_rng(0)
 losses = []
@@ -110,7 +112,7 @@ def test_dropout_draws_a_new_mask_every_step():
   config.model.hidden = (16,)
   config.optimizer.learning_rate = 0.0  # Only the dropout mask can differ.
   config.optimizer.schedule = 'constant'
-  experiment = train.create_experiment(config)
+  experiment = experiments.create_experiment(config)
   step = train.make_train_step(experiment)
   batch = _random_batch(experiment, np.random.default_rng(0))
   losses = []
@@ -119,7 +121,7 @@ def test_dropout_draws_a_new_mask_every_step():
     losses.append(float(metrics['loss']))
   assert len(set(losses)) == 3, losses
   # Evaluation is deterministic: no dropout.
-  predict = train.make_predict_fn(experiment)
+  predict = evaluate.make_predict_fn(experiment)
   np.testing.assert_array_equal(predict(experiment.state, batch['image']),
                                 predict(experiment.state, batch['image']))
 
@@ -127,9 +129,9 @@ def test_dropout_draws_a_new_mask_every_step():
 def test_ema_of_the_parameters_is_kept_and_used_for_evaluation():
   config = tiny_config('/nonexistent', ema_decay=0.75)
   config.optimizer.schedule = 'constant'
-  experiment = train.create_experiment(config)
+  experiment = experiments.create_experiment(config)
   step = train.make_train_step(experiment)
-  predict = train.make_predict_fn(experiment)
+  predict = evaluate.make_predict_fn(experiment)
   batch = _random_batch(experiment, np.random.default_rng(0))
   history = [[np.asarray(x) for x in jax.tree.leaves(experiment.state.params)]]
   for _ in range(2):
@@ -159,7 +161,7 @@ def test_a_frozen_backbone_is_not_differentiated():
     config = tiny_config('/nonexistent')
     config.optimizer.freeze_backbone = frozen
     config.optimizer.schedule = 'constant'
-    experiment = train.create_experiment(config)
+    experiment = experiments.create_experiment(config)
     step = jax.jit(train.make_train_step(experiment), donate_argnums=0)
     batch = _random_batch(experiment, np.random.default_rng(0))
     before = jax.tree.map(np.asarray, experiment.state.params)
@@ -347,11 +349,11 @@ def test_tta_is_the_mean_over_the_eight_dihedral_views():
   """Each of the 8 rotations/flips computed here with numpy and the plain
   predict function; their mean is what the TTA predict function returns."""
   config = tiny_config('/nonexistent')
-  experiment = train.create_experiment(config)
+  experiment = experiments.create_experiment(config)
   rng = np.random.default_rng(0)
   images = rng.normal(size=(8, 32, 32, 3)).astype(np.float32)
-  plain = train.make_predict_fn(experiment)
-  tta = train.make_predict_fn(experiment, tta=True)
+  plain = evaluate.make_predict_fn(experiment)
+  tta = evaluate.make_predict_fn(experiment, tta=True)
 
   def predict(x):
     return np.asarray(plain(experiment.state, train.to_global(
@@ -383,7 +385,7 @@ def test_training_mean_votes_skips_unknown_answers():
   mask[:, 3] = False  # Never known: 0, not NaN.
   records = [{'votes': v, 'votes_mask': m, 'label_3class': -1,
               'label_7class': -1} for v, m in zip(votes, mask)]
-  mean = train.training_mean_votes(records)
+  mean = evaluate.training_mean_votes(records)
   assert mean.shape == (taxonomy.NUM_ANSWERS,)
   np.testing.assert_allclose(mean[:4], [0.5, 0.3, 0.3, 0.0], rtol=1e-6)
   np.testing.assert_array_equal(mean[4:], 0.0)
@@ -407,7 +409,7 @@ def test_label_smoothing_and_class_weights_reach_the_step_loss():
   unlabelled row left out."""
   config = tiny_config('/nonexistent', task='3class', loss='softmax',
                        label_smoothing=0.2, class_weights=(1.0, 2.0, 5.0))
-  experiment = train.create_experiment(config)
+  experiment = experiments.create_experiment(config)
   host, batch = _labelled_batch(experiment, np.random.default_rng(0))
   from flax import nnx  # pylint: disable=g-import-not-at-top
   model = nnx.merge(experiment.graphdef, experiment.state.params,
@@ -432,9 +434,9 @@ def test_bfloat16_compute_is_finite_and_close_to_float32():
     # learning-rate steps of either sign.
     config.optimizer.name = 'sgd'
     config.optimizer.schedule = 'constant'
-    experiment = train.create_experiment(config)
+    experiment = experiments.create_experiment(config)
     rng = np.random.default_rng(0)
-    outputs[dtype] = np.asarray(train.make_predict_fn(experiment)(
+    outputs[dtype] = np.asarray(evaluate.make_predict_fn(experiment)(
         experiment.state, _random_batch(experiment, rng)['image']))
     step = train.make_train_step(experiment)
     losses[dtype] = []
@@ -477,7 +479,7 @@ def test_pretrained_frozen_backbone_keeps_the_file_and_its_batch_statistics(
   config = tiny_config('/nonexistent', **{
       'model.name': 'efficientnet_lite0', 'model.pretrained': str(path),
       'optimizer.freeze_backbone': True, 'optimizer.schedule': 'constant'})
-  experiment = train.create_experiment(config)
+  experiment = experiments.create_experiment(config)
 
   def backbone(state):
     model = nnx.merge(experiment.graphdef, state.params, state.rest)
@@ -546,7 +548,7 @@ def test_linear_head_outputs_and_loss():
   layer, unsquashed, and the step's MSE is taken on them."""
   from flax import nnx  # pylint: disable=g-import-not-at-top
   config = tiny_config('/nonexistent', **{'model.head': 'linear'})
-  experiment = train.create_experiment(config)
+  experiment = experiments.create_experiment(config)
   host = {
       'image': np.random.default_rng(0).normal(
           size=(8, 32, 32, 3)).astype(np.float32),
@@ -563,7 +565,7 @@ def test_linear_head_outputs_and_loss():
   expected = (features @ np.asarray(output['kernel'].value, np.float64)
               + np.asarray(output['bias'].value, np.float64))
   assert expected.min() < 0 or expected.max() > 1  # No squashing to hide.
-  predicted = train.make_predict_fn(experiment)(
+  predicted = evaluate.make_predict_fn(experiment)(
       experiment.state, train.to_global(host, experiment.batch_sharding)[
           'image'])
   np.testing.assert_allclose(predicted, expected, rtol=1e-4, atol=1e-5)

@@ -3,13 +3,14 @@ the input pipeline keeps the device busy.
 
   python tools/benchmark.py --model=cnn --batch_size=64
   python tools/benchmark.py --model=efficientnet_b0 --batch_size=16 --steps=3
-  python tools/benchmark.py --config=configs/effnet_votes.py --json=bench.json
+  PYTHONPATH=. python tools/benchmark.py --config=configs/effnet_votes.py \
+      --json=bench.json  # configs/ import configs.common from the repo root
 
 One run, one markdown table, everything side by side on the same machine, for
 one model at one input size (``--image_size``; default: the ``--config``
 file's, else the model's native side) and one batch size:
 
-* gzjax's jitted train step (``train.create_experiment`` and
+* gzjax's jitted train step (``experiment.create_experiment`` and
   ``train.make_train_step`` on the config: its head, loss and optimizer) on a
   fixed random batch sharded over every local device.  Compilation (the first
   call, lowering included) is timed apart; throughput is the median images/s
@@ -63,9 +64,12 @@ import numpy as np
 
 import benchmark_input
 from gzjax import config as base
+from gzjax import distributed
+from gzjax import experiment as experiments
 from gzjax import models
 from gzjax import train
 from gzjax.data import cache
+from gzjax.data import fields
 from gzjax.data import galaxy_zoo
 from gzjax.data import pipeline
 
@@ -190,8 +194,8 @@ def random_batch(batch_size: int, size: int) -> dict[str, np.ndarray]:
   rng = np.random.default_rng(0)
   return {
       'image': rng.normal(size=(batch_size, size, size, 3)).astype(np.float32),
-      'votes': rng.random((batch_size, 37)).astype(np.float32),
-      'votes_mask': np.ones((batch_size, 37), bool),
+      'votes': rng.random((batch_size, fields.NUM_VOTES)).astype(np.float32),
+      'votes_mask': np.ones((batch_size, fields.NUM_VOTES), bool),
       'label_3class': rng.integers(0, 3, batch_size).astype(np.int32),
       'label_7class': rng.integers(0, 7, batch_size).astype(np.int32),
       'example_mask': np.ones(batch_size, bool),
@@ -205,7 +209,7 @@ def peak_flops(device_kind: str, dtype: str = 'bfloat16') -> float | None:
   return None
 
 
-def step_flops(experiment: train.Experiment, batch_size: int) -> float:
+def step_flops(experiment: experiments.Experiment, batch_size: int) -> float:
   """FLOPs of one train step on ``batch_size`` images, convolutions included.
 
   XLA's cost analysis of the step as the CPU lowers it (``train.make_train_step``
@@ -213,7 +217,7 @@ def step_flops(experiment: train.Experiment, batch_size: int) -> float:
   analysis leaves out the convolutions, which become cuDNN calls, and so
   reported an MFU of 0.1% for a step running at ~21%.
   """
-  cpu = jax.sharding.Mesh(np.array(jax.devices('cpu')[:1]), (train.DATA_AXIS,))
+  cpu = distributed.make_mesh(jax.devices('cpu')[:1])
   on_cpu = dataclasses.replace(experiment, mesh=cpu)
   size = experiment.config.input.image_size
   shapes = jax.tree.map(
@@ -231,7 +235,7 @@ def gzjax_peer(config_path: str, model: str, size: int, batch_size: int,
   if batch_size % len(devices):
     raise ValueError(f'--batch_size={batch_size} does not divide over'
                      f' {len(devices)} devices.')
-  experiment = train.create_experiment(config)
+  experiment = experiments.create_experiment(config)
   batch = train.to_global(random_batch(batch_size, size),
                           experiment.batch_sharding)
   start = time.perf_counter()
@@ -250,7 +254,7 @@ def gzjax_peer(config_path: str, model: str, size: int, batch_size: int,
   rate = timed_rate(run_steps, steps * batch_size, repeats)
   flops_per_second = step_flops(experiment, batch_size) * rate / batch_size
   kind = devices[0].device_kind
-  mode = [f'{train.compute_dtype(config).name} (model.dtype'
+  mode = [f'{experiments.compute_dtype(config).name} (model.dtype'
           f' {config.model.dtype})', f'{len(devices)}x {kind}',
           f'{flops_per_second / 1e12:.3g} TFLOP/s']
   if peak := peak_flops(kind):
@@ -475,7 +479,7 @@ def gzjax_end_to_end(config_path: str, model: str, size: int,
   rate = len(windows) / sum(1 / r for r in windows)
   return {'images_per_s': rate, 'warmup_s': total_seconds,
           'mode': (f'train.train_and_evaluate, {steps} steps, input.cache='
-                   f'device, {train.compute_dtype(config).name}; warmup ='
+                   f'device, {experiments.compute_dtype(config).name}; warmup ='
                    ' whole run incl. cache build and evaluation')}
 
 

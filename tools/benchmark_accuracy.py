@@ -75,7 +75,9 @@ import tqdm
 
 from gzjax import config as base
 from gzjax import evaluate
+from gzjax import experiment as experiments
 from gzjax import metrics
+from gzjax import tasks
 from gzjax import taxonomy
 from gzjax import train
 from gzjax.data import galaxy_zoo
@@ -124,7 +126,7 @@ _SPIRAL_STEPS = flags.DEFINE_integer(
 _SPIRAL_IMAGE_SIZE = flags.DEFINE_integer(
     'spiral_image_size', 48, 'Spiral classifier input side.')
 
-SPIRAL = train.Task('spiral', 2, 'label_3class', ('other', 'spiral'))
+SPIRAL = tasks.Task('spiral', 2, 'label_3class', ('other', 'spiral'))
 """The binary spiral label, carried in the records' label_3class field: the
 engine sends only its own label fields to the devices."""
 
@@ -158,7 +160,7 @@ class Timer:
 
 def labelled(source) -> tuple[np.ndarray, np.ndarray]:
   """Votes (float64, NaN-free) and their known-answer mask."""
-  scanned = train.scan_labels(source)
+  scanned = tasks.scan_labels(source)
   mask = scanned['votes_mask']
   return np.where(mask, scanned['votes'].astype(np.float64), 0.0), mask
 
@@ -347,8 +349,8 @@ def train_spiral_classifier(data_dir: pathlib.Path, records):
   config.input.augment.zoom = (1.0, 1.0)
   for jitter in ('translation', 'brightness', 'contrast', 'color'):
     config.input.augment[jitter] = 0.0
-  train.TASKS.setdefault(SPIRAL.name, SPIRAL)
-  experiment = train.create_experiment(config)
+  tasks.TASKS.setdefault(SPIRAL.name, SPIRAL)
+  experiment = experiments.create_experiment(config)
   step = train.make_train_step(experiment)
   batches = pipeline.create_train_iterator(records, config.input)
   for _ in tqdm.trange(config.num_train_steps, desc='spiral classifier',
@@ -371,12 +373,12 @@ def spiral_rows(manual_dir: pathlib.Path, data_dir: pathlib.Path,
               float(np.mean(labels == majority)), None, None, len(labels))]
   classifier = timer.run('train spiral classifier', train_spiral_classifier,
                          data_dir, train_records)
-  predictions = timer.run('evaluate spiral classifier', train.predict_split,
+  predictions = timer.run('evaluate spiral classifier', evaluate.predict_split,
                           classifier, validation)
   rows.append(Row(
       f'seed CNN 2-class, {_SPIRAL_IMAGE_SIZE.value} px, trained on'
       f' {len(train_records)}',
-      train.score(SPIRAL, predictions)['accuracy'],
+      evaluate.score(SPIRAL, predictions)['accuracy'],
       timer.stages['train spiral classifier'],
       timer.stages['evaluate spiral classifier'], len(labels)))
 
@@ -386,7 +388,7 @@ def spiral_rows(manual_dir: pathlib.Path, data_dir: pathlib.Path,
   unseen = np.array([int(g) not in vote_trained for g in validation.ids])
   start = time.perf_counter()
   experiment, _ = evaluate.restore(config, workdir)
-  outputs = train.predict_split(experiment, validation, tta=tta)['outputs']
+  outputs = evaluate.predict_split(experiment, validation, tta=tta)['outputs']
   seconds = time.perf_counter() - start
   column = {a: taxonomy.ANSWERS.index(a)
             for a in ('Class1.2', 'Class4.1', 'Class6.1')}

@@ -117,9 +117,9 @@ def _config(model: str, side: int, batch: int, crop: int):
 def make_workdir(folder: pathlib.Path, config) -> pathlib.Path:
   """A checkpoint of the initial weights: speed does not depend on them."""
   from gzjax import checkpoint  # pylint: disable=g-import-not-at-top
-  from gzjax import train  # pylint: disable=g-import-not-at-top
+  from gzjax import experiment as experiments  # pylint: disable=g-import-not-at-top
   if not (folder / 'checkpoints').exists():
-    experiment = train.create_experiment(config)
+    experiment = experiments.create_experiment(config)
     checkpointer = checkpoint.Checkpointer(folder)
     checkpointer.save(0, experiment.state, {})
     checkpointer.wait()

@@ -22,6 +22,8 @@ from absl import flags
 import jax
 
 import benchmark
+from gzjax import evaluate
+from gzjax import experiment as experiments
 from gzjax import train
 
 # --config, --model, --image_size, --batch_size, --steps and --repeats are
@@ -49,10 +51,10 @@ def main(argv):
   config = benchmark.configure(FLAGS.config, FLAGS.model, FLAGS.image_size,
                                FLAGS.batch_size)
   size = config.input.image_size
-  experiment = train.create_experiment(config)
+  experiment = experiments.create_experiment(config)
   batch = train.to_global(benchmark.random_batch(FLAGS.batch_size, size),
                           experiment.batch_sharding)
-  forward = train.make_predict_fn(experiment)
+  forward = evaluate.make_predict_fn(experiment)
   gradient = jax.jit(jax.value_and_grad(train.make_loss_fn(experiment),
                                         has_aux=True))
   step = jax.jit(train.make_train_step(experiment), donate_argnums=0)

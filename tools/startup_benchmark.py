@@ -5,11 +5,11 @@ r"""How fast a training run starts: creation, compile, first step, warm cache.
 
 For each model (``name`` or ``name:side``; default side: the model's native
 one), two fresh processes run what ``gzjax.main`` runs before its first step,
-with the engine's functions (``train.create_experiment``,
+with the engine's functions (``experiment.create_experiment``,
 ``train.make_train_step``) on a random batch, and one persistent compilation
 cache directory, empty before the first process:
 
-* create: ``train.create_experiment`` until its state is on the devices;
+* create: ``experiment.create_experiment`` until its state is on the devices;
 * compile: lowering and compiling the train step;
 * first step: from the start of creation to the first step's finished state;
 * the second process's compile and creation, with the cache the first one
@@ -32,6 +32,7 @@ from absl import flags
 import jax
 
 import benchmark
+from gzjax import experiment as experiments
 from gzjax import models
 from gzjax import train
 
@@ -59,9 +60,9 @@ def measure(model: str, size: int, batch_size: int, cache_dir: str) -> dict:
   config = benchmark.configure('', model, size, batch_size)
   if 'compilation_cache_dir' in config:  # Engines before issue 12 have none.
     config.compilation_cache_dir = cache_dir
-    train.use_compilation_cache(config.compilation_cache_dir)
+    experiments.use_compilation_cache(config.compilation_cache_dir)
   start = time.perf_counter()
-  experiment = train.create_experiment(config)
+  experiment = experiments.create_experiment(config)
   jax.block_until_ready(experiment.state)
   created = time.perf_counter()
   batch = train.to_global(benchmark.random_batch(batch_size, size),

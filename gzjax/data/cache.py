@@ -60,16 +60,17 @@ import ml_collections
 import numpy as np
 import PIL
 
+from gzjax import distributed
 from gzjax import errors
 from gzjax.data import device_augment
+from gzjax.data import fields
 from gzjax.data import pipeline
 
 MODES = ('', 'host', 'device')
 # Bumped whenever what is stored changes, so old caches are refused.
 # 2: cache.json holds the content fingerprint, not 16 galaxy ids.
 FORMAT_VERSION = 2
-_LABEL_KEYS = ('votes', 'votes_mask', 'label_3class', 'label_7class',
-               'galaxy_id')
+_LABEL_KEYS = (*fields.LABELS, fields.GALAXY_ID)
 # What the source fingerprint hashes, each part separately so that a stale
 # cache can name what changed.
 _SOURCE_PARTS = ('images', 'galaxy ids', 'votes', 'class labels')
@@ -516,9 +517,9 @@ def measure_images_per_second(cache: Cache, config: ml_collections.ConfigDict,
   and on the devices: the host's batches, their transfer and the jitted
   augmentation, without a model.  `config.cache` picks the mode; the batch
   size is `config.batch_size` over all devices."""
-  mesh = jax.sharding.Mesh(np.array(jax.devices()), ('data',))
+  mesh = distributed.make_mesh()
   batch_sharding = jax.sharding.NamedSharding(
-      mesh, jax.sharding.PartitionSpec('data'))
+      mesh, jax.sharding.PartitionSpec(distributed.DATA_AXIS))
   resident = None
   if config.cache == 'device':
     resident = place_on_devices(cache, jax.sharding.NamedSharding(

@@ -39,8 +39,8 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from gzjax import errors
+from gzjax.data import fields
 from gzjax.data import galaxy_zoo
-from gzjax.data import pipeline
 
 KINDS = ('binary', 'multiclass', 'regression', 'votes')
 SPLITS = ('train', 'validation')
@@ -362,10 +362,7 @@ class LabelSource(Sequence):
     return {
         'image': image,
         'galaxy_id': row,
-        'votes': np.zeros(pipeline.NUM_VOTES, np.float32),
-        'votes_mask': np.zeros(pipeline.NUM_VOTES, bool),
-        'label_3class': -1,
-        'label_7class': -1,
+        **fields.no_labels(),
         'targets': self._table.record_targets(row),
     }
 

@@ -48,8 +48,7 @@ import numpy as np
 from PIL import Image
 
 from gzjax import errors
-
-NUM_VOTES = 37
+from gzjax.data import fields
 
 T = TypeVar('T')
 
@@ -420,13 +419,7 @@ def eval_image(
 def _padding_example(config: ml_collections.ConfigDict, targets=None):
   """An example with `example_mask` False that fills the last eval batches;
   `targets` (a real record's) gives the shapes of its zero targets."""
-  record = {
-      'votes': np.zeros(NUM_VOTES, np.float32),
-      'votes_mask': np.zeros(NUM_VOTES, bool),
-      'label_3class': -1,
-      'label_7class': -1,
-      'galaxy_id': -1,
-  }
+  record = {**fields.no_labels(), 'galaxy_id': -1}
   if targets is not None:
     record['targets'] = {k: np.zeros_like(np.asarray(v))
                          for k, v in targets.items()}

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gzjax import errors
+from gzjax import taxonomy
 from gzjax.models import heads
 
 # name -> (module, class, constructor keyword arguments)
@@ -106,7 +107,7 @@ class GalaxyModel(nnx.Module):
 def create(
     name: str,
     *,
-    num_outputs: int = 37,
+    num_outputs: int = taxonomy.NUM_ANSWERS,
     head: str = 'votes',
     hidden: Sequence[int] = (),
     dropout: float = 0.0,

@@ -82,7 +82,7 @@ def assign(
     if name in arrays:
       dtype = variable.get_value().dtype
       value = arrays[name]
-      # Under jit (train.create_experiment) the arrays are tracers.
+      # Under jit (gzjax.experiment.create_experiment) the arrays are tracers.
       variable.set_value(value.astype(dtype) if isinstance(value, jax.Array)
                          else np.asarray(value, dtype))
   nnx.update(model, nnx.from_flat_state(flat))

@@ -51,8 +51,8 @@ def export(workdir: str | pathlib.Path, out: str | pathlib.Path,
   from flax import nnx  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from gzjax import checkpoint as checkpoints  # pylint: disable=g-import-not-at-top
+  from gzjax import experiment as experiments  # pylint: disable=g-import-not-at-top
   from gzjax import finetune  # pylint: disable=g-import-not-at-top
-  from gzjax import train  # pylint: disable=g-import-not-at-top
   from gzjax.data import labels  # pylint: disable=g-import-not-at-top
   from gzjax.models import weights  # pylint: disable=g-import-not-at-top
 
@@ -66,7 +66,7 @@ def export(workdir: str | pathlib.Path, out: str | pathlib.Path,
         c['name'], c['kind'], tuple(c['answers']), tuple(c['classes']))
         for c in manifest['columns']])
   # Shapes only: the checkpoint fills the state.
-  experiment = train.create_experiment(config, task, initialise=False)
+  experiment = experiments.create_experiment(config, task, initialise=False)
   checkpointer = checkpoints.Checkpointer(
       workdir, best_metric=config.best_metric, best_mode=config.best_mode)
   try:

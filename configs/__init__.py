@@ -1,0 +1,1 @@
+"""The experiment configs (one file each) and their shared recipe pieces (common.py)."""

@@ -1,0 +1,107 @@
+"""The rules of a run's workdir: writable, resumable only by the same model,
+its files replaced atomically and its metrics cut back to a restored step."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+
+import jax
+import ml_collections
+
+from gzjax import errors
+
+
+# Config keys that change the saved state's structure, as (key, what of its
+# value matters): a checkpoint restores only under the same values.
+STATE_KEYS = (
+    ('task', None), ('model.name', None), ('model.head', None),
+    ('model.hidden', None), ('ema_decay', bool),
+    ('optimizer.name', None), ('optimizer.freeze_backbone', None),
+    ('optimizer.schedule', lambda s: s == 'plateau'),
+    ('optimizer.grad_clip_norm', bool),
+    ('optimizer.layer_decay', lambda d: d != 1.0),
+    ('optimizer.trainable_blocks', None),
+)
+
+
+def writable_workdir(workdir: str | pathlib.Path) -> pathlib.Path:
+  """Creates ``workdir`` and checks it can be written, in one clear line."""
+  workdir = pathlib.Path(workdir)
+  if jax.process_index() != 0:
+    return workdir
+  probe = workdir / '.gzjax_write_test'
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    probe.write_text('')
+    probe.unlink()
+  except OSError as error:
+    raise errors.WorkdirError(
+        f'Cannot write to the workdir {workdir}: {error.strerror}'
+        f'{f" ({error.filename})" if error.filename else ""}. Choose a'
+        ' --workdir you can write to.') from None
+  return workdir
+
+
+def _value(config, key: str):
+  node = config
+  for part in key.split('.'):
+    node = node[part] if part in node else None
+    if node is None:
+      return None
+  return node
+
+
+def check_resumable(config: ml_collections.ConfigDict,
+                    workdir: pathlib.Path) -> None:
+  """Raises CheckpointError, naming each difference, when the workdir's
+  checkpoints were saved under a config that gives another state."""
+  saved_path = workdir / 'config.json'
+  if not saved_path.is_file():
+    return
+  saved = json.loads(saved_path.read_text())
+  differences = []
+  for key, meaning in STATE_KEYS:
+    old = _value(saved, key)
+    new = _value(config, key)
+    if isinstance(old, list):
+      old = tuple(old)
+    if isinstance(new, list):
+      new = tuple(new)
+    if old is None:
+      continue
+    if (meaning or (lambda v: v))(old) != (meaning or (lambda v: v))(new):
+      differences.append(f'{key}: checkpoint has {old!r}, config has {new!r}')
+  if differences:
+    raise errors.CheckpointError(
+        f'The checkpoints in {workdir} are of another model ('
+        + '; '.join(differences) + '). Train into a new --workdir, or set'
+        ' these values back to resume.')
+
+
+def write_atomically(path: pathlib.Path, text: str) -> None:
+  if jax.process_index() != 0:
+    return
+  temporary = path.with_name(path.name + '.tmp')
+  temporary.write_text(text)
+  os.replace(temporary, path)
+
+
+def truncate_metrics(path: pathlib.Path, step: int) -> None:
+  """Drops the lines after ``step``: a resumed run writes them again."""
+  if jax.process_index() != 0 or not path.is_file():
+    return
+  lines = path.read_text().splitlines(keepends=True)
+  kept = [line for line in lines if _logged_step(line) <= step]
+  if len(kept) != len(lines):
+    write_atomically(path, ''.join(kept))
+
+
+def _logged_step(line: str) -> float:
+  """A metrics line's step; inf (dropped) for a line a kill cut short."""
+  try:
+    return json.loads(line)['step']
+  except (ValueError, KeyError, TypeError):
+    return math.inf
