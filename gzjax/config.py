@@ -9,6 +9,8 @@ error rather than a silently ignored setting.
 from __future__ import annotations
 
 import os
+import pathlib
+import sys
 
 import ml_collections
 
@@ -71,3 +73,12 @@ def base_config() -> ml_collections.ConfigDict:
   config.compilation_cache_dir = os.path.join(
       os.environ.get('XDG_CACHE_HOME') or '~/.cache', 'gzjax', 'jax')
   return config
+
+
+def make_importable(config_path: str | os.PathLike) -> None:
+  """Lets a config file in a ``configs/`` folder import its siblings as
+  ``from configs import common`` wherever the command runs from: puts the
+  folder's parent (the checkout) first on ``sys.path``."""
+  folder = pathlib.Path(config_path).resolve().parent
+  if folder.name == 'configs' and str(folder.parent) not in sys.path:
+    sys.path.insert(0, str(folder.parent))

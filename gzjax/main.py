@@ -123,6 +123,9 @@ def parse_flags(argv: list[str]) -> list[str]:
   """absl's parsing, with one line for a missing config file or a misspelt
   ``--config.KEY`` (ml_collections raises a KeyError with a traceback)."""
   path = _config_path(argv)
+  if path is not None and os.path.isfile(path):
+    from gzjax import config as base  # pylint: disable=g-import-not-at-top
+    base.make_importable(path)  # configs/*.py import configs.common.
   if path is not None and not os.path.isfile(path):
     folder = os.path.dirname(path) or '.'
     siblings = (sorted(f for f in os.listdir(folder) if f.endswith('.py'))

@@ -3,8 +3,8 @@ the input pipeline keeps the device busy.
 
   python tools/benchmark.py --model=cnn --batch_size=64
   python tools/benchmark.py --model=efficientnet_b0 --batch_size=16 --steps=3
-  PYTHONPATH=. python tools/benchmark.py --config=configs/effnet_votes.py \
-      --json=bench.json  # configs/ import configs.common from the repo root
+  python tools/benchmark.py --config=configs/effnet_votes.py \
+      --json=bench.json
 
 One run, one markdown table, everything side by side on the same machine, for
 one model at one input size (``--image_size``; default: the ``--config``
@@ -170,6 +170,7 @@ def timed_rate(run_steps: Callable[[], None], images_per_call: int,
 def load_config(path: str):
   if not path:
     return base.base_config()
+  base.make_importable(path)  # configs/*.py import configs.common.
   spec = importlib.util.spec_from_file_location('benchmarked_config', path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
