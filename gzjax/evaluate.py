@@ -226,8 +226,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
   """Scores ``split`` with a checkpoint; writes eval_<split>.json and plots."""
   config_checks.check(config)
   workdir = pathlib.Path(workdir)
-  check_checkpoint_folder(workdir, checkpoint)
-  experiment, step = restore(config, workdir, checkpoint)
+  experiment, step = restore(config, workdir, checkpoint)  # Checks the folder.
   task = experiment.task
   source = splits.open_split(config, split)
   predictions = predict_split(experiment, source, tta=tta)

@@ -206,10 +206,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     experiment.initialise()
   # Only now, with the checkpoint restored, does the workdir describe this
   # config; the metrics keep what the restored state has seen.
-  if jax.process_index() == 0:  # One writer on a shared filesystem.
-    workdir_rules.write_atomically(workdir / 'config.json',
-                                   config.to_json_best_effort(indent=2))
-    workdir_rules.truncate_metrics(workdir / 'metrics.jsonl', start_step)
+  # Both write from process 0 only (one writer on a shared filesystem).
+  workdir_rules.write_atomically(workdir / 'config.json',
+                                 config.to_json_best_effort(indent=2))
+  workdir_rules.truncate_metrics(workdir / 'metrics.jsonl', start_step)
   last_good = start_step if start_step else None
   train_step = make_train_step(experiment, device_input)
   predict_fn = evaluate.make_predict_fn(experiment)
