@@ -196,3 +196,28 @@ def reliability(table: Mapping[str, Sequence[float]],
   figure.savefig(path, dpi=100)
   plt.close(figure)
   return path
+
+
+def label_curve(curves: Mapping[str, Sequence[tuple[int, float]]],
+                path: str | pathlib.Path, metric: str = 'validation ROC AUC',
+                chance: float | None = 0.5) -> pathlib.Path:
+  """The few-label curve: ``metric`` against the number of training labels
+  (log axis), one line per starting point (``{name: [(labels, value)]}``),
+  and the chance level."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  figure, axis = plt.subplots(figsize=(6, 4.5))
+  for name, points in curves.items():
+    counts, values = zip(*sorted(points))
+    axis.plot(counts, values, marker='o', label=name)
+  if chance is not None:
+    axis.axhline(chance, color='0.6', linestyle='--', label='chance')
+  axis.set_xscale('log')
+  axis.set_xlabel('training labels')
+  axis.set_ylabel(metric)
+  axis.set_title(f'{metric} against training labels')
+  axis.legend(loc='lower right')
+  figure.tight_layout()
+  figure.savefig(path, dpi=100)
+  plt.close(figure)
+  return path

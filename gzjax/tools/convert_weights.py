@@ -32,9 +32,17 @@ from absl import flags
 from gzjax import models
 from gzjax.models import weights
 
-_MODEL = flags.DEFINE_string('model', None, 'Model name, e.g. efficientnet_b0.')
-_SOURCE = flags.DEFINE_string('source', None, 'Keras .h5 or PyTorch .pth file.')
-_OUT = flags.DEFINE_string('out', None, 'Where to write the .msgpack file.')
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  """The command line's flags: defined only when run as a program, so that
+  a tool importing :func:`convert` can define its own ``--out``."""
+  flags.DEFINE_string('model', None, 'Model name, e.g. efficientnet_b0.')
+  flags.DEFINE_string('source', None, 'Keras .h5 or PyTorch .pth file.')
+  flags.DEFINE_string('out', None, 'Where to write the .msgpack file.')
+  flags.mark_flags_as_required(['model', 'source', 'out'])
+
 
 # Model name -> the keras.applications constructor of that architecture.
 _KERAS_APPLICATIONS = {
@@ -121,14 +129,14 @@ def convert(model_name: str, source: str | os.PathLike) -> dict:
 def main(argv):
   del argv  # No positional arguments.
   try:
-    arrays = convert(_MODEL.value, _SOURCE.value)
+    arrays = convert(FLAGS.model, FLAGS.source)
   except (weights.WeightMismatchError, FileNotFoundError, ValueError) as error:
     print(f'convert_weights: {error}', file=sys.stderr)
     sys.exit(2)
-  weights.save(_OUT.value, arrays)
-  print(f'Wrote {len(arrays)} arrays for {_MODEL.value} to {_OUT.value}.')
+  weights.save(FLAGS.out, arrays)
+  print(f'Wrote {len(arrays)} arrays for {FLAGS.model} to {FLAGS.out}.')
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['model', 'source', 'out'])
+  _define_flags()
   app.run(main)
