@@ -20,6 +20,15 @@ macro-F1, ROC AUC and a reliability table (plotted to
 confusion matrix for multiclass; RMSE and MAE for regression; the RMSE of
 the vote fractions for votes.  The run records the columns, their kinds and
 the class order in ``labels.json``.
+
+A run's checkpoints are used through ``gzjax.main`` with the same config:
+:func:`evaluate` (``--mode=evaluate``) scores the catalogue's split with
+``gzjax.evaluate``'s restore, prediction and TTA; :func:`predict`
+(``--mode=predict``) writes the catalogue's rows or a folder of images, and
+``gzjax.predict`` a survey (``--output_dir``), with the columns of
+:func:`prediction_names`.  Both take the task from the run's ``labels.json``
+(class order included), checked against ``config.labels``
+(:func:`recorded_columns`).
 """
 
 from __future__ import annotations
