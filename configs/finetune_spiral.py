@@ -13,6 +13,21 @@ CNN from scratch, 64 px from the centre 207 px, binary cross-entropy;
 validation accuracy, F1, ROC AUC, and a reliability plot in
 ``plots/reliability_spiral.png``.
 
+Then score the validation split with a checkpoint (latest, best or a step;
+``--tta`` averages 8 rotations and flips), which prints the loop's line and
+writes ``eval_validation.json``, and predict the catalogue's 4,421 rows (or
+``--images=FOLDER``; ``.csv`` or ``.parquet``) into the columns ``id`` (the
+GalaxyID), ``spiral_probability`` and ``spiral_predicted`` (1 from 0.5):
+
+  python -m gzjax.main --config=configs/finetune_spiral.py \
+      --workdir=/tmp/finetune_spiral --mode=evaluate --checkpoint=best
+  python -m gzjax.main --config=configs/finetune_spiral.py \
+      --workdir=/tmp/finetune_spiral --mode=predict \
+      --output=/tmp/finetune_spiral/spiral.parquet
+
+A survey streams through the same run: add ``--catalog=TABLE`` (or
+``--images=FOLDER``) and ``--output_dir=DIR`` (README, Survey prediction).
+
 To start from an encoder trained on Galaxy Zoo votes instead:
 
   python -m gzjax.main --config=configs/cnn_votes.py --workdir=/tmp/votes ...

@@ -168,12 +168,22 @@ def summary_line(step: int, task: tasks.Task, values: Mapping[str, Any],
 
 
 def restore(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
-            which: str = 'latest') -> tuple[experiments.Experiment, int]:
-  """The experiment with the state of a checkpoint: latest, best or a step."""
+            which: str = 'latest', *, task: tasks.Task | None = None
+            ) -> tuple[experiments.Experiment, int]:
+  """The experiment with the state of a checkpoint: latest, best or a step.
+
+  ``task`` replaces the config's built-in task (a label catalogue's,
+  ``gzjax.finetune.recorded_task``).
+  """
   workdir = pathlib.Path(workdir)
   check_checkpoint_folder(workdir, which)
+  if task is None and (workdir / 'labels.json').is_file():
+    raise errors.ConfigError(
+        f'{workdir} is a fine-tuning run on a label catalogue (it has'
+        ' labels.json): evaluate or predict it with the config it was'
+        ' trained with (config.labels.catalog set).')
   workdir_rules.check_resumable(config, workdir)
-  experiment = experiments.create_experiment(config, initialise=False)
+  experiment = experiments.create_experiment(config, task, initialise=False)
   checkpointer = checkpoints.Checkpointer(
       workdir, best_metric=config.best_metric, best_mode=config.best_mode)
   try:
@@ -222,21 +232,30 @@ def _intact_hint(checkpointer: checkpoints.Checkpointer, template,
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
              *, split: str = 'validation', checkpoint: str = 'latest',
-             tta: bool = False) -> dict[str, Any]:
-  """Scores ``split`` with a checkpoint; writes eval_<split>.json and plots."""
+             tta: bool = False, task: tasks.Task | None = None,
+             source=None) -> dict[str, Any]:
+  """Scores ``split`` with a checkpoint; writes eval_<split>.json and plots.
+
+  ``task`` and ``source`` replace the config's built-in task and its
+  dataset's split (a label catalogue's, ``gzjax.finetune.evaluate``, which
+  draws that task's plots itself).
+  """
   config_checks.check(config)
   workdir = pathlib.Path(workdir)
-  experiment, step = restore(config, workdir, checkpoint)  # Checks the folder.
+  experiment, step = restore(config, workdir, checkpoint,  # Checks the folder.
+                             task=task)
   task = experiment.task
-  source = splits.open_split(config, split)
+  if source is None:
+    source = splits.open_split(config, split)
   predictions = predict_split(experiment, source, tta=tta)
-  baseline = None if task.is_classification else training_mean_votes(
-      splits.open_split(config, 'train'))
+  baseline = None if (task.is_classification or task.evaluate) else \
+      training_mean_votes(splits.open_split(config, 'train'))
   result = score(task, predictions, baseline)
   result.update(split=split, step=step, checkpoint=checkpoint, tta=tta)
   if jax.process_index() == 0:
     (workdir / f'eval_{split}.json').write_text(json.dumps(result, indent=2))
-    _plots(workdir, split, task, result, source, predictions)
+    if task.evaluate is None:
+      _plots(workdir, split, task, result, source, predictions)
     print(summary_line(step, task, result, split=split))
   return result
 
@@ -295,7 +314,7 @@ class ImageFolder:
         problems.append(f'{path}: GalaxyID {galaxy_id} also has'
                         f' {paths[galaxy_id].name}')
         continue
-      problem = _image_problem(path.read_bytes(), kind)
+      problem = image_problem(path.read_bytes(), kind)
       if problem is not None:
         problems.append(f'{path}: {problem}')
         continue
@@ -326,7 +345,7 @@ class ImageFolder:
     }
 
 
-def _image_problem(data: bytes, kind: str) -> str | None:
+def image_problem(data: bytes, kind: str) -> str | None:
   """Why ``data`` is not a complete image of ``kind``, or None."""
   if kind == 'JPEG':
     return kaggle.image_problem(data)  # The builder's own check.

@@ -20,27 +20,45 @@ macro-F1, ROC AUC and a reliability table (plotted to
 confusion matrix for multiclass; RMSE and MAE for regression; the RMSE of
 the vote fractions for votes.  The run records the columns, their kinds and
 the class order in ``labels.json``.
+
+A run's checkpoints are used through ``gzjax.main`` with the same config:
+:func:`evaluate` (``--mode=evaluate``) scores the catalogue's split with
+``gzjax.evaluate``'s restore, prediction and TTA; :func:`predict`
+(``--mode=predict``) writes the catalogue's rows or a folder of images, and
+``gzjax.predict`` a survey (``--output_dir``), with the columns of
+:func:`prediction_names`.  Both take the task from the run's ``labels.json``
+(class order included), checked against ``config.labels``
+(:func:`recorded_columns`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
 import pathlib
 import sys
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from PIL import Image
 
+from gzjax import errors
+from gzjax import evaluate as evaluate_lib
 from gzjax import losses
 from gzjax import metrics
 from gzjax import tasks
 from gzjax import train
+from gzjax.data import fields
 from gzjax.data import labels as labels_lib
 
 VOTE_CONCENTRATION = 99.0
+# A binary column's ``<column>_predicted`` is 1 from this probability on (as
+# the metrics' accuracy and F1 count it).
+BINARY_THRESHOLD = 0.5
 
 
 def output_slices(columns) -> list[tuple[labels_lib.Column, slice]]:
@@ -99,9 +117,63 @@ def make_task(columns, name: str = 'labels') -> tasks.Task:
   def summary(values: Mapping[str, Any]) -> str:
     return '; '.join(_column_summary(c, values[c.name]) for c in columns)
 
+  _check_prediction_names(columns)
+
+  def prediction_columns(outputs: np.ndarray) -> dict[str, Any]:
+    """Activated ``outputs`` as the named columns of a prediction file."""
+    outputs = np.asarray(outputs, np.float32)
+    named = {}
+    for column, part in slices:
+      out, name = outputs[:, part], column.name
+      if column.kind == 'binary':
+        named[f'{name}_probability'] = out[:, 0]
+        named[f'{name}_predicted'] = (
+            out[:, 0] >= BINARY_THRESHOLD).astype(np.int64)
+      elif column.kind == 'multiclass':
+        for k, class_name in enumerate(column.classes):
+          named[f'{name}_{class_name}'] = out[:, k]
+        named[f'{name}_predicted'] = [column.classes[k]
+                                      for k in out.argmax(-1)]
+      elif column.kind == 'regression':
+        named[name] = out[:, 0]
+      else:
+        for k, answer in enumerate(column.answers):
+          named[f'{name}_{answer}'] = out[:, k]
+    return named
+
   return tasks.Task(name, sum(c.num_outputs for c in columns), head='linear',
                     loss=loss, activate=activate, evaluate=evaluate,
-                    summary=summary)
+                    summary=summary, columns=prediction_columns)
+
+
+def prediction_names(columns) -> list[str]:
+  """The columns of a prediction file, after ``id``, in order."""
+  names = []
+  for column in columns:
+    if column.kind == 'binary':
+      names += [f'{column.name}_probability', f'{column.name}_predicted']
+    elif column.kind == 'multiclass':
+      names += [f'{column.name}_{c}' for c in column.classes]
+      names.append(f'{column.name}_predicted')
+    elif column.kind == 'regression':
+      names.append(column.name)
+    else:
+      names += [f'{column.name}_{a}' for a in column.answers]
+  return names
+
+
+def _check_prediction_names(columns) -> None:
+  """Two label columns (or classes) whose prediction columns would have one
+  name are refused before training, not found out when predicting."""
+  seen = {'id'}
+  for name in prediction_names(columns):
+    if name in seen:
+      raise labels_lib.LabelError(
+          f'config.labels.columns: the prediction files would have two'
+          f' columns named {name!r} (from the label columns'
+          f' {", ".join(c.name for c in columns)} and their classes or'
+          ' answers); rename a column or class.')
+    seen.add(name)
 
 
 def score(columns, outputs: np.ndarray,
@@ -159,6 +231,11 @@ def _record_labels(workdir: pathlib.Path, table: labels_lib.LabelTable):
   path.write_text(json.dumps(manifest, indent=2))
 
 
+def is_catalogue_run(config: ml_collections.ConfigDict) -> bool:
+  """Whether ``config`` fine-tunes on a label catalogue (config.labels)."""
+  return 'labels' in config and bool(config.labels.catalog)
+
+
 def run(config: ml_collections.ConfigDict,
         workdir: str | pathlib.Path) -> dict[str, Any]:
   """Fine-tunes on ``config.labels``; returns the last validation metrics."""
@@ -171,13 +248,200 @@ def run(config: ml_collections.ConfigDict,
       train_source=labels_lib.LabelSource(table, 'train'),
       validation_source=labels_lib.LabelSource(table, 'validation'))
   if jax.process_index() == 0:
-    from gzjax import plots  # pylint: disable=g-import-not-at-top
-    for column in table.columns:
-      if column.kind == 'binary' and column.name in result:
-        plots.reliability(result[column.name]['reliability'],
-                          workdir / 'plots' / f'reliability_{column.name}.png',
-                          title=column.name)
+    _plots(workdir, table.columns, result)
   return result
+
+
+def _plots(workdir: pathlib.Path, columns, result: Mapping[str, Any],
+           suffix: str = '') -> None:
+  """Reliability plots of binary columns; ``suffix`` names the split."""
+  from gzjax import plots  # pylint: disable=g-import-not-at-top
+  for column in columns:
+    if column.kind == 'binary' and column.name in result:
+      plots.reliability(
+          result[column.name]['reliability'],
+          workdir / 'plots' / f'reliability_{column.name}{suffix}.png',
+          title=column.name)
+
+
+def _describe(column: labels_lib.Column | None) -> str:
+  if column is None:
+    return 'no column'
+  extra = ', '.join(column.classes or column.answers)
+  return f'{column.name} ({column.kind}{": " + extra if extra else ""})'
+
+
+def recorded_columns(config: ml_collections.ConfigDict,
+                     workdir: str | pathlib.Path,
+                     read_columns=None) -> list[labels_lib.Column]:
+  """The label columns a run recorded in its ``labels.json``, class order
+  included, checked against ``config.labels``.
+
+  Args:
+    config: the experiment config (``config.labels`` set).
+    workdir: the fine-tuning run.
+    read_columns: the catalogue's columns as read now
+      (``labels.read(config.labels).columns``): their classes must then be
+      the recorded ones too, in the same order.  Without them, the declared
+      names, kinds and answers are checked and the classes come from the
+      run alone.
+
+  Raises:
+    LabelError: no labels.json, or other columns than the config's; the
+      line names the first difference.
+  """
+  path = pathlib.Path(workdir) / 'labels.json'
+  if not path.is_file():
+    raise labels_lib.LabelError(
+        f'{path}: no such file, so {workdir} is not a run fine-tuned on a'
+        ' label catalogue; pass the --workdir of one (gzjax.main with this'
+        ' config writes it).')
+  try:
+    recorded = [labels_lib.Column(c['name'], c['kind'], tuple(c['answers']),
+                                  tuple(c['classes']))
+                for c in json.loads(path.read_text())['columns']]
+  except (ValueError, KeyError, TypeError) as error:
+    raise labels_lib.LabelError(
+        f'{path}: not a labels.json that gzjax wrote ({type(error).__name__}:'
+        f' {error}).') from None
+  if read_columns is None:
+    current = labels_lib.parse_columns(config.labels.columns)
+    recorded_now = [dataclasses.replace(c, classes=()) for c in recorded]
+    where = 'config.labels.columns declares'
+  else:
+    current, recorded_now = list(read_columns), recorded
+    where = f'{config.labels.catalog} has'
+  for index in range(max(len(current), len(recorded_now))):
+    old = recorded_now[index] if index < len(recorded_now) else None
+    new = current[index] if index < len(current) else None
+    if old != new:
+      raise labels_lib.LabelError(
+          f'{path} records label column {index + 1} as {_describe(old)} but'
+          f' {where} {_describe(new)}: use the config (and catalogue) the'
+          ' run was trained with, or train a new --workdir.')
+  return recorded
+
+
+def recorded_task(config: ml_collections.ConfigDict,
+                  workdir: str | pathlib.Path,
+                  read_columns=None) -> tasks.Task:
+  """The task of a fine-tuning run, from its checked ``labels.json``."""
+  return make_task(recorded_columns(config, workdir, read_columns))
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
+             *, split: str = 'validation', checkpoint: str = 'latest',
+             tta: bool = False) -> dict[str, Any]:
+  """Scores the catalogue's ``split`` with a checkpoint of the run.
+
+  ``gzjax.evaluate.evaluate`` with the run's task and the catalogue's split:
+  the metrics of :func:`score`, ``WORKDIR/eval_<split>.json``, the summary
+  line of the training loop, and ``plots/reliability_<column>_<split>.png``
+  per binary column.
+  """
+  workdir = pathlib.Path(workdir)
+  evaluate_lib.check_checkpoint_folder(workdir, checkpoint)
+  table = labels_lib.read(config.labels)
+  task = recorded_task(config, workdir, table.columns)
+  source = labels_lib.LabelSource(table, split)
+  result = evaluate_lib.evaluate(config, workdir, split=split,
+                                 checkpoint=checkpoint, tta=tta, task=task,
+                                 source=source)
+  if jax.process_index() == 0:
+    _plots(workdir, table.columns, result, suffix=f'_{split}')
+  return result
+
+
+def predict(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
+            *, output: str | pathlib.Path | None = None,
+            images: str | None = None, checkpoint: str = 'latest',
+            tta: bool = False) -> pathlib.Path:
+  """Predicts the catalogue's own rows, or the images of ``images`` (a
+  folder, searched recursively, or a glob; ids are the file names without
+  extension), into one CSV or Parquet file (by ``output``'s suffix; default
+  ``WORKDIR/predictions.csv``) with the columns of :func:`prediction_names`
+  after ``id``, in catalogue (or sorted path) order.  Every image is checked
+  first; unusable ones are listed in one error and nothing is written.  For
+  a survey, streamed and sharded: ``--output_dir`` (gzjax.predict).
+
+  Returns:
+    The file's path.
+  """
+  from gzjax import predict as predict_lib  # pylint: disable=g-import-not-at-top
+  from gzjax.data import catalog as catalogs  # pylint: disable=g-import-not-at-top
+  workdir = pathlib.Path(workdir)
+  output = pathlib.Path(output or workdir / 'predictions.csv')
+  predict_lib.table_format(output)
+  evaluate_lib.check_checkpoint_folder(workdir, checkpoint)
+  task = recorded_task(config, workdir)
+  if images:
+    catalog = catalogs.open_catalog(images)
+  else:
+    table = labels_lib.read(config.labels)
+    catalog = catalogs.Catalog(table.ids, table.paths, source=table.source)
+  source = CatalogImages(catalog, config.input.crop_size)
+  experiment, _ = evaluate_lib.restore(config, workdir, checkpoint, task=task)
+  result = evaluate_lib.predict_split(experiment, source, tta=tta)
+  order = np.argsort(result['galaxy_id'], kind='stable')
+  ids = [catalog.id(int(row)) for row in result['galaxy_id'][order]]
+  columns = predict_lib.output_columns(ids, result['outputs'][order], task)
+  if jax.process_index() == 0:
+    predict_lib.write_table(output, columns)
+    print(f'Wrote {len(ids)} predictions to {output}')
+  return output
+
+
+class CatalogImages(Sequence):
+  """Unlabelled records of a catalogue's images, ``galaxy_id`` = the row.
+
+  Every image is checked when opened, as ``gzjax.evaluate.ImageFolder``
+  does: a file that cannot be read, is not a complete JPEG or PNG (by its
+  suffix) or is smaller than the centre crop is listed in one error;
+  nothing is skipped.
+  """
+
+  def __init__(self, catalog, crop_size: int):
+    self._catalog = catalog
+    problems = []
+    for row in range(len(catalog)):
+      problem = _image_problem(catalog.path(row), crop_size)
+      if problem is not None:
+        problems.append(f'{catalog.path(row)} (id {catalog.id(row)}):'
+                        f' {problem}')
+    if problems:
+      shown = '\n'.join(f'  {p}' for p in problems[:20])
+      more = (f'\n  … and {len(problems) - 20} more'
+              if len(problems) > 20 else '')
+      raise errors.DataError(
+          f'{len(problems)} images of {catalog.source} cannot be predicted'
+          f' (no prediction was written):\n{shown}{more}\nFix them or leave'
+          ' them out.')
+
+  def __len__(self) -> int:
+    return len(self._catalog)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    return {'image': pathlib.Path(self._catalog.path(index)).read_bytes(),
+            'galaxy_id': int(index), **fields.no_labels()}
+
+
+def _image_problem(path: str, crop_size: int) -> str | None:
+  kind = evaluate_lib.IMAGE_SUFFIXES.get(pathlib.Path(path).suffix.lower())
+  if kind is None:
+    return 'not a .jpg, .jpeg or .png file'
+  try:
+    data = pathlib.Path(path).read_bytes()
+  except OSError as error:
+    return f'cannot read it ({error.strerror})'
+  problem = evaluate_lib.image_problem(data, kind)
+  if problem is not None:
+    return problem
+  with Image.open(io.BytesIO(data)) as image:
+    width, height = image.size
+  if crop_size > min(width, height):
+    return (f'{width}x{height}, smaller than the {crop_size} px centre crop'
+            ' (input.crop_size)')
+  return None
 
 
 def _printable(values):

@@ -6,6 +6,10 @@ r"""The command line: train, evaluate or predict from an experiment config.
   python -m gzjax.main --config=configs/quickstart.py --workdir=/tmp/gz \
       --mode=predict --output=/tmp/gz/submission.csv
 
+A config with a label catalogue (config.labels.catalog, gzjax.finetune)
+fine-tunes on it; --mode=evaluate scores the catalogue's --split and
+--mode=predict labels its rows, --images or (with --output_dir) a survey.
+
 Any config key can be overridden: ``--config.optimizer.learning_rate=3e-4``.
 The logic lives in importable modules (train, evaluate, predict); this file
 only parses flags, starts multi-host JAX when asked and turns known failures
@@ -46,7 +50,8 @@ _OUTPUT = flags.DEFINE_string(
 _IMAGES = flags.DEFINE_string(
     'images', None,
     'predict: a folder of <GalaxyID>.jpg/.jpeg/.png (any case) instead of the'
-    ' test split.')
+    ' test split (a label-catalogue run: any folder or glob, ids the file'
+    ' names, instead of its catalogue\'s rows).')
 _ENSEMBLE = flags.DEFINE_list(
     'ensemble', [], 'predict: more workdirs whose predictions are averaged in.')
 _DISTRIBUTED = flags.DEFINE_bool(
@@ -166,6 +171,26 @@ def _predict_survey(config, workdirs):
               tta=_TTA.value)
 
 
+def _finetune(config):
+  """The modes of a label-catalogue run (config.labels.catalog set)."""
+  from gzjax import finetune  # pylint: disable=g-import-not-at-top
+  if _MODE.value == 'train':
+    finetune.run(config, _WORKDIR.value)
+  elif _MODE.value == 'evaluate':
+    finetune.evaluate(config, _WORKDIR.value, split=_SPLIT.value,
+                      checkpoint=_CHECKPOINT.value, tta=_TTA.value)
+  elif _CATALOG.value or _OUTPUT_DIR.value:
+    _predict_survey(config, [_WORKDIR.value, *_ENSEMBLE.value])
+  elif _ENSEMBLE.value:
+    raise errors.ConfigError(
+        '--ensemble does not take a label-catalogue run: predict each'
+        ' workdir on its own and average the files.')
+  else:
+    finetune.predict(config, _WORKDIR.value, output=_OUTPUT.value,
+                     images=_IMAGES.value, checkpoint=_CHECKPOINT.value,
+                     tta=_TTA.value)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
@@ -186,14 +211,7 @@ def main(argv):
     config = config_checks.check(_CONFIG.value)
     experiments.use_compilation_cache(config.compilation_cache_dir)
     if 'labels' in config and config.labels.catalog:  # Fine-tuning.
-      if _MODE.value != 'train':
-        raise errors.ConfigError(
-            f'--mode={_MODE.value} does not take a label-catalogue run yet'
-            ' (config.labels.catalog is set): its validation metrics are in'
-            ' WORKDIR/metrics.jsonl, and python -m gzjax.tools.export_encoder'
-            ' exports its backbone.')
-      from gzjax import finetune  # pylint: disable=g-import-not-at-top
-      finetune.run(config, _WORKDIR.value)
+      _finetune(config)
     elif _MODE.value == 'train':
       train.train_and_evaluate(config, _WORKDIR.value)
     elif _MODE.value == 'evaluate':

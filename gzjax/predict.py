@@ -43,7 +43,9 @@ and ``label_7class``/``name_7class``/``p_7class`` (``gzjax.taxonomy``'s
 labels, -1 and an empty name when no class is confident; ``p`` is the
 leading question-1 fraction, or ``taxonomy.seven_class_scores`` of the
 class, NaN without a class); for classifiers, one probability per class, the
-``predicted`` class name and its probability ``p_predicted``.
+``predicted`` class name and its probability ``p_predicted``; for a label
+catalogue's task (``gzjax.finetune``), the columns named from its labels
+(``<column>_probability`` and ``<column>_predicted`` for binary, ...).
 """
 
 from __future__ import annotations
@@ -71,10 +73,12 @@ from gzjax import distributed
 from gzjax import errors
 from gzjax import evaluate
 from gzjax import experiment as experiments
+from gzjax import finetune
 from gzjax import progress
 from gzjax import tasks
 from gzjax import taxonomy
 from gzjax.data import catalog as catalogs
+from gzjax.data import labels as labels_lib
 from gzjax.data import pipeline
 
 FORMATS = ('parquet', 'csv')
@@ -178,6 +182,9 @@ def output_columns(ids: Sequence[str], outputs: np.ndarray,
   """The shard's columns, in order, for ``outputs`` of ``task``."""
   outputs = np.asarray(outputs, np.float32).reshape(len(ids), -1)
   columns: dict[str, Any] = {'id': list(ids)}
+  if task.columns is not None:  # A label catalogue's (gzjax.finetune).
+    columns.update(task.columns(outputs))
+    return columns
   if task.is_classification:
     for k, name in enumerate(task.class_names):
       columns[name] = outputs[:, k]
@@ -225,6 +232,24 @@ def _encode_shard(columns: dict[str, Any], fmt: str) -> bytes:
                  if isinstance(value, (float, np.floating)) else str(value))
     rows.append(row)
   return _csv_bytes(names, rows)
+
+
+def table_format(path: str | pathlib.Path) -> str:
+  """'csv' or 'parquet', by a prediction file's suffix."""
+  fmt = {'.csv': 'csv', '.parquet': 'parquet', '.pq': 'parquet'}.get(
+      pathlib.Path(path).suffix.lower())
+  if fmt is None:
+    raise PredictionError(f'--output={path}: name a .csv or .parquet file.')
+  return fmt
+
+
+def write_table(path: str | pathlib.Path, columns: dict[str, Any]) -> None:
+  """One file of prediction columns, CSV or Parquet by its suffix, written
+  atomically (never a partial file by that name)."""
+  path = pathlib.Path(path)
+  fmt = table_format(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  _write_atomically(path, _encode_shard(columns, fmt))
 
 
 def read_shards(output_dir: str | pathlib.Path) -> pa.Table:
@@ -361,7 +386,8 @@ def predict_catalog(config: ml_collections.ConfigDict,
                     workdir: str | pathlib.Path,
                     catalog: catalogs.Catalog, options: Options, *,
                     process_index: int | None = None,
-                    process_count: int | None = None) -> Summary:
+                    process_count: int | None = None,
+                    task: tasks.Task | None = None) -> Summary:
   """Predicts this process's shards of ``catalog``; see the module doc.
 
   Args:
@@ -372,6 +398,9 @@ def predict_catalog(config: ml_collections.ConfigDict,
     process_index: this process's share; defaults to ``jax.process_index()``.
     process_count: the number of shares; defaults to ``jax.process_count()``.
       (Given explicitly, one process can play each share in turn.)
+    task: the task of ``workdir``'s checkpoint; defaults to the config's
+      built-in task, or for a label-catalogue run the one its
+      ``labels.json`` records (``gzjax.finetune.recorded_task``).
 
   Returns:
     A :class:`Summary`; ``complete`` when every shard of every process
@@ -382,7 +411,11 @@ def predict_catalog(config: ml_collections.ConfigDict,
   process_count = (jax.process_count() if process_count is None
                    else process_count)
   output_dir = pathlib.Path(options.output_dir)
-  experiment, step = evaluate.restore(config, workdir, options.checkpoint)
+  if task is None and finetune.is_catalogue_run(config):
+    evaluate.check_checkpoint_folder(pathlib.Path(workdir), options.checkpoint)
+    task = finetune.recorded_task(config, workdir)
+  experiment, step = evaluate.restore(config, workdir, options.checkpoint,
+                                      task=task)
   task = experiment.task
   settings = _settings(config, workdir, catalog, options, step, task)
   _check_run(output_dir, settings)
@@ -535,6 +568,11 @@ def run(config: ml_collections.ConfigDict, workdirs: Sequence[str], *,
     raise PredictionError(
         'Survey prediction (--output_dir/--catalog) takes one workdir; an'
         ' --ensemble is only for the Kaggle CSV (--output).')
-  opened = catalogs.open_catalog(images, catalog, id_column=id_column,
-                                 path_column=path_column)
+  if not images and not catalog and finetune.is_catalogue_run(config):
+    # A label-catalogue run predicts its own catalogue's rows by default.
+    table = labels_lib.read(config.labels)
+    opened = catalogs.Catalog(table.ids, table.paths, source=table.source)
+  else:
+    opened = catalogs.open_catalog(images, catalog, id_column=id_column,
+                                   path_column=path_column)
   return predict_catalog(config, workdirs[0], opened, Options(**options))

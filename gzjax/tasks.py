@@ -30,12 +30,15 @@ class Task:
   # A task of your own (gzjax.finetune) brings its head kind, its loss
   # ``(outputs, batch) -> scalar``, its predictions ``outputs -> outputs``,
   # its metrics ``predict_split result -> dict`` and its one-line summary
-  # ``(values) -> str``; None keeps the built-in behaviour.
+  # ``(values) -> str``, and its named prediction columns
+  # ``outputs -> {name: values}`` for prediction files; None keeps the
+  # built-in behaviour.
   head: str = ''
   loss: Callable | None = None
   activate: Callable | None = None
   evaluate: Callable | None = None
   summary: Callable | None = None
+  columns: Callable | None = None
 
   @property
   def is_classification(self) -> bool:

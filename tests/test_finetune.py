@@ -147,3 +147,263 @@ def test_encoder_round_trip_and_preprocessing_check(trained, tmp_path):
   with pytest.raises(weights.WeightMismatchError,
                      match=r'input.image_size=32 but the config has 48'):
     experiments.create_model(fresh, task)
+
+
+# ------------------------------------------- evaluate and predict a run ---
+
+CLI_CONFIG = '''import pathlib
+from tests import test_finetune
+
+
+def get_config():
+  return test_finetune.tiny_config(pathlib.Path({catalogue!r}),
+                                   split_column='split')
+'''
+# The prediction columns of the catalogue's task, by hand: ConfigDict sorts
+# the label columns, shape's classes are sorted.
+PREDICTION_HEADER = [
+    'id', 'morphology_smooth', 'morphology_featured', 'morphology_artifact',
+    'shape_bar', 'shape_merger', 'shape_ring', 'shape_predicted', 'size',
+    'spiral_probability', 'spiral_predicted']
+
+
+@pytest.fixture(scope='module')
+def cli_config(catalogue, tmp_path_factory):
+  """A config file for gzjax.main giving the `trained` fixture's config."""
+  path = tmp_path_factory.mktemp('config') / 'tiny_finetune.py'
+  path.write_text(CLI_CONFIG.format(catalogue=str(catalogue)))
+  return path
+
+
+def _main(config_path, workdir, *flags_):
+  """gzjax.main's main() in this process, as the command line runs it."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from gzjax import main as cli  # pylint: disable=g-import-not-at-top
+  from tests.conftest import parse_main_flags  # pylint: disable=g-import-not-at-top
+  parse_main_flags(['gzjax', f'--config={config_path}',
+                    f'--workdir={workdir}', *flags_])
+  try:
+    cli.main(['gzjax'])
+  finally:
+    flags.FLAGS.unparse_flags()
+
+
+def test_evaluate_a_run_through_main(trained, cli_config, capsys):
+  """--mode=evaluate scores the checkpoint as the loop scored it, prints the
+  loop's line, writes eval_validation.json; --tta averages 8 views."""
+  config, workdir, logged = trained
+  _main(cli_config, workdir, '--mode=evaluate')
+  result = json.loads((workdir / 'eval_validation.json').read_text())
+  assert (result['step'], result['tta'], result['split']) == (
+      4, False, 'validation')
+  for column, keys in (('spiral', ('accuracy', 'f1', 'roc_auc', 'count')),
+                       ('shape', ('accuracy', 'macro_f1', 'count')),
+                       ('size', ('rmse', 'mae', 'count')),
+                       ('morphology', ('fraction_rmse', 'count'))):
+    for key in keys:
+      assert result[column][key] == pytest.approx(logged[column][key],
+                                                  rel=1e-6), (column, key)
+  assert result['shape']['confusion_matrix'] == \
+      logged['shape']['confusion_matrix']
+  task = finetune.make_task(labels.read(config.labels).columns)
+  line = f'step 4: validation {task.summary(logged)}'
+  assert line.startswith('step 4: validation morphology fraction RMSE')
+  assert capsys.readouterr().out.splitlines() == [line]
+  assert (workdir / 'plots' / 'reliability_spiral_validation.png').is_file()
+  _main(cli_config, workdir, '--mode=evaluate', '--tta')
+  tta = json.loads((workdir / 'eval_validation.json').read_text())
+  assert tta['tta'] is True
+  assert tta['size']['count'] == result['size']['count']
+  assert tta['size']['rmse'] != pytest.approx(result['size']['rmse'],
+                                              rel=1e-6)
+
+
+def _reference(config, workdir, paths):
+  """The checkpoint's predictions for ``paths``, by hand: the model's raw
+  outputs, then each column's activation in numpy."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from gzjax import evaluate  # pylint: disable=g-import-not-at-top
+  from gzjax.data import pipeline  # pylint: disable=g-import-not-at-top
+  task = finetune.make_task(labels.read(config.labels).columns)
+  experiment, step = evaluate.restore(config, workdir, task=task)
+  assert step == 4
+  model = nnx.merge(experiment.graphdef, experiment.state.params,
+                    experiment.state.rest)
+  model.eval()
+  images = np.stack([pipeline.eval_image(open(p, 'rb').read(), config.input)
+                     for p in paths])
+  z = np.asarray(model(images), np.float64)
+  sigmoid = lambda x: 1 / (1 + np.exp(-x))
+  concentrations = 1 + 99 * sigmoid(z[:, 0:3])
+  shape = np.exp(z[:, 3:6]) / np.exp(z[:, 3:6]).sum(1, keepdims=True)
+  return {
+      'morphology': concentrations / concentrations.sum(1, keepdims=True),
+      'shape': shape, 'size': z[:, 6], 'spiral': sigmoid(z[:, 7])}
+
+
+def _check_against(table, expected, classes=('bar', 'merger', 'ring')):
+  """Prediction columns (name -> list) against `_reference`'s values."""
+  for k, answer in enumerate(('smooth', 'featured', 'artifact')):
+    np.testing.assert_allclose(table[f'morphology_{answer}'],
+                               expected['morphology'][:, k], atol=2e-6)
+  for k, name in enumerate(classes):
+    np.testing.assert_allclose(table[f'shape_{name}'],
+                               expected['shape'][:, k], atol=2e-6)
+  # The class name of the largest probability, 0/1 from 0.5.
+  assert list(table['shape_predicted']) == [
+      classes[k] for k in expected['shape'].argmax(1)]
+  np.testing.assert_allclose(table['size'], expected['size'], atol=2e-5)
+  np.testing.assert_allclose(table['spiral_probability'], expected['spiral'],
+                             atol=2e-6)
+  np.testing.assert_array_equal(
+      np.asarray(table['spiral_predicted'], int),
+      (expected['spiral'] >= 0.5).astype(int))
+
+
+@pytest.fixture(scope='module')
+def tampered(trained, tmp_path_factory):
+  """A copy of the run whose labels.json lists shape's classes reversed."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  _, workdir, _ = trained
+  copy_ = tmp_path_factory.mktemp('tampered') / 'run'
+  shutil.copytree(workdir, copy_)
+  manifest = json.loads((copy_ / 'labels.json').read_text())
+  manifest['columns'][1]['classes'] = ['ring', 'merger', 'bar']
+  (copy_ / 'labels.json').write_text(json.dumps(manifest))
+  return copy_
+
+
+def test_predict_a_run_through_main(trained, tampered, catalogue, cli_config,
+                                    tmp_path):
+  """--mode=predict writes the task's named columns, equal to the model's
+  outputs computed by hand: the catalogue's rows as CSV, a folder as
+  Parquet, and the survey path's shards; the class names and their order
+  come from the run's labels.json."""
+  import csv  # pylint: disable=g-import-not-at-top
+  import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+  from gzjax import predict  # pylint: disable=g-import-not-at-top
+  config, workdir, _ = trained
+  ids = [f'g{row:03d}' for row in range(finetune_data.NUM_ROWS)]
+  paths = [catalogue.parent / 'img' / f'{i}.jpg' for i in ids]
+  expected = _reference(config, workdir, paths)
+
+  _main(cli_config, workdir, '--mode=predict',
+        f'--output={tmp_path / "rows.csv"}')
+  with open(tmp_path / 'rows.csv') as f:
+    rows = list(csv.reader(f))
+  assert rows[0] == PREDICTION_HEADER
+  assert [r[0] for r in rows[1:]] == ids
+  table = {name: [r[k] for r in rows[1:]] for k, name in enumerate(rows[0])}
+  floats = {k: np.array(v, float) if k not in ('id', 'shape_predicted')
+            else v for k, v in table.items()}
+  _check_against(floats, expected)
+
+  _main(cli_config, workdir, '--mode=predict',
+        f'--output_dir={tmp_path / "survey"}', '--shard_size=20')
+  survey = predict.read_shards(tmp_path / 'survey').to_pydict()
+  assert list(survey) == PREDICTION_HEADER and survey['id'] == ids
+  for name in PREDICTION_HEADER[1:]:  # CSV's 9 digits round-trip float32.
+    if isinstance(survey[name][0], float):
+      np.testing.assert_array_equal(np.float32(survey[name]),
+                                    np.float32(table[name]), name)
+    else:
+      assert [str(v) for v in survey[name]] == table[name], name
+
+  _main(cli_config, tampered, '--mode=predict',
+        f'--images={catalogue.parent / "img"}',
+        f'--output={tmp_path / "folder.parquet"}')
+  folder = pq.read_table(tmp_path / 'folder.parquet').to_pydict()
+  assert list(folder) == [*PREDICTION_HEADER[:4], 'shape_ring',
+                          'shape_merger', 'shape_bar',
+                          *PREDICTION_HEADER[7:]]
+  assert folder['id'] == ids
+  _check_against(folder, expected, classes=('ring', 'merger', 'bar'))
+
+
+@pytest.mark.parametrize('case,mode,extra,message', [
+    ('tampered', 'evaluate', [],
+     r'labels.json records label column 2 as shape \(multiclass: ring,'
+     r' merger, bar\) but .*labels.csv has shape \(multiclass: bar, merger,'
+     r' ring\): use the config'),
+    ('trained', 'predict', ['--config.labels.columns.size=binary'],
+     r'labels.json records label column 3 as size \(regression\) but'
+     r' config.labels.columns declares size \(binary\)'),
+    ('empty', 'predict', [], r'labels.json: no such file, so .* is not a'
+     ' run fine-tuned on a label catalogue'),
+    ('trained', 'evaluate', ['--config=configs/quickstart.py'],
+     'is a fine-tuning run on a label catalogue .*: evaluate or predict it'
+     ' with the config it was trained with'),
+    ('trained', 'predict', ['--images=BAD'],
+     r'2 images of .* cannot be predicted .*\n  .*bad.jpg \(id bad\):'
+     r' .*\n  .*small.jpg \(id small\): 20x20, smaller than the 36 px'),
+])
+def test_a_run_of_other_labels_or_bad_images_is_refused_in_one_line(
+    trained, tampered, catalogue, cli_config, tmp_path, capsys, case, mode,
+    extra, message):
+  """Nothing is restored or written: the error names the first difference
+  (or every unusable image)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  workdir = {'tampered': tampered, 'trained': trained[1],
+             'empty': tmp_path}[case]
+  (tmp_path / 'checkpoints').mkdir()
+  if '--images=BAD' in extra:
+    bad = tmp_path / 'bad_images'
+    bad.mkdir()
+    (bad / 'good.jpg').symlink_to(catalogue.parent / 'img' / 'g000.jpg')
+    (bad / 'bad.jpg').write_bytes(b'not a jpeg')
+    Image.new('RGB', (20, 20)).save(bad / 'small.jpg')
+    extra = [f'--images={bad}']
+  config_path = cli_config
+  if extra and extra[0].startswith('--config='):
+    config_path = extra.pop(0).split('=', 1)[1]
+  before = sorted(p.name for p in workdir.iterdir())
+  with pytest.raises(SystemExit) as exit_:
+    _main(config_path, workdir, f'--mode={mode}', *extra,
+          f'--output={tmp_path / "p.csv"}')
+  assert exit_.value.code == 1
+  error = capsys.readouterr().err
+  assert error.startswith('gzjax: ') and error.endswith('\n')
+  import re  # pylint: disable=g-import-not-at-top
+  assert re.search(message, error), error
+  if '--images' not in ' '.join(extra):
+    assert error.count('\n') == 1, error
+  assert sorted(p.name for p in workdir.iterdir()) == before
+  assert not (tmp_path / 'p.csv').exists()
+
+
+def test_prediction_columns_by_hand():
+  """Each kind's columns from activated outputs chosen by hand: the class
+  name of the largest probability, 1 from a probability of 0.5 on."""
+  task = finetune.make_task([
+      labels.Column('shape', 'multiclass', classes=('bar', 'ring', 'spiral')),
+      labels.Column('lens', 'binary'), labels.Column('z', 'regression'),
+      labels.Column('q', 'votes', answers=('yes', 'no'))])
+  outputs = np.array([[0.2, 0.5, 0.3, 0.5, 1.5, 0.25, 0.75],
+                      [0.6, 0.1, 0.3, 0.49999, -2.0, 0.5, 0.5],
+                      [0.1, 0.2, 0.7, 0.9, 0.0, 1.0, 0.0]], np.float32)
+  columns = task.columns(outputs)
+  assert list(columns) == finetune.prediction_names(
+      [labels.Column('shape', 'multiclass', classes=('bar', 'ring', 'spiral')),
+       labels.Column('lens', 'binary'), labels.Column('z', 'regression'),
+       labels.Column('q', 'votes', answers=('yes', 'no'))]) == [
+           'shape_bar', 'shape_ring', 'shape_spiral', 'shape_predicted',
+           'lens_probability', 'lens_predicted', 'z', 'q_yes', 'q_no']
+  assert columns['shape_predicted'] == ['ring', 'bar', 'spiral']
+  assert columns['lens_predicted'].tolist() == [1, 0, 1]
+  for name, k in (('shape_bar', 0), ('shape_ring', 1), ('shape_spiral', 2),
+                  ('lens_probability', 3), ('z', 4), ('q_yes', 5),
+                  ('q_no', 6)):
+    np.testing.assert_array_equal(columns[name], outputs[:, k])
+
+
+def test_prediction_column_names_that_clash_are_refused():
+  with pytest.raises(labels.LabelError,
+                     match="two columns named 'ring_probability'"):
+    finetune.make_task([labels.Column('ring', 'binary'),
+                        labels.Column('ring_probability', 'regression')])
+  with pytest.raises(labels.LabelError, match="two columns named 'id'"):
+    finetune.make_task([labels.Column('id', 'regression')])
+  with pytest.raises(labels.LabelError,
+                     match="two columns named 'shape_predicted'"):
+    finetune.make_task([labels.Column('shape', 'multiclass',
+                                      classes=('bar', 'predicted'))])
