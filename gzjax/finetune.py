@@ -37,7 +37,6 @@ import dataclasses
 import io
 import json
 import pathlib
-import sys
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -442,11 +441,4 @@ def _image_problem(path: str, crop_size: int) -> str | None:
     return (f'{width}x{height}, smaller than the {crop_size} px centre crop'
             ' (input.crop_size)')
   return None
-
-
-def _printable(values):
-  if isinstance(values, Mapping):
-    return {k: _printable(v) for k, v in values.items()
-            if k not in ('reliability', 'per_class')}
-  return values
 
