@@ -45,6 +45,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
+from gzjax import config_checks
 from gzjax import errors
 from gzjax import evaluate as evaluate_lib
 from gzjax import losses
@@ -238,6 +239,8 @@ def is_catalogue_run(config: ml_collections.ConfigDict) -> bool:
 def run(config: ml_collections.ConfigDict,
         workdir: str | pathlib.Path) -> dict[str, Any]:
   """Fine-tunes on ``config.labels``; returns the last validation metrics."""
+  # Before labels.json is written (train_and_evaluate checks it again).
+  config_checks.check(config)
   workdir = pathlib.Path(workdir)
   table = labels_lib.read(config.labels)
   _record_labels(workdir, table)
@@ -338,6 +341,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
   line of the training loop, and ``plots/reliability_<column>_<split>.png``
   per binary column.
   """
+  # Before the catalogue is read (gzjax.evaluate.evaluate checks it again).
+  config_checks.check(config)
   workdir = pathlib.Path(workdir)
   evaluate_lib.check_checkpoint_folder(workdir, checkpoint)
   table = labels_lib.read(config.labels)
@@ -368,6 +373,7 @@ def predict(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
   """
   from gzjax import predict as predict_lib  # pylint: disable=g-import-not-at-top
   from gzjax.data import catalog as catalogs  # pylint: disable=g-import-not-at-top
+  config_checks.check(config)
   workdir = pathlib.Path(workdir)
   output = pathlib.Path(output or workdir / 'predictions.csv')
   predict_lib.table_format(output)

@@ -202,15 +202,18 @@ def main(argv):
       sys.exit(1)
   logging.set_verbosity(logging.WARNING)
   # Imported here so that --help is fast and flags parse before grain starts.
-  from gzjax import config_checks  # pylint: disable=g-import-not-at-top
   from gzjax import evaluate  # pylint: disable=g-import-not-at-top
   from gzjax import experiment as experiments  # pylint: disable=g-import-not-at-top
   from gzjax import train  # pylint: disable=g-import-not-at-top
 
+  from gzjax import finetune  # pylint: disable=g-import-not-at-top
+
   try:
-    config = config_checks.check(_CONFIG.value)
+    # Each entry point (train, evaluate, predict, finetune) checks the config
+    # itself (gzjax.config_checks) before it reads or writes anything.
+    config = _CONFIG.value
     experiments.use_compilation_cache(config.compilation_cache_dir)
-    if 'labels' in config and config.labels.catalog:  # Fine-tuning.
+    if finetune.is_catalogue_run(config):
       _finetune(config)
     elif _MODE.value == 'train':
       train.train_and_evaluate(config, _WORKDIR.value)

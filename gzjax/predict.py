@@ -69,6 +69,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from gzjax import config_checks
 from gzjax import distributed
 from gzjax import errors
 from gzjax import evaluate
@@ -406,6 +407,7 @@ def predict_catalog(config: ml_collections.ConfigDict,
     A :class:`Summary`; ``complete`` when every shard of every process
     exists and the manifest is written.
   """
+  config_checks.check(config)
   process_index = (jax.process_index() if process_index is None
                    else process_index)
   process_count = (jax.process_count() if process_count is None
@@ -564,6 +566,8 @@ def run(config: ml_collections.ConfigDict, workdirs: Sequence[str], *,
         id_column: str = 'id', path_column: str = 'path',
         **options) -> Summary:
   """The command line's survey prediction (``--output_dir`` and friends)."""
+  # Before the catalogue is read (predict_catalog checks it again).
+  config_checks.check(config)
   if len(workdirs) != 1:
     raise PredictionError(
         'Survey prediction (--output_dir/--catalog) takes one workdir; an'

@@ -123,3 +123,41 @@ def test_cli_names_a_misspelt_config_file(tmp_path):
   assert result.stderr.strip().splitlines() == [
       'gzjax: --config=configs/quickstrt.py: no such file; did you mean'
       ' configs/quickstart.py?']
+
+
+def _entry_points():
+  """Every function a library caller (or gzjax.main) starts a run with."""
+  from gzjax import evaluate  # pylint: disable=g-import-not-at-top
+  from gzjax import finetune  # pylint: disable=g-import-not-at-top
+  from gzjax import predict  # pylint: disable=g-import-not-at-top
+  from gzjax import train  # pylint: disable=g-import-not-at-top
+  return {
+      'train': lambda c, w: train.train_and_evaluate(c, w),
+      'evaluate': lambda c, w: evaluate.evaluate(c, w),
+      'predict': lambda c, w: evaluate.predict(c, [w]),
+      'survey': lambda c, w: predict.run(c, [w], output_dir=w / 'out'),
+      'predict_catalog': lambda c, w: predict.predict_catalog(
+          c, w, None, predict.Options(w / 'out')),
+      'finetune': lambda c, w: finetune.run(c, w),
+      'finetune_evaluate': lambda c, w: finetune.evaluate(c, w),
+      'finetune_predict': lambda c, w: finetune.predict(c, w),
+  }
+
+
+@pytest.mark.parametrize('entry', list(_entry_points()))
+def test_every_entry_point_checks_the_config_before_reading_or_writing(
+    tmp_path, entry):
+  """gzjax.main leaves the check to these functions: each refuses a bad
+  value first, before it opens a dataset, catalogue or checkpoint."""
+  config = base.base_config()
+  if entry.startswith('finetune') or entry == 'survey':
+    config.labels.catalog = str(tmp_path / 'no_such_catalogue.csv')
+    config.labels.columns = {'spiral': 'binary'}
+  config.data_dir = str(tmp_path / 'no_data')
+  config.optimizer.learning_rate = -0.01
+  workdir = tmp_path / 'work'
+  with pytest.raises(errors.ConfigError,
+                     match=r'^config.optimizer.learning_rate=-0.01 is not'
+                     r' allowed: use a number > 0.0.$'):
+    _entry_points()[entry](config, workdir)
+  assert sorted(p.name for p in tmp_path.iterdir()) == []
