@@ -81,6 +81,7 @@ from gzjax import taxonomy
 from gzjax.data import catalog as catalogs
 from gzjax.data import labels as labels_lib
 from gzjax.data import pipeline
+from gzjax.models import weights
 
 FORMATS = ('parquet', 'csv')
 RUN_FILE = '_RUN.json'
@@ -340,10 +341,9 @@ def _settings(config, workdir, catalog, options, step, task) -> dict[str, Any]:
                   'sha256': catalog.fingerprint()},
       'checkpoint': {'workdir': str(pathlib.Path(workdir).resolve()),
                      'which': str(options.checkpoint), 'step': int(step)},
-      'model': {'name': config.model.name, 'task': task.name,
-                'crop_size': int(config.input.crop_size),
-                'image_size': int(config.input.image_size),
-                'normalization': config.input.normalization.to_dict(),
+      # What the backbone sees (as an exported encoder records it), the
+      # task and TTA.
+      'model': {**weights.preprocessing_of(config), 'task': task.name,
                 'tta': bool(options.tta)},
       'shard_size': options.shard_size,
       'format': options.format,

@@ -1,5 +1,6 @@
 """Survey prediction: shards, manifest, errors, simulated processes, resume."""
 
+import copy
 import csv
 import dataclasses
 import json
@@ -232,6 +233,20 @@ def test_a_rerun_with_other_settings_or_a_small_first_image_is_refused(
     predict.predict_catalog(
         survey['config'], survey['workdir'], _catalog(survey),
         predict.Options(uninterrupted[0], shard_size=10))
+  # The preprocessing is recorded as an exported encoder records it.
+  recorded = json.loads((uninterrupted[0] / '_RUN.json').read_text())
+  assert recorded['model'] == {
+      'model': 'cnn', 'image_size': 32, 'crop_size': 48,
+      'normalization_mean': [0.5, 0.5, 0.5],
+      'normalization_std': [0.5, 0.5, 0.5], 'task': 'votes', 'tta': False}
+  other = copy.deepcopy(survey['config'])
+  other.input.normalization.std = (0.25, 0.5, 0.5)
+  with pytest.raises(predict.PredictionError,
+                     match=r'another run \(model.normalization_std: \[0.5,'
+                     r' 0.5, 0.5\] then, \[0.25, 0.5, 0.5\] now\)'):
+    predict.predict_catalog(
+        other, survey['workdir'], _catalog(survey),
+        predict.Options(uninterrupted[0], shard_size=SHARD_SIZE))
   table = tmp_path / 'small_first.csv'
   table.write_text(f'id,path\nS,{survey["root"] / "small.png"}\n')
   with pytest.raises(catalogs.CatalogError,
