@@ -53,18 +53,15 @@ def export(workdir: str | pathlib.Path, out: str | pathlib.Path,
   from gzjax import checkpoint as checkpoints  # pylint: disable=g-import-not-at-top
   from gzjax import experiment as experiments  # pylint: disable=g-import-not-at-top
   from gzjax import finetune  # pylint: disable=g-import-not-at-top
-  from gzjax.data import labels  # pylint: disable=g-import-not-at-top
   from gzjax.models import weights  # pylint: disable=g-import-not-at-top
 
   workdir = pathlib.Path(workdir)
   config = run_config(workdir)
   config.model.pretrained = ''  # The checkpoint holds the weights.
-  task = None
-  if (workdir / 'labels.json').is_file():
-    manifest = json.loads((workdir / 'labels.json').read_text())
-    task = finetune.make_task([labels.Column(
-        c['name'], c['kind'], tuple(c['answers']), tuple(c['classes']))
-        for c in manifest['columns']])
+  # A fine-tuning run's task, as its labels.json records it (checked
+  # against the config.labels of its config.json).
+  task = (finetune.recorded_task(config, workdir)
+          if finetune.is_catalogue_run(config) else None)
   # Shapes only: the checkpoint fills the state.
   experiment = experiments.create_experiment(config, task, initialise=False)
   checkpointer = checkpoints.Checkpointer(
