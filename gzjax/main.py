@@ -85,8 +85,9 @@ _STRICT = flags.DEFINE_bool(
     'predict --output_dir: stop at the first unreadable image instead of'
     ' listing it in errors.csv.')
 _NUM_WORKERS = flags.DEFINE_integer(
-    'num_workers', 0,
-    'predict --output_dir: image-decoding processes (0: in this process).')
+    'num_workers', None,
+    'predict --output_dir: image-decoding processes (0: in this process);'
+    ' when given, it replaces config.input.num_workers, the default.')
 
 flags.mark_flags_as_required(['config', 'workdir'])
 

@@ -103,7 +103,8 @@ class Options:
     shard_size: catalogue rows per output shard.
     format: 'parquet' or 'csv'.
     strict: the first unreadable image is an error instead of a listed one.
-    num_workers: grain decoding processes (0 decodes in this process).
+    num_workers: grain decoding processes (0 decodes in this process);
+      None takes ``config.input.num_workers`` (:func:`decoding_workers`).
     checkpoint: 'latest', 'best' or a step number.
     tta: average over the 8 rotations and flips.
     progress_interval: seconds between plain progress lines (not a TTY).
@@ -113,7 +114,7 @@ class Options:
   shard_size: int = 100_000
   format: str = 'parquet'
   strict: bool = False
-  num_workers: int = 0
+  num_workers: int | None = None
   checkpoint: str = 'latest'
   tta: bool = False
   progress_interval: float = progress.DEFAULT_INTERVAL
@@ -125,7 +126,7 @@ class Options:
     if self.shard_size <= 0:
       raise PredictionError(
           f'shard_size={self.shard_size}: give a positive number of rows.')
-    if self.num_workers < 0:
+    if self.num_workers is not None and self.num_workers < 0:
       raise PredictionError(f'num_workers={self.num_workers} is negative.')
 
 
@@ -443,6 +444,16 @@ def predict_catalog(config: ml_collections.ConfigDict,
   return dataclasses.replace(summary, shards_written=len(todo))
 
 
+def decoding_workers(config: ml_collections.ConfigDict,
+                     options: Options) -> tuple[int, str]:
+  """The decoding processes, and the setting they come from: the
+  ``--num_workers`` flag (``options.num_workers``) when given, else
+  ``config.input.num_workers``."""
+  if options.num_workers is None:
+    return int(config.input.num_workers), 'config.input.num_workers'
+  return int(options.num_workers), '--num_workers'
+
+
 def _predict_shards(experiment: experiments.Experiment,
                     catalog: catalogs.Catalog, options: Options,
                     todo: Sequence[int],
@@ -459,9 +470,14 @@ def _predict_shards(experiment: experiments.Experiment,
     specs += [(shard, start, min(start + batch_size, rows.stop))
               for start in range(rows.start, rows.stop, batch_size)]
   input_config = ml_collections.ConfigDict(config.input.to_dict())
-  input_config.num_workers = options.num_workers
+  input_config.num_workers, setting = decoding_workers(config, options)
+  if process_index == 0 or jax.process_count() == 1:
+    where = (f'{input_config.num_workers} worker processes'
+             if input_config.num_workers else 'this process')
+    print(f'Decoding images in {where} ({setting}='
+          f'{input_config.num_workers}).', file=sys.stderr)
   mapped = None
-  if options.num_workers:  # Workers then share one mapped copy of the rows.
+  if input_config.num_workers:  # Workers then share one mapped copy of the rows.
     mapped = output_dir / f'.catalog-process-{process_index}.arrow'
     catalog.map_to(mapped)
   dataset = grain.MapDataset.source(specs).map(

@@ -274,7 +274,7 @@ def tampered(trained, tmp_path_factory):
 
 
 def test_predict_a_run_through_main(trained, tampered, catalogue, cli_config,
-                                    tmp_path):
+                                    tmp_path, capsys):
   """--mode=predict writes the task's named columns, equal to the model's
   outputs computed by hand: the catalogue's rows as CSV, a folder as
   Parquet, and the survey path's shards; the class names and their order
@@ -300,6 +300,9 @@ def test_predict_a_run_through_main(trained, tampered, catalogue, cli_config,
 
   _main(cli_config, workdir, '--mode=predict',
         f'--output_dir={tmp_path / "survey"}', '--shard_size=20')
+  # Without --num_workers, the config's number decodes (and is named).
+  assert 'Decoding images in this process (config.input.num_workers=0).' in (
+      capsys.readouterr().err.splitlines())
   survey = predict.read_shards(tmp_path / 'survey').to_pydict()
   assert list(survey) == PREDICTION_HEADER and survey['id'] == ids
   for name in PREDICTION_HEADER[1:]:  # CSV's 9 digits round-trip float32.
@@ -336,13 +339,26 @@ def test_predict_a_run_through_main(trained, tampered, catalogue, cli_config,
     ('trained', 'predict', ['--images=BAD'],
      r'2 images of .* cannot be predicted .*\n  .*bad.jpg \(id bad\):'
      r' .*\n  .*small.jpg \(id small\): 20x20, smaller than the 36 px'),
+    ('trained', 'predict', ['--output=p.txt'],
+     r'--output=.*p.txt: name a .csv or .parquet file.$'),
+    ('trained', 'predict', ['--ensemble=/elsewhere/run'],
+     '--ensemble does not take a label-catalogue run: predict each workdir on'
+     ' its own and average the files.$'),
 ])
 def test_a_run_of_other_labels_or_bad_images_is_refused_in_one_line(
-    trained, tampered, catalogue, cli_config, tmp_path, capsys, case, mode,
-    extra, message):
+    trained, tampered, catalogue, cli_config, tmp_path, capsys, monkeypatch,
+    case, mode, extra, message):
   """Nothing is restored or written: the error names the first difference
   (or every unusable image)."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  def no_model(*args, **kwargs):
+    raise AssertionError('a model was built before the refusal')
+  monkeypatch.setattr(experiments, 'create_experiment', no_model)
+  output = tmp_path / 'p.csv'
+  if extra and extra[0].startswith('--output='):
+    output = tmp_path / extra[0].split('=', 1)[1]
+    extra = extra[1:]
   workdir = {'tampered': tampered, 'trained': trained[1],
              'empty': tmp_path}[case]
   (tmp_path / 'checkpoints').mkdir()
@@ -359,7 +375,7 @@ def test_a_run_of_other_labels_or_bad_images_is_refused_in_one_line(
   before = sorted(p.name for p in workdir.iterdir())
   with pytest.raises(SystemExit) as exit_:
     _main(config_path, workdir, f'--mode={mode}', *extra,
-          f'--output={tmp_path / "p.csv"}')
+          f'--output={output}')
   assert exit_.value.code == 1
   error = capsys.readouterr().err
   assert error.startswith('gzjax: ') and error.endswith('\n')
@@ -368,7 +384,7 @@ def test_a_run_of_other_labels_or_bad_images_is_refused_in_one_line(
   if '--images' not in ' '.join(extra):
     assert error.count('\n') == 1, error
   assert sorted(p.name for p in workdir.iterdir()) == before
-  assert not (tmp_path / 'p.csv').exists()
+  assert not output.exists()
 
 
 def test_prediction_columns_by_hand():

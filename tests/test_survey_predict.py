@@ -178,7 +178,18 @@ def test_derived_labels_and_their_probabilities_by_hand():
       ['features or disk'], [pytest.approx(0.7)])
 
 
-def test_simulated_processes_write_the_same_rows_as_csv(survey, uninterrupted):
+def test_the_num_workers_flag_when_given_wins_over_the_config():
+  config = tiny_config('/nonexistent', **{'input.num_workers': 3})
+  assert predict.decoding_workers(config, predict.Options('out')) == (
+      3, 'config.input.num_workers')
+  for flag in (0, 2):
+    assert predict.decoding_workers(
+        config, predict.Options('out', num_workers=flag)) == (
+            flag, '--num_workers')
+
+
+def test_simulated_processes_write_the_same_rows_as_csv(survey, uninterrupted,
+                                                        capsys):
   if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags.
     flags.FLAGS.mark_as_parsed()
   output = survey['root'] / 'two_processes'
@@ -190,6 +201,8 @@ def test_simulated_processes_write_the_same_rows_as_csv(survey, uninterrupted):
       dataclasses.replace(options, num_workers=1), process_index=1,
       process_count=2)
   assert not second.complete and second.shards_written == 1
+  assert 'Decoding images in 1 worker processes (--num_workers=1).' in (
+      capsys.readouterr().err.splitlines())
   assert sorted(p.name for p in output.iterdir()) == [
       '_RUN.json', 'part-00001.csv', 'part-00001.errors.csv']
   first = predict.predict_catalog(survey['config'], survey['workdir'],
