@@ -344,7 +344,8 @@ def test_predict_a_run_through_main(trained, tampered, catalogue, cli_config,
     ('trained', 'predict', ['--ensemble=/elsewhere/run'],
      '--ensemble does not take a label-catalogue run: predict each workdir on'
      ' its own and average the files.$'),
-])
+], ids=['other_classes', 'other_kind', 'no_labels_json', 'builtin_config',
+        'bad_images', 'output_suffix', 'ensemble'])
 def test_a_run_of_other_labels_or_bad_images_is_refused_in_one_line(
     trained, tampered, catalogue, cli_config, tmp_path, capsys, monkeypatch,
     case, mode, extra, message):
