@@ -70,6 +70,9 @@ _MANUAL_DIR = flags.DEFINE_string(
     'manual_dir', '../shared/data/galaxy_zoo_kaggle_sample',
     'The real sample (spiral_labels.csv, training_solutions_partial.csv and'
     ' images_training_rev1/).')
+_CATALOG = flags.DEFINE_string(
+    'catalog', '', 'The spiral catalogue (default: spiral_labels.csv in'
+    ' --manual_dir); its images in images_training_rev1/ beside it.')
 _OUT = flags.DEFINE_string('out', None, 'Runs, weights, JSON and curve.png.')
 _STARTS = flags.DEFINE_list('starts', list(STARTS), 'Table rows to run.')
 _STEPS = flags.DEFINE_integer('steps', 300, 'Steps of batch 32 per CNN run.')
@@ -176,8 +179,7 @@ def run(start: str, config: ml_collections.ConfigDict, out: pathlib.Path,
   began = time.perf_counter()
   result = finetune.run(config, workdir)['spiral']
   seconds = time.perf_counter() - began
-  used = num_labels or len(labels.LabelSource(labels.read(config.labels),
-                                              'train'))
+  used = len(labels.LabelSource(labels.read(config.labels), 'train'))
   row = Row(start, used, config.num_train_steps, result['accuracy'],
             result['f1'], result['roc_auc'], seconds)
   saved.write_text(json.dumps(dataclasses.asdict(row)))
@@ -203,7 +205,8 @@ def main(argv):
     raise app.UsageError(f'--starts: unknown {sorted(unknown)}; choose from'
                          f' {",".join(STARTS)}.')
   base = finetune_spiral.get_config()
-  base.labels.catalog = str(manual_dir / 'spiral_labels.csv')
+  base.labels.catalog = str(pathlib.Path(
+      _CATALOG.value or manual_dir / 'spiral_labels.csv').expanduser())
   needs = ''.join(_STARTS.value + _CURVE.value)
   encoder = (votes_encoder(out, manual_dir, base) if 'votes' in needs
              else None)
