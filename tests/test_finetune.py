@@ -2,6 +2,7 @@
 kind end to end through the engine's loop, and the encoder round trip."""
 
 import copy
+import hashlib
 import json
 
 import numpy as np
@@ -63,12 +64,34 @@ def test_read_masks_missing_cells_and_orders_classes(catalogue):
   by_column = labels.read(finetune_data.labels_config(
       catalogue, split_column='split'))
   np.testing.assert_array_equal(by_column.is_validation, rows % 3 == 0)
-  # A train budget keeps the first rows' labels and leaves validation alone.
+  # A train budget keeps the labels of the labelled training rows with the
+  # smallest id hashes (SHA-256's first 8 bytes, written out here), whatever
+  # the file's order, and leaves validation alone.
   few = labels.read(finetune_data.labels_config(
       catalogue, split_column='split', max_train_labels=5))
   train_rows = few.rows('train')
   assert few.targets['size']['mask'][train_rows].sum() == 5
   assert few.targets['size']['mask'][few.rows('validation')].all()
+  by_hash = sorted(train_rows, key=lambda r: hashlib.sha256(
+      few.ids[r].encode()).digest()[:8])
+  kept = train_rows[few.labelled()[train_rows]]
+  np.testing.assert_array_equal(kept, sorted(by_hash[:5]))
+  assert list(kept) != list(train_rows[:5])  # Not the file's first rows.
+  # Rows without any known label are never spent from the budget.
+  unlabelled = by_hash[0]
+  lines = catalogue.read_text().splitlines()
+  header = lines[0].split(',')
+  cells = lines[unlabelled + 1].split(',')
+  for name in header:
+    if name not in ('id', 'path', 'split', 'image'):
+      cells[header.index(name)] = ''
+  lines[unlabelled + 1] = ','.join(cells)
+  blank = catalogue.with_name('blank_row.csv')
+  blank.write_text('\n'.join(lines) + '\n')
+  few = labels.read(finetune_data.labels_config(
+      blank, split_column='split', max_train_labels=5))
+  kept = train_rows[few.labelled()[train_rows]]
+  np.testing.assert_array_equal(kept, sorted(by_hash[1:6]))
 
 
 @pytest.mark.parametrize('column,cell,message', [

@@ -22,8 +22,10 @@ every one through the engine's own functions (``finetune.run``,
   with ``gzjax.tools.convert_weights``) at ``--lite_image_size`` px.
 
 Then the few-label curve: validation ROC AUC against the number of training
-labels (``--config.labels.max_train_labels=N``: the first N training rows of
-the catalogue, so each set holds the smaller ones) for the ``--curve``
+labels (``--config.labels.max_train_labels=N``: the N labelled training
+rows with the smallest id hashes, so each set holds the smaller ones; the
+first rows of ``spiral_labels.csv``, sorted by id, are 38-49% spiral against
+24% overall) for the ``--curve``
 starting points (default: the two with the highest ROC AUC), same steps and
 schedule as their table row; the full-label point is the table's.  Prints
 both tables in markdown, writes ``curve.png`` and everything as

@@ -54,23 +54,29 @@ SYNTHETIC_LABELLED_ID_START = 1_000_000
 SYNTHETIC_TEST_ID_START = 5_000_000
 
 
+def id_hashes(galaxy_ids: np.ndarray) -> np.ndarray:
+  """The stable hash of each ID: SHA-256 of the decimal GalaxyID (a string
+  id as written), first 8 bytes, as uint64.  The same on every machine,
+  whatever the row order or the other galaxies in the file."""
+  return np.array([
+      int.from_bytes(hashlib.sha256(_id_text(i).encode()).digest()[:8], 'big')
+      for i in np.asarray(galaxy_ids).ravel()
+  ], np.uint64)
+
+
 def is_validation(galaxy_ids: np.ndarray, validation_percent: float) -> np.ndarray:
   """Which galaxies belong to the validation split: a stable hash of the ID.
 
-  SHA-256 of the decimal GalaxyID, first 8 bytes, modulo 10,000 basis points;
-  the same galaxy lands in the same split on every machine, whatever the row
-  order, shard count or the other galaxies in the file.  String ids (a
-  catalogue's) are hashed as written, so '101623' splits as 101623 does.
+  :func:`id_hashes` modulo 10,000 basis points; the same galaxy lands in
+  the same split on every machine, whatever the row order, shard count or
+  the other galaxies in the file.  String ids (a catalogue's) are hashed as
+  written, so '101623' splits as 101623 does.
   """
   if not 0 <= validation_percent <= 100:
     raise errors.ConfigError(
         f'validation_percent must be within [0, 100], got {validation_percent}'
     )
-  buckets = np.array([
-      int.from_bytes(hashlib.sha256(_id_text(i).encode()).digest()[:8], 'big')
-      % 10_000
-      for i in np.asarray(galaxy_ids).ravel()
-  ])
+  buckets = id_hashes(galaxy_ids) % np.uint64(10_000)
   return buckets < round(validation_percent * 100)
 
 

@@ -67,8 +67,8 @@ def default_config() -> ml_collections.ConfigDict:
   # A column of train/validation; '' splits by the hash of the id.
   config.split_column = ''
   config.validation_percent = 20.0
-  # Keep only the first N training rows in a stable order (0: all): the
-  # few-label curve.
+  # Train on only N labelled training rows, those with the smallest id
+  # hashes (0: all): the few-label curve.
   config.max_train_labels = 0
   return config
 
@@ -213,6 +213,13 @@ class LabelTable:
       raise LabelError(f'split={split!r}: use one of {", ".join(SPLITS)}.')
     return np.flatnonzero(self.is_validation == (split == 'validation'))
 
+  def labelled(self) -> np.ndarray:
+    """Which rows have at least one known label."""
+    known = np.zeros(len(self), bool)
+    for parts in self.targets.values():
+      known |= parts['mask']
+    return known
+
   def record_targets(self, row: int) -> dict[str, np.ndarray]:
     return {f'{name}/{key}': value[row] for name, parts in self.targets.items()
             for key, value in parts.items()}
@@ -300,10 +307,16 @@ def read(config: ml_collections.ConfigDict,
   is_validation = _split(table, config, ids, path, where_of)
   table_ = LabelTable(str(path), ids, paths, is_validation, columns, targets)
   if config.max_train_labels:
-    table_.is_validation = table_.is_validation.copy()
+    # The labelled training rows with the smallest id hashes: a subset as
+    # good as random, the same on every machine whatever the file's order
+    # (a catalogue sorted by id or by class would otherwise bias it), and
+    # each budget's rows within every larger budget's.
     train = table_.rows('train')
+    train = train[table_.labelled()[train]]
+    order = np.argsort(galaxy_zoo.id_hashes(
+        np.array([ids[r] for r in train], object)), kind='stable')
     keep = np.zeros(len(ids), bool)
-    keep[train[:config.max_train_labels]] = True
+    keep[train[order[:config.max_train_labels]]] = True
     # Rows beyond the budget leave training (and never join validation).
     table_.targets = {
         name: {'value': parts['value'], 'mask': parts['mask'] &
@@ -336,10 +349,7 @@ class LabelSource(Sequence):
     self.split = split
     self._rows = table.rows(split) if rows is None else np.asarray(rows)
     if split == 'train':  # Rows with no known label teach nothing.
-      known = np.zeros(len(table), bool)
-      for parts in table.targets.values():
-        known |= parts['mask']
-      self._rows = self._rows[known[self._rows]]
+      self._rows = self._rows[table.labelled()[self._rows]]
     if not len(self._rows):
       raise LabelError(f'{table.source}: the {split} split has no labelled'
                        ' rows.')
