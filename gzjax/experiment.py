@@ -61,13 +61,6 @@ def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
 PARAMS_KEY_IMPL = 'rbg'
 
 
-# The initialisation runs once, on a few MB: on a CPU, LLVM's optimisation of
-# its hundreds of kernels costs more than it could save.  Unmeasured on
-# accelerators, so there it compiles as any program.
-INIT_COMPILER_OPTIONS = {'xla_backend_optimization_level': 0,
-                         'xla_llvm_disable_expensive_passes': True}
-
-
 class CreationRngs(nnx.Rngs):
   """``nnx.Rngs(seed)`` whose ``params`` stream draws with
   :data:`PARAMS_KEY_IMPL`.
@@ -248,10 +241,7 @@ def create_experiment(config: ml_collections.ConfigDict,
   # Across processes, each computes the same state from the same seed and
   # fills its own devices' shards (distributed.replicate).
   local = replicated.is_fully_addressable
-  init = jax.jit(initial_state, out_shardings=replicated if local else None,
-                 compiler_options=(INIT_COMPILER_OPTIONS
-                                   if mesh.devices.flat[0].platform == 'cpu'
-                                   else None))
+  init = jax.jit(initial_state, out_shardings=replicated if local else None)
 
   def init_state():
     # Read only to initialise: a restore (evaluate, predict, a resumed run)

@@ -59,10 +59,9 @@ def test_jitted_creation_gives_the_eager_parameters_replicated(experiment):
   assert len(eager_params) == 16  # 6 conv + 2 dense layers, kernel and bias.
   for name, value in eager_params.items():
     assert jitted_params[name].dtype == value.dtype == np.float32, name
-    # The same random bits; the jitted program, compiled without LLVM's
-    # optimisations (experiment.INIT_COMPILER_OPTIONS), evaluates erf_inv's
-    # polynomial without fused multiply-adds: up to 3 ulp from the eager op.
-    np.testing.assert_array_max_ulp(jitted_params[name], value, maxulp=4)
+    # The same random bits; one fused multiply in the jitted program may
+    # round the last bit differently from the eager op.
+    np.testing.assert_array_max_ulp(jitted_params[name], value, maxulp=2)
   jitted_keys = jax.tree.leaves(experiment.state.rest)
   eager_keys = jax.tree.leaves(rest)
   assert len(jitted_keys) == len(eager_keys) > 0
