@@ -82,6 +82,10 @@ def test_creation_keeps_the_initialisers_statistics_and_the_dropout_streams(
   # conv and 2 hidden-layer parameters drew their keys from it (fold_in with
   # counts 0..13), so its key is fold_in(key(seed), 14) and its count 0.
   # Training's random masks do not change with the initialisers.
+  # The initialisers' keys are rbg's (a flax that stopped routing
+  # rngs.params() through Rngs._get_stream would silently give threefry).
+  assert str(jax.random.key_impl(
+      experiments.CreationRngs(_config().seed).params())) == 'rbg'
   count, key = jax.tree.leaves(experiment.state.rest)
   assert int(count) == 0
   np.testing.assert_array_equal(
