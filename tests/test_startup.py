@@ -75,6 +75,70 @@ def test_jitted_creation_gives_the_eager_parameters_replicated(experiment):
       jax.tree.map(lambda x: (x.shape, x.dtype, x.sharding), experiment.state)
 
 
+def test_creation_keeps_the_initialisers_statistics_and_the_dropout_streams(
+    experiment):
+  # Every other stream is the one nnx.Rngs(seed) gives, as before the rbg
+  # initialisation: the head's dropout forks the default stream after the 12
+  # conv and 2 hidden-layer parameters drew their keys from it (fold_in with
+  # counts 0..13), so its key is fold_in(key(seed), 14) and its count 0.
+  # Training's random masks do not change with the initialisers.
+  # The initialisers' keys are rbg's (a flax that stopped routing
+  # rngs.params() through Rngs._get_stream would silently give threefry).
+  assert str(jax.random.key_impl(
+      experiments.CreationRngs(_config().seed).params())) == 'rbg'
+  count, key = jax.tree.leaves(experiment.state.rest)
+  assert int(count) == 0
+  np.testing.assert_array_equal(
+      _raw(key), _raw(jax.random.fold_in(jax.random.key(_config().seed), 14)))
+  params = _named(experiment.state.params)
+  assert len(params) == 16
+  standardised = []
+  for name, value in params.items():
+    if name.endswith("['bias'].value"):
+      np.testing.assert_array_equal(value, 0)  # zeros_init
+      continue
+    # lecun_normal: a normal of standard deviation sigma / 0.8796 truncated at
+    # two of its standard deviations, which leaves sigma = 1/sqrt(fan_in)
+    # (fan_in: all axes but the last).
+    n = value.size
+    sigma = 1 / np.sqrt(np.prod(value.shape[:-1]))
+    # Five standard errors: the mean's sigma/sqrt(n); the sample standard
+    # deviation's at most sigma/sqrt(2n) (the truncated normal's kurtosis,
+    # 2.36, is below the normal's 3).
+    assert abs(value.mean()) < 5 * sigma / np.sqrt(n), name
+    assert abs(value.std() / sigma - 1) < 5 / np.sqrt(2 * n), name
+    assert np.abs(value).max() <= 2 * sigma / 0.87962566 * (1 + 1e-6), name
+    standardised.append(value.ravel() / sigma)
+  assert len(standardised) == 8  # 6 conv and 2 dense kernels.
+  # Each parameter has its own key: no two kernels share their draws.
+  m = min(map(len, standardised))  # 592, the output layer's.
+  for i, a in enumerate(standardised):
+    for b in standardised[i + 1:]:
+      assert abs(np.corrcoef(a[:m], b[:m])[0, 1]) < 5 / np.sqrt(m)
+
+
+def test_creation_compiles_one_program():
+  programs = []
+  def count(event, duration, **_):
+    if event == '/jax/core/compile/backend_compile_duration':
+      programs.append(duration)
+  def count_hits(event, **_):
+    if event == '/jax/compilation_cache/cache_hits':
+      programs.append(0.0)
+  jax.monitoring.register_event_duration_secs_listener(count)
+  jax.monitoring.register_event_listener(count_hits)
+  try:
+    # A width no other test compiles: XLA has not seen this program.
+    experiment = experiments.create_experiment(_config(hidden=(7,)))
+    jax.block_until_ready(experiment.state)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(count)
+    jax.monitoring.unregister_event_listener(count_hits)
+  # The initialisers, pretrained weights and optimizer state: one program
+  # (eager creation compiled one per initialiser and shape).
+  assert len(programs) == 1, programs
+
+
 def test_models_create_without_rngs_is_the_eager_model():
   jitted = models.create('cnn', seed=5)
   eager = models.create('cnn', rngs=nnx.Rngs(5))

@@ -2,6 +2,7 @@ r"""How fast a training run starts: creation, compile, first step, warm cache.
 
   python tools/startup_benchmark.py --models=cnn,efficientnet_b0 --batch_size=4
   python tools/startup_benchmark.py --models=efficientnet_b7:300 --batch_size=2
+  python tools/startup_benchmark.py --models=efficientnet_b7 --create_only
 
 For each model (``name`` or ``name:side``; default side: the model's native
 one), two fresh processes run what ``gzjax.main`` runs before its first step,
@@ -44,6 +45,9 @@ _CACHE_DIR = flags.DEFINE_string(
     'cache_dir', '', 'Internal (--child): the compilation cache directory.')
 _CHILD = flags.DEFINE_bool(
     'child', False, 'Internal: measure one process and print a JSON line.')
+_CREATE_ONLY = flags.DEFINE_bool(
+    'create_only', False, 'Measure creation only, in one process per model:'
+    ' no train step, no warm-cache process.')
 _TIMEOUT = flags.DEFINE_integer(
     'timeout', 1800, 'Seconds each process may take before its row reads'
     ' "timed out".')
@@ -65,6 +69,8 @@ def measure(model: str, size: int, batch_size: int, cache_dir: str) -> dict:
   experiment = experiments.create_experiment(config)
   jax.block_until_ready(experiment.state)
   created = time.perf_counter()
+  if _CREATE_ONLY.value:
+    return {'create_s': created - start, 'dtype': config.model.dtype}
   batch = train.to_global(benchmark.random_batch(batch_size, size),
                           experiment.batch_sharding)
   step = jax.jit(train.make_train_step(experiment), donate_argnums=0).lower(
@@ -81,7 +87,7 @@ def measure(model: str, size: int, batch_size: int, cache_dir: str) -> dict:
 def run_child(model: str, size: int, batch_size: int, cache_dir: str) -> dict:
   command = [sys.executable, __file__, '--child', f'--models={model}',
              f'--image_size={size}', f'--batch_size={batch_size}',
-             f'--cache_dir={cache_dir}']
+             f'--cache_dir={cache_dir}', f'--create_only={_CREATE_ONLY.value}']
   try:
     result = subprocess.run(command, capture_output=True, text=True,
                             timeout=_TIMEOUT.value)
@@ -114,11 +120,14 @@ def main(argv):
     with tempfile.TemporaryDirectory() as cache_dir:
       cold = run_child(name, size, FLAGS.batch_size, cache_dir)
       warm = (run_child(name, size, FLAGS.batch_size, cache_dir)
-              if 'missing' not in cold else cold)
+              if 'missing' not in cold and not _CREATE_ONLY.value else cold)
     if 'missing' in cold or 'missing' in warm:
       reason = cold.get('missing') or warm.get('missing')
       lines.append(f'| {name} | {size} | {FLAGS.batch_size} | missing:'
                    f' {reason} | | | | | |')
+    elif _CREATE_ONLY.value:
+      lines.append(f'| {name} | {size} | {FLAGS.batch_size}'
+                   f' | {cold["create_s"]:.1f} | | | | | |')
     else:
       lines.append(
           f'| {name} | {size} | {FLAGS.batch_size} | {cold["create_s"]:.1f}'
