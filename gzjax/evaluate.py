@@ -168,12 +168,17 @@ def summary_line(step: int, task: tasks.Task, values: Mapping[str, Any],
 
 
 def restore(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
-            which: str = 'latest') -> tuple[experiments.Experiment, int]:
-  """The experiment with the state of a checkpoint: latest, best or a step."""
+            which: str = 'latest', *, task: tasks.Task | None = None
+            ) -> tuple[experiments.Experiment, int]:
+  """The experiment with the state of a checkpoint: latest, best or a step.
+
+  ``task``: the one the run trained, when it replaced the config's built-in
+  task (as train_and_evaluate's argument).
+  """
   workdir = pathlib.Path(workdir)
   check_checkpoint_folder(workdir, which)
   workdir_rules.check_resumable(config, workdir)
-  experiment = experiments.create_experiment(config, initialise=False)
+  experiment = experiments.create_experiment(config, task, initialise=False)
   checkpointer = checkpoints.Checkpointer(
       workdir, best_metric=config.best_metric, best_mode=config.best_mode)
   try:

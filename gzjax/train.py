@@ -11,6 +11,7 @@ and checkpoints.  The experiment it trains is built in
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 import time
 from typing import Any, Callable, Mapping
@@ -85,8 +86,38 @@ def make_loss_fn(experiment: experiments.Experiment) -> Callable:
   return loss_fn
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainStep:
+  """The jitted ``(state, batch) -> (state, metrics)``; the state is donated.
+
+  ``jitted`` is the ``jax.jit`` of ``(state, batch, resident)``: a device
+  cache's images (or None) are an argument, not a constant compiled in.  The
+  step binds them, so that the loop and the tools call, lower or compile it
+  with the state and the batch only.
+  """
+
+  jitted: Any
+  resident: jax.Array | None = None
+
+  def __call__(self, state: experiments.TrainState,
+               batch: Mapping[str, jax.Array]):
+    return self.jitted(state, batch, self.resident)
+
+  def lower(self, state, batch) -> jax.stages.Lowered:
+    """XLA's program for these arguments (``.compile()``,
+    ``.cost_analysis()``), not compiled; shapes are enough."""
+    return self.jitted.lower(state, batch, self.resident)
+
+  def compile(self, state, batch) -> Callable:
+    """Compiled ahead of the first call (to time compilation apart): a
+    ``(state, batch)`` callable running the compiled program."""
+    compiled = self.lower(state, batch).compile()
+    return lambda state, batch: compiled(state, batch, self.resident)
+
+
 def make_train_step(experiment: experiments.Experiment,
-                    device_input: cache.DeviceInput | None = None) -> Callable:
+                    device_input: cache.DeviceInput | None = None
+                    ) -> TrainStep:
   """The jitted ``(state, batch) -> (state, metrics)``; the state is donated.
 
   With a cached mode's `device_input` the step first augments the batch's
@@ -124,12 +155,8 @@ def make_train_step(experiment: experiments.Experiment,
       out_shardings=(experiment.replicated, experiment.replicated),
       donate_argnums=(0,),
   )
-  resident = None if device_input is None else device_input.resident
-
-  def step(state: experiments.TrainState, batch: Mapping[str, jax.Array]):
-    return jitted(state, batch, resident)
-
-  return step
+  return TrainStep(jitted,
+                   None if device_input is None else device_input.resident)
 
 
 def to_global(batch: Mapping[str, np.ndarray],

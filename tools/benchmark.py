@@ -224,7 +224,7 @@ def step_flops(experiment: experiments.Experiment, batch_size: int) -> float:
   shapes = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
       (experiment.state, random_batch(batch_size, size)))
-  lowered = jax.jit(train.make_train_step(on_cpu)).lower(*shapes)
+  lowered = train.make_train_step(on_cpu).lower(*shapes)
   return float(lowered.cost_analysis()['flops'])
 
 
@@ -240,8 +240,7 @@ def gzjax_peer(config_path: str, model: str, size: int, batch_size: int,
   batch = train.to_global(random_batch(batch_size, size),
                           experiment.batch_sharding)
   start = time.perf_counter()
-  step = jax.jit(train.make_train_step(experiment), donate_argnums=0).lower(
-      experiment.state, batch).compile()
+  step = train.make_train_step(experiment).compile(experiment.state, batch)
   state, _ = step(experiment.state, batch)
   jax.block_until_ready(state)
   compile_seconds = time.perf_counter() - start

@@ -57,7 +57,7 @@ def main(argv):
   forward = evaluate.make_predict_fn(experiment)
   gradient = jax.jit(jax.value_and_grad(train.make_loss_fn(experiment),
                                         has_aux=True))
-  step = jax.jit(train.make_train_step(experiment), donate_argnums=0)
+  step = train.make_train_step(experiment)
   state = experiment.state
   timings = {
       'forward': _seconds_per_call(forward, state, batch['image']),

@@ -67,8 +67,7 @@ def measure(model: str, size: int, batch_size: int, cache_dir: str) -> dict:
   created = time.perf_counter()
   batch = train.to_global(benchmark.random_batch(batch_size, size),
                           experiment.batch_sharding)
-  step = jax.jit(train.make_train_step(experiment), donate_argnums=0).lower(
-      experiment.state, batch).compile()
+  step = train.make_train_step(experiment).compile(experiment.state, batch)
   compiled = time.perf_counter()
   state, _ = step(experiment.state, batch)
   jax.block_until_ready(state)
