@@ -88,10 +88,12 @@ def make_predict_fn(experiment: experiments.Experiment, *,
   )
 
 
-def predict_split(experiment: experiments.Experiment, source, *,
+def predict_split(experiment: experiments.Experiment,
+                  state: experiments.TrainState, source, *,
                   tta: bool = False, predict_fn: Callable | None = None
                   ) -> dict[str, np.ndarray]:
-  """Outputs and targets of every record of ``source`` (all processes)."""
+  """Outputs and targets of every record of ``source`` (all processes),
+  predicted with ``state``."""
   input_config = _eval_input_config(experiment.config)
   predict_fn = predict_fn or make_predict_fn(experiment, tta=tta)
   collected = []
@@ -99,7 +101,7 @@ def predict_split(experiment: experiments.Experiment, source, *,
     images = jax.make_array_from_process_local_data(
         experiment.batch_sharding, batch['image'])
     outputs = multihost_utils.process_allgather(
-        predict_fn(experiment.state, images), tiled=True)
+        predict_fn(state, images), tiled=True)
     host = distributed.gather_rows(
         {k: batch[k] for k in fields.GATHERED})
     if 'targets' in batch:  # A label catalogue's columns (gzjax.finetune).
@@ -169,8 +171,9 @@ def summary_line(step: int, task: tasks.Task, values: Mapping[str, Any],
 
 def restore(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
             which: str = 'latest', *, task: tasks.Task | None = None
-            ) -> tuple[experiments.Experiment, int]:
-  """The experiment with the state of a checkpoint: latest, best or a step.
+            ) -> tuple[experiments.Experiment, experiments.TrainState, int]:
+  """The experiment, the state of a checkpoint (latest, best or a step) and
+  its step.
 
   ``task``: the one the run trained, when it replaced the config's built-in
   task (as train_and_evaluate's argument).
@@ -178,22 +181,23 @@ def restore(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
   workdir = pathlib.Path(workdir)
   check_checkpoint_folder(workdir, which)
   workdir_rules.check_resumable(config, workdir)
-  experiment = experiments.create_experiment(config, task, initialise=False)
+  experiment = experiments.create_experiment(config, task)
+  template = experiment.abstract_state()
   checkpointer = checkpoints.Checkpointer(
       workdir, best_metric=config.best_metric, best_mode=config.best_mode)
   try:
     step = int(which) if which.isdigit() else None
     try:
-      experiment.state, _, step = checkpointer.restore(
-          experiment.state, step=step,
+      state, _, step = checkpointer.restore(
+          template, step=step,
           which='best' if which == 'best' else 'latest')
     except errors.CheckpointError as error:
       raise errors.CheckpointError(
-          f'{error} {_intact_hint(checkpointer, experiment.state, error)}'
+          f'{error} {_intact_hint(checkpointer, template, error)}'
       ) from error
   finally:
     checkpointer.close()
-  return experiment, step
+  return experiment, state, step
 
 
 def check_checkpoint_folder(workdir: pathlib.Path, which: str) -> None:
@@ -231,10 +235,11 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
   """Scores ``split`` with a checkpoint; writes eval_<split>.json and plots."""
   config_checks.check(config)
   workdir = pathlib.Path(workdir)
-  experiment, step = restore(config, workdir, checkpoint)  # Checks the folder.
+  # Checks the folder.
+  experiment, state, step = restore(config, workdir, checkpoint)
   task = experiment.task
   source = splits.open_split(config, split)
-  predictions = predict_split(experiment, source, tta=tta)
+  predictions = predict_split(experiment, state, source, tta=tta)
   baseline = None if task.is_classification else training_mean_votes(
       splits.open_split(config, 'train'))
   result = score(task, predictions, baseline)
@@ -376,13 +381,13 @@ def predict(config: ml_collections.ConfigDict,
   total, ids, task = None, None, None
   for index, workdir in enumerate(workdirs):
     member_config = config if index == 0 else _member_config(workdir)
-    experiment, _ = restore(member_config, workdir, checkpoint)
+    experiment, state, _ = restore(member_config, workdir, checkpoint)
     if task is not None and experiment.task != task:
       raise errors.ConfigError(
           f'{workdir} was trained for {experiment.task.name}, the others for'
           f' {task.name}: an ensemble needs one task.')
     task = experiment.task
-    result = predict_split(experiment, source, tta=tta)
+    result = predict_split(experiment, state, source, tta=tta)
     ids = result['galaxy_id'] if ids is None else ids
     total = result['outputs'] if total is None else total + result['outputs']
   mean = np.clip(total / len(workdirs), 0.0, 1.0)

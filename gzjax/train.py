@@ -201,8 +201,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   """
   config_checks.check(config)
   workdir = workdir_rules.writable_workdir(workdir)
-  # Shapes only until it is known whether a checkpoint fills the state.
-  experiment = experiments.create_experiment(config, task, initialise=False)
+  experiment = experiments.create_experiment(config, task)
   task = experiment.task
   given_train_source = train_source
   if train_source is None:
@@ -225,12 +224,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   start_step = 0
   if checkpointer.latest_step() is not None:
     workdir_rules.check_resumable(config, workdir)
-    restored = checkpointer.restore_newest_intact(experiment.state)
+    # Shapes only until it is known whether a checkpoint fills the state.
+    restored = checkpointer.restore_newest_intact(experiment.abstract_state())
     if restored is not None:
-      experiment.state, data_state, start_step = restored
+      state, data_state, start_step = restored
       train_iterator.set_state(data_state)
   if not start_step:  # No checkpoint, or none intact: initialise.
-    experiment.initialise()
+    state = experiment.initial_state()
   # Only now, with the checkpoint restored, does the workdir describe this
   # config; the metrics keep what the restored state has seen.
   # Both write from process 0 only (one writer on a shared filesystem).
@@ -249,7 +249,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   try:
     for step in range(start_step + 1, config.num_train_steps + 1):
       batch = to_global(next(train_iterator), experiment.batch_sharding)
-      experiment.state, step_metrics = train_step(experiment.state, batch)
+      state, step_metrics = train_step(state, batch)
       pending.append(step_metrics)
       progress.update()
       is_last = step == config.num_train_steps
@@ -269,16 +269,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       pending, window_start = [], step
       if validate:
         validation = evaluate.score(task, evaluate.predict_split(
-            experiment, validation_source, predict_fn=predict_fn), baseline)
+            experiment, state, validation_source, predict_fn=predict_fn),
+            baseline)
         writer.write(step,
                      metric_writer.flat_scalars('validation/', validation))
         progress.write(evaluate.summary_line(step, task, validation))
       if save:
         data_state = train_iterator.get_state()
-        checkpointer.save(step, experiment.state, data_state)
+        checkpointer.save(step, state, data_state)
         if validate:
           checkpointer.save_if_best(
-              step, experiment.state, data_state,
+              step, state, data_state,
               metric_writer.flat_scalars('validation/', validation))
         last_good = step
       window_time = time.perf_counter()

@@ -47,8 +47,9 @@ def _state_leaves(workdir):
   config = ml_collections.ConfigDict(
       json.loads((workdir / 'config.json').read_text()))
   experiment = experiments.create_experiment(config)
+  state = experiment.initial_state()
   checkpointer = checkpoint.Checkpointer(workdir)
-  state, data, step = checkpointer.restore(experiment.state)
+  state, data, step = checkpointer.restore(state)
   checkpointer.close()
   parts = {name: jax.tree_util.tree_leaves_with_path(getattr(state, name))
            for name in ('params', 'rest', 'opt_state', 'ema_params')}

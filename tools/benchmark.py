@@ -223,7 +223,7 @@ def step_flops(experiment: experiments.Experiment, batch_size: int) -> float:
   size = experiment.config.input.image_size
   shapes = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-      (experiment.state, random_batch(batch_size, size)))
+      (experiment.abstract_state(), random_batch(batch_size, size)))
   lowered = train.make_train_step(on_cpu).lower(*shapes)
   return float(lowered.cost_analysis()['flops'])
 
@@ -237,11 +237,12 @@ def gzjax_peer(config_path: str, model: str, size: int, batch_size: int,
     raise ValueError(f'--batch_size={batch_size} does not divide over'
                      f' {len(devices)} devices.')
   experiment = experiments.create_experiment(config)
+  state = experiment.initial_state()
   batch = train.to_global(random_batch(batch_size, size),
                           experiment.batch_sharding)
   start = time.perf_counter()
-  step = train.make_train_step(experiment).compile(experiment.state, batch)
-  state, _ = step(experiment.state, batch)
+  step = train.make_train_step(experiment).compile(state, batch)
+  state, _ = step(state, batch)
   jax.block_until_ready(state)
   compile_seconds = time.perf_counter() - start
 

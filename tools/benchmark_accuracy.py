@@ -363,9 +363,9 @@ def spiral_rows(manual_dir: pathlib.Path, data_dir: pathlib.Path,
   timer.run('train spiral classifier', train.train_and_evaluate, config,
             workdir, task=SPIRAL, train_source=train_records,
             validation_source=validation)
-  classifier, _ = evaluate.restore(config, workdir, task=SPIRAL)
+  classifier, state, _ = evaluate.restore(config, workdir, task=SPIRAL)
   predictions = timer.run('evaluate spiral classifier', evaluate.predict_split,
-                          classifier, validation)
+                          classifier, state, validation)
   rows.append(Row(
       f'seed CNN 2-class, {_SPIRAL_IMAGE_SIZE.value} px, trained on'
       f' {len(train_records)}',
@@ -378,8 +378,9 @@ def spiral_rows(manual_dir: pathlib.Path, data_dir: pathlib.Path,
                   galaxy_zoo.data_source('kaggle', data_dir, 'train')}
   unseen = np.array([int(g) not in vote_trained for g in validation.ids])
   start = time.perf_counter()
-  experiment, _ = evaluate.restore(config, workdir)
-  outputs = evaluate.predict_split(experiment, validation, tta=tta)['outputs']
+  experiment, state, _ = evaluate.restore(config, workdir)
+  outputs = evaluate.predict_split(experiment, state, validation,
+                                   tta=tta)['outputs']
   seconds = time.perf_counter() - start
   column = {a: taxonomy.ANSWERS.index(a)
             for a in ('Class1.2', 'Class4.1', 'Class6.1')}

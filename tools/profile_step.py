@@ -58,7 +58,7 @@ def main(argv):
   gradient = jax.jit(jax.value_and_grad(train.make_loss_fn(experiment),
                                         has_aux=True))
   step = train.make_train_step(experiment)
-  state = experiment.state
+  state = experiment.initial_state()
   timings = {
       'forward': _seconds_per_call(forward, state, batch['image']),
       'forward + backward': _seconds_per_call(gradient, state.params,

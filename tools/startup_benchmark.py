@@ -63,13 +63,13 @@ def measure(model: str, size: int, batch_size: int, cache_dir: str) -> dict:
     experiments.use_compilation_cache(config.compilation_cache_dir)
   start = time.perf_counter()
   experiment = experiments.create_experiment(config)
-  jax.block_until_ready(experiment.state)
+  state = jax.block_until_ready(experiment.initial_state())
   created = time.perf_counter()
   batch = train.to_global(benchmark.random_batch(batch_size, size),
                           experiment.batch_sharding)
-  step = train.make_train_step(experiment).compile(experiment.state, batch)
+  step = train.make_train_step(experiment).compile(state, batch)
   compiled = time.perf_counter()
-  state, _ = step(experiment.state, batch)
+  state, _ = step(state, batch)
   jax.block_until_ready(state)
   finished = time.perf_counter()
   return {'create_s': created - start, 'compile_s': compiled - created,

@@ -65,14 +65,14 @@ def export(workdir: str | pathlib.Path, out: str | pathlib.Path,
     task = finetune.make_task([labels.Column(
         c['name'], c['kind'], tuple(c['answers']), tuple(c['classes']))
         for c in manifest['columns']])
-  # Shapes only: the checkpoint fills the state.
-  experiment = experiments.create_experiment(config, task, initialise=False)
+  experiment = experiments.create_experiment(config, task)
   checkpointer = checkpoints.Checkpointer(
       workdir, best_metric=config.best_metric, best_mode=config.best_mode)
   try:
     step = int(checkpoint) if str(checkpoint).isdigit() else None
     state, _, _ = checkpointer.restore(
-        experiment.state, step=step,
+        # Shapes only: the checkpoint fills the state.
+        experiment.abstract_state(), step=step,
         which='best' if checkpoint == 'best' else 'latest')
   finally:
     checkpointer.close()
