@@ -70,7 +70,7 @@ def make_predict_fn(experiment: experiments.Experiment, *,
 
   def predict(state: experiments.TrainState, images: jax.Array) -> jax.Array:
     params = state.ema_params if config.ema_decay else state.params
-    model = nnx.merge(graphdef, params, state.rest)
+    model = nnx.merge(graphdef, params, state.model_state)
     model.eval()
     if not tta:
       return _outputs(model, images, task)

@@ -35,7 +35,9 @@ class TrainState:
 
   step: jax.Array
   params: Any  # nnx.State of the nnx.Param variables.
-  rest: Any  # Batch statistics and random-stream counters.
+  # The model's non-trainable variables: batch-norm statistics, random-
+  # stream counters.
+  model_state: Any
   opt_state: Any
   ema_params: Any  # Exponential moving average of params, or () when off.
 
@@ -191,11 +193,11 @@ def create_experiment(config: ml_collections.ConfigDict,
 
   def initial_state(pretrained):
     model = create_model(config, task, pretrained)
-    _, params, rest = nnx.split(model, nnx.Param, ...)
+    _, params, model_state = nnx.split(model, nnx.Param, ...)
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
-        rest=rest,
+        model_state=model_state,
         opt_state=optimizer.init(params),
         # A copy: the state is donated, and one buffer cannot be donated
         # twice.

@@ -54,23 +54,24 @@ def _stop_backbone_gradients(params):
 
 
 def make_loss_fn(experiment: experiments.Experiment) -> Callable:
-  """The training loss ``(params, rest, batch) -> (loss, new rest)``: the
-  model in training mode (a frozen backbone as constants, with its batch
-  statistics fixed), the config's loss on the batch."""
+  """The training loss ``(params, model_state, batch) -> (loss, new
+  model_state)``: the model in training mode (a frozen backbone as
+  constants, with its batch statistics fixed), the config's loss on the
+  batch."""
   config, task, graphdef = experiment.config, experiment.task, \
       experiment.graphdef
 
-  # The merge copies `rest` into fresh variables owned by the gradient's
-  # trace: dropout advances its random-stream counter there, which flax
+  # The merge copies `model_state` into fresh variables owned by the
+  # gradient's trace: dropout advances its random-stream counter there, which flax
   # refuses for variables that came in from the enclosing jit trace.
-  def loss_fn(params, rest, batch):
+  def loss_fn(params, model_state, batch):
     # Partly frozen (the last blocks train): the optimizer zeroes the frozen
     # blocks' updates; their gradients and batch statistics still run.
     frozen = (config.optimizer.freeze_backbone and
               not config.optimizer.get('trainable_blocks', 0))
     if frozen:
       params = _stop_backbone_gradients(params)
-    model = nnx.merge(graphdef, params, rest, copy=True)
+    model = nnx.merge(graphdef, params, model_state, copy=True)
     model.train()
     if frozen:
       model.backbone.eval()  # Frozen means its batch statistics too.
@@ -131,8 +132,8 @@ def make_train_step(experiment: experiments.Experiment,
                  resident: jax.Array | None):
     if device_input is not None:
       batch = device_input.prepare(batch, resident)
-    (loss, rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, state.rest, batch)
+    (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, state.model_state, batch)
     updates, opt_state = experiment.optimizer.update(
         grads, state.opt_state, state.params, value=loss)
     params = optax.apply_updates(state.params, updates)
@@ -146,7 +147,7 @@ def make_train_step(experiment: experiments.Experiment,
             config.optimizer, experiment.schedule, opt_state, state.step),
     }
     return experiments.TrainState(
-        state.step + 1, params, rest, opt_state, ema), step_metrics
+        state.step + 1, params, model_state, opt_state, ema), step_metrics
 
   jitted = jax.jit(
       train_step,

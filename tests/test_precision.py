@@ -34,7 +34,7 @@ def test_bfloat16_keeps_weights_statistics_and_optimizer_in_float32():
   assert dtypes == {'float32', 'int32'}  # int32: Adam's step count.
   # 49 batch norms' running means and variances, and nothing else that is
   # a float (the rest is dropout's random streams).
-  floats = [jnp.dtype(leaf.dtype).name for leaf in jax.tree.leaves(state.rest)
+  floats = [jnp.dtype(leaf.dtype).name for leaf in jax.tree.leaves(state.model_state)
             if jnp.issubdtype(leaf.dtype, jnp.floating)]
   assert floats == ['float32'] * 98
 

@@ -63,7 +63,7 @@ def test_jitted_creation_gives_the_eager_parameters_replicated(experiment):
     # The same random bits; one fused multiply in the jitted program may
     # round the last bit differently from the eager op.
     np.testing.assert_array_max_ulp(jitted_params[name], value, maxulp=2)
-  jitted_keys = jax.tree.leaves(state.rest)
+  jitted_keys = jax.tree.leaves(state.model_state)
   eager_keys = jax.tree.leaves(rest)
   assert len(jitted_keys) == len(eager_keys) > 0
   for a, b in zip(jitted_keys, eager_keys):

@@ -418,7 +418,7 @@ def test_label_smoothing_and_class_weights_reach_the_step_loss():
   state = experiment.initial_state()
   host, batch = _labelled_batch(experiment, np.random.default_rng(0))
   from flax import nnx  # pylint: disable=g-import-not-at-top
-  model = nnx.merge(experiment.graphdef, state.params, state.rest)
+  model = nnx.merge(experiment.graphdef, state.params, state.model_state)
   logits = np.asarray(model(host['image']), np.float64)
   _, step_metrics = train.make_train_step(experiment)(state, batch)
   labels = host['label_3class']
@@ -489,7 +489,7 @@ def test_pretrained_frozen_backbone_keeps_the_file_and_its_batch_statistics(
   state = experiment.initial_state()
 
   def backbone(state):
-    model = nnx.merge(experiment.graphdef, state.params, state.rest)
+    model = nnx.merge(experiment.graphdef, state.params, state.model_state)
     return {k: np.asarray(v)
             for k, v in weights.named_variables(model, 'backbone/').items()}
 
@@ -566,7 +566,7 @@ def test_linear_head_outputs_and_loss():
       'label_7class': np.zeros(8, np.int32),
       'example_mask': np.ones(8, bool),
   }
-  model = nnx.merge(experiment.graphdef, state.params, state.rest)
+  model = nnx.merge(experiment.graphdef, state.params, state.model_state)
   features = np.asarray(model.backbone(host['image']), np.float64)
   output = state.params['head']['output']
   expected = (features @ np.asarray(output['kernel'].value, np.float64)

@@ -62,7 +62,7 @@ def main(argv):
   timings = {
       'forward': _seconds_per_call(forward, state, batch['image']),
       'forward + backward': _seconds_per_call(gradient, state.params,
-                                              state.rest, batch),
+                                              state.model_state, batch),
   }
 
   def one_step(batch):

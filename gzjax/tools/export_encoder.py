@@ -77,7 +77,7 @@ def export(workdir: str | pathlib.Path, out: str | pathlib.Path,
   finally:
     checkpointer.close()
   params = state.ema_params if config.ema_decay else state.params
-  model = nnx.merge(experiment.graphdef, params, state.rest)
+  model = nnx.merge(experiment.graphdef, params, state.model_state)
   arrays = {name: np.asarray(value) for name, value in
             weights.named_variables(model, 'backbone/').items()}
   weights.save(out, {**arrays, weights.PREPROCESSING_KEY:
