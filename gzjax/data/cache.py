@@ -256,7 +256,7 @@ def _write(source: Sequence[Mapping[str, Any]], directory: pathlib.Path,
 
   def store(index: int):
     record = source[index]
-    images[index] = pipeline.decode_record(
+    images[index] = pipeline.decode_image(
         record, lambda jpeg: _stored_image(jpeg, config, geometry))
     return pipeline.make_example(record, image=None), _record_digests(record)
 
