@@ -24,6 +24,7 @@ from gzjax import models
 from gzjax import optimizers
 from gzjax import tasks
 from gzjax.data import cache
+from gzjax.data import cached_input
 from gzjax.data import pipeline
 from gzjax.data import splits
 from gzjax.models import weights
@@ -231,7 +232,7 @@ def create_experiment(config: ml_collections.ConfigDict,
 
 def create_train_input(
     config: ml_collections.ConfigDict, task: tasks.Task, experiment: Experiment,
-    source=None) -> tuple[Any, cache.DeviceInput | None]:
+    source=None) -> tuple[Any, cached_input.DeviceInput | None]:
   """The training batches, and what the step needs to augment them.
 
   Without ``config.input.cache`` grain decodes and augments JPEGs on the host
@@ -253,7 +254,7 @@ def create_train_input(
                                split='train')
   indices = (tasks.labelled_indices(cached.labels, task)
              if task.is_classification else None)
-  resident = (cache.place_on_devices(cached, experiment.replicated)
+  resident = (cached_input.place_on_devices(cached, experiment.replicated)
               if config.input.cache == 'device' else None)
-  return (cache.TrainIterator(cached, config.input, indices=indices),
-          cache.DeviceInput(config.input, cached.geometry, resident))
+  return (cached_input.TrainIterator(cached, config.input, indices=indices),
+          cached_input.DeviceInput(config.input, cached.geometry, resident))

@@ -34,7 +34,7 @@ from gzjax import plots
 from gzjax import progress as progress_bars
 from gzjax import tasks
 from gzjax import workdir_rules
-from gzjax.data import cache
+from gzjax.data import cached_input
 from gzjax.data import fields
 from gzjax.data import splits
 
@@ -117,7 +117,7 @@ class TrainStep:
 
 
 def make_train_step(experiment: experiments.Experiment,
-                    device_input: cache.DeviceInput | None = None
+                    device_input: cached_input.DeviceInput | None = None
                     ) -> TrainStep:
   """The jitted ``(state, batch) -> (state, metrics)``; the state is donated.
 

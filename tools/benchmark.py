@@ -69,6 +69,7 @@ from gzjax import experiment as experiments
 from gzjax import models
 from gzjax import train
 from gzjax.data import cache
+from gzjax.data import cached_input
 from gzjax.data import fields
 from gzjax.data import galaxy_zoo
 from gzjax.data import pipeline
@@ -642,7 +643,7 @@ def cached_rate(source, data_dir: str, mode: str, size: int, images: int,
   cached = cache.open_or_build(source, pathlib.Path(data_dir) / 'cache',
                                config, dataset='galaxy_zoo/kaggle',
                                split='train')
-  return cache.measure_images_per_second(
+  return cached_input.measure_images_per_second(
       cached, config, num_batches=max(1, images // batch_size))
 
 
