@@ -8,12 +8,12 @@ and ``summary_line`` into the line the loop and ``evaluate`` print.
 ``evaluate`` scores one split and writes ``WORKDIR/eval_<split>.json`` and
 plots; ``predict`` writes a submission CSV (``GalaxyID,Class1.1,…,Class11.6``,
 one row per image, values in [0, 1]) for the dataset's test split or a folder
-of images (:class:`ImageFolder`), averaging over several workdirs when asked.
+of images (:class:`gzjax.data.catalog.ImageFolder`), averaging over several
+workdirs when asked.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import pathlib
@@ -25,7 +25,6 @@ from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from PIL import Image
 
 from gzjax import checkpoint as checkpoints
 from gzjax import config_checks
@@ -37,8 +36,8 @@ from gzjax import plots
 from gzjax import tasks
 from gzjax import taxonomy
 from gzjax import workdir_rules
+from gzjax.data import catalog as catalogs
 from gzjax.data import fields
-from gzjax.data import kaggle
 from gzjax.data import pipeline
 from gzjax.data import splits
 
@@ -269,87 +268,6 @@ def _plots(workdir: pathlib.Path, split: str, task: tasks.Task,
       title=f'{split}: true vs predicted (RMSE {result["rmse"]:.4f})')
 
 
-IMAGE_SUFFIXES = {'.jpg': 'JPEG', '.jpeg': 'JPEG', '.png': 'PNG'}
-
-
-class ImageFolder:
-  """Unlabelled records from a folder of ``<GalaxyID>.jpg|.jpeg|.png`` files.
-
-  The suffix may be in any case.  Every file is checked before predicting,
-  by its content: a ``.jpg``/``.jpeg`` must be a complete JPEG (the
-  builder's rule, so a PNG named ``.jpg`` is refused here as there) and a
-  ``.png`` a complete PNG.  Anything else in the folder (another suffix, a
-  name that is not a GalaxyID, two files for one galaxy, an undecodable
-  file) is listed in the error; nothing is skipped.  Hidden files
-  (``.DS_Store``) are ignored.
-  """
-
-  def __init__(self, folder: str | pathlib.Path):
-    self._folder = pathlib.Path(folder)
-    if not self._folder.is_dir():
-      raise errors.MissingFileError(f'No image folder at {self._folder}.')
-    paths, problems = {}, []
-    for path in sorted(self._folder.iterdir()):
-      if path.name.startswith('.'):
-        continue
-      kind = IMAGE_SUFFIXES.get(path.suffix.lower())
-      if kind is None or not path.is_file():
-        problems.append(f'{path}: not a .jpg, .jpeg or .png file')
-        continue
-      if not path.stem.isdigit():
-        problems.append(f'{path}: not named <GalaxyID>{path.suffix} with an'
-                        ' integer GalaxyID')
-        continue
-      galaxy_id = int(path.stem)
-      if galaxy_id in paths:
-        problems.append(f'{path}: GalaxyID {galaxy_id} also has'
-                        f' {paths[galaxy_id].name}')
-        continue
-      problem = _image_problem(path.read_bytes(), kind)
-      if problem is not None:
-        problems.append(f'{path}: {problem}')
-        continue
-      paths[galaxy_id] = path
-    if problems:
-      shown = '\n'.join(f'  {p}' for p in problems[:20])
-      more = (f'\n  … and {len(problems) - 20} more'
-              if len(problems) > 20 else '')
-      raise errors.DataError(
-          f'{len(problems)} files of {self._folder} cannot be predicted (no'
-          f' prediction was written):\n{shown}{more}\nFix, rename or move'
-          ' them out of the folder.')
-    if not paths:
-      raise errors.DataError(
-          f'{self._folder} holds no .jpg, .jpeg or .png images.')
-    self._ids = np.asarray(sorted(paths), np.int64)
-    self._paths = paths
-
-  def __len__(self) -> int:
-    return len(self._ids)
-
-  def __getitem__(self, index: int) -> dict[str, Any]:
-    galaxy_id = int(self._ids[index])
-    return {
-        'image': self._paths[galaxy_id].read_bytes(),
-        'galaxy_id': galaxy_id,
-        **fields.no_labels(votes_fill=np.nan),
-    }
-
-
-def _image_problem(data: bytes, kind: str) -> str | None:
-  """Why ``data`` is not a complete image of ``kind``, or None."""
-  if kind == 'JPEG':
-    return kaggle.image_problem(data)  # The builder's own check.
-  try:
-    with Image.open(io.BytesIO(data)) as image:
-      if image.format != kind:
-        return f'not a {kind} (Pillow reads it as {image.format})'
-      image.load()
-  except Exception as e:  # Pillow raises many types for bad files.  pylint: disable=broad-except
-    return f'{type(e).__name__}: {e}'
-  return None
-
-
 def _member_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
   path = workdir / 'config.json'
   if not path.is_file():
@@ -376,7 +294,7 @@ def predict(config: ml_collections.ConfigDict,
   workdirs = [pathlib.Path(w) for w in workdirs]
   for workdir in workdirs:
     check_checkpoint_folder(workdir, checkpoint)
-  source = (ImageFolder(images) if images
+  source = (catalogs.ImageFolder(images) if images
             else splits.open_split(config, 'test'))
   total, ids, task = None, None, None
   for index, workdir in enumerate(workdirs):

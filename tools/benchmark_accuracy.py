@@ -78,6 +78,7 @@ from gzjax import metrics
 from gzjax import tasks
 from gzjax import taxonomy
 from gzjax import train
+from gzjax.data import catalog as catalogs
 from gzjax.data import galaxy_zoo
 from gzjax.data import pipeline
 from gzjax.models import efficientnet
@@ -302,7 +303,7 @@ def model_rows(configs, out: pathlib.Path, timer: Timer):
 # -------------------------------------------------------------- spiral ---
 
 
-class SpiralRecords(evaluate.ImageFolder):
+class SpiralRecords(catalogs.ImageFolder):
   """Records of the listed galaxies with their spiral label (label_3class)."""
 
   def __init__(self, folder: pathlib.Path, ids: np.ndarray,
