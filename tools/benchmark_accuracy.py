@@ -20,10 +20,10 @@ seconds:
   (head only) and fine-tuned (every layer, lower learning rate);
 * each trained model again with test-time augmentation (8 rotations/flips).
 
-Models train with ``train.train_and_evaluate`` and are scored with
-``evaluate.evaluate``; train seconds include compilation and the loop's own
-final validation pass, eval seconds the restore, compilation, prediction and
-plots.
+Models train with ``train.train_and_evaluate`` (the spiral classifier too,
+given its task and sources) and are scored with ``evaluate.evaluate``; train
+seconds include compilation and the loop's own final validation pass, eval
+seconds the restore, compilation, prediction and plots.
 
 Spiral check (``spiral_labels.csv``: 4,421 galaxies, a binary label from the
 README rule Class1.2 > 0.5 and Class4.1 > 0.5 and Class6.1 > 0.5), split by
