@@ -9,8 +9,9 @@ with the engine's functions (``experiment.create_experiment``,
 ``train.make_train_step``) on a random batch, and one persistent compilation
 cache directory, empty before the first process:
 
-* create: ``experiment.create_experiment`` until its state is on the devices;
-* compile: lowering and compiling the train step;
+* create: ``experiment.create_experiment`` and its ``initial_state()``,
+  until the state is on the devices;
+* compile: lowering and compiling the train step (``TrainStep.compile``);
 * first step: from the start of creation to the first step's finished state;
 * the second process's compile and creation, with the cache the first one
   filled, and the cache hits jax reported in it (0 when the engine has no
