@@ -20,6 +20,8 @@ to ``WORKDIR/damaged_checkpoints/`` and falls back to the next older step.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import pathlib
 import shutil
 import time
@@ -36,6 +38,9 @@ from gzjax import errors
 # not name it ("pytree structure error").
 REQUIRED_FILES = ('state/_METADATA', 'state/manifest.ocdbt', 'data/metadata')
 DAMAGED = 'damaged_checkpoints'
+# Fields of the saved state renamed since: {name now: name in older
+# checkpoints}, which still restore (TrainState.rest became model_state).
+RENAMED_FIELDS = {'model_state': 'rest'}
 
 
 def _manager(directory: pathlib.Path, **options) -> ocp.CheckpointManager:
@@ -169,6 +174,10 @@ class Checkpointer:
         raise errors.CheckpointError(
             f'Checkpoint step {step} is damaged: {folder / name} is missing.')
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+    renamed = _renamed_fields(abstract, folder)
+    if renamed:  # An older checkpoint: restore by the names it was saved by.
+      abstract = {renamed.get(f.name, f.name): getattr(abstract, f.name)
+                  for f in dataclasses.fields(abstract)}
     try:
       restored = manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract),
@@ -177,7 +186,12 @@ class Checkpointer:
       raise errors.CheckpointError(
           f'Checkpoint step {step} in {folder} cannot be restored:'
           f' {_innermost(error)}') from error
-    return restored.state, restored.data, step
+    state = restored.state
+    if renamed:
+      state = type(template)(**{
+          f.name: state[renamed.get(f.name, f.name)]
+          for f in dataclasses.fields(template)})
+    return state, restored.data, step
 
   def wait(self) -> None:
     """Blocks until asynchronous saves are on disk."""
@@ -189,6 +203,26 @@ class Checkpointer:
     self.latest.close()
     if self.best is not None:
       self.best.close()
+
+
+def _renamed_fields(template: Any, folder: pathlib.Path) -> dict[str, str]:
+  """{field: its name in the checkpoint} of ``template``'s renamed fields
+  that the checkpoint in ``folder`` holds under their old name."""
+  if not dataclasses.is_dataclass(template):
+    return {}
+  fields = {f.name for f in dataclasses.fields(template)}
+  candidates = {new: old for new, old in RENAMED_FIELDS.items()
+                if new in fields}
+  if not candidates:
+    return {}
+  try:  # The saved tree's paths, e.g. "('rest', 'bn', 'mean')".
+    paths = json.loads((folder / 'state' / '_METADATA').read_text())[
+        'tree_metadata']
+    saved = {entry['key_metadata'][0]['key'] for entry in paths.values()}
+  except (OSError, ValueError, KeyError, IndexError, TypeError):
+    return {}  # Unreadable: the restore itself names what is wrong.
+  return {new: old for new, old in candidates.items()
+          if old in saved and new not in saved}
 
 
 def _innermost(error: BaseException) -> str:

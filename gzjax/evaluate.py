@@ -8,12 +8,12 @@ and ``summary_line`` into the line the loop and ``evaluate`` print.
 ``evaluate`` scores one split and writes ``WORKDIR/eval_<split>.json`` and
 plots; ``predict`` writes a submission CSV (``GalaxyID,Class1.1,…,Class11.6``,
 one row per image, values in [0, 1]) for the dataset's test split or a folder
-of images (:class:`ImageFolder`), averaging over several workdirs when asked.
+of images (:class:`gzjax.data.catalog.ImageFolder`), averaging over several
+workdirs when asked.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import pathlib
@@ -25,7 +25,6 @@ from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from PIL import Image
 
 from gzjax import checkpoint as checkpoints
 from gzjax import config_checks
@@ -37,8 +36,8 @@ from gzjax import plots
 from gzjax import tasks
 from gzjax import taxonomy
 from gzjax import workdir_rules
+from gzjax.data import catalog as catalogs
 from gzjax.data import fields
-from gzjax.data import kaggle
 from gzjax.data import pipeline
 from gzjax.data import splits
 
@@ -70,7 +69,7 @@ def make_predict_fn(experiment: experiments.Experiment, *,
 
   def predict(state: experiments.TrainState, images: jax.Array) -> jax.Array:
     params = state.ema_params if config.ema_decay else state.params
-    model = nnx.merge(graphdef, params, state.rest)
+    model = nnx.merge(graphdef, params, state.model_state)
     model.eval()
     if not tta:
       return _outputs(model, images, task)
@@ -88,10 +87,12 @@ def make_predict_fn(experiment: experiments.Experiment, *,
   )
 
 
-def predict_split(experiment: experiments.Experiment, source, *,
+def predict_split(experiment: experiments.Experiment,
+                  state: experiments.TrainState, source, *,
                   tta: bool = False, predict_fn: Callable | None = None
                   ) -> dict[str, np.ndarray]:
-  """Outputs and targets of every record of ``source`` (all processes)."""
+  """Outputs and targets of every record of ``source`` (all processes),
+  predicted with ``state``."""
   input_config = _eval_input_config(experiment.config)
   predict_fn = predict_fn or make_predict_fn(experiment, tta=tta)
   collected = []
@@ -99,7 +100,7 @@ def predict_split(experiment: experiments.Experiment, source, *,
     images = jax.make_array_from_process_local_data(
         experiment.batch_sharding, batch['image'])
     outputs = multihost_utils.process_allgather(
-        predict_fn(experiment.state, images), tiled=True)
+        predict_fn(state, images), tiled=True)
     host = distributed.gather_rows(
         {k: batch[k] for k in fields.GATHERED})
     if 'targets' in batch:  # A label catalogue's columns (gzjax.finetune).
@@ -169,11 +170,13 @@ def summary_line(step: int, task: tasks.Task, values: Mapping[str, Any],
 
 def restore(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
             which: str = 'latest', *, task: tasks.Task | None = None
-            ) -> tuple[experiments.Experiment, int]:
-  """The experiment with the state of a checkpoint: latest, best or a step.
+            ) -> tuple[experiments.Experiment, experiments.TrainState, int]:
+  """The experiment, the state of a checkpoint (latest, best or a step) and
+  its step.
 
   ``task`` replaces the config's built-in task (a label catalogue's,
-  ``gzjax.finetune.recorded_task``).
+  ``gzjax.finetune.recorded_task``; the spiral classifier of
+  tools/benchmark_accuracy.py).
   """
   workdir = pathlib.Path(workdir)
   check_checkpoint_folder(workdir, which)
@@ -183,22 +186,23 @@ def restore(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
         ' labels.json): evaluate or predict it with the config it was'
         ' trained with (config.labels.catalog set).')
   workdir_rules.check_resumable(config, workdir)
-  experiment = experiments.create_experiment(config, task, initialise=False)
+  experiment = experiments.create_experiment(config, task)
+  template = experiment.abstract_state()
   checkpointer = checkpoints.Checkpointer(
       workdir, best_metric=config.best_metric, best_mode=config.best_mode)
   try:
     step = int(which) if which.isdigit() else None
     try:
-      experiment.state, _, step = checkpointer.restore(
-          experiment.state, step=step,
+      state, _, step = checkpointer.restore(
+          template, step=step,
           which='best' if which == 'best' else 'latest')
     except errors.CheckpointError as error:
       raise errors.CheckpointError(
-          f'{error} {_intact_hint(checkpointer, experiment.state, error)}'
+          f'{error} {_intact_hint(checkpointer, template, error)}'
       ) from error
   finally:
     checkpointer.close()
-  return experiment, step
+  return experiment, state, step
 
 
 def check_checkpoint_folder(workdir: pathlib.Path, which: str) -> None:
@@ -242,12 +246,12 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
   """
   config_checks.check(config)
   workdir = pathlib.Path(workdir)
-  experiment, step = restore(config, workdir, checkpoint,  # Checks the folder.
-                             task=task)
+  # restore checks the folder first.
+  experiment, state, step = restore(config, workdir, checkpoint, task=task)
   task = experiment.task
   if source is None:
     source = splits.open_split(config, split)
-  predictions = predict_split(experiment, source, tta=tta)
+  predictions = predict_split(experiment, state, source, tta=tta)
   baseline = None if (task.is_classification or task.evaluate) else \
       training_mean_votes(splits.open_split(config, 'train'))
   result = score(task, predictions, baseline)
@@ -278,87 +282,6 @@ def _plots(workdir: pathlib.Path, split: str, task: tasks.Task,
       title=f'{split}: true vs predicted (RMSE {result["rmse"]:.4f})')
 
 
-IMAGE_SUFFIXES = {'.jpg': 'JPEG', '.jpeg': 'JPEG', '.png': 'PNG'}
-
-
-class ImageFolder:
-  """Unlabelled records from a folder of ``<GalaxyID>.jpg|.jpeg|.png`` files.
-
-  The suffix may be in any case.  Every file is checked before predicting,
-  by its content: a ``.jpg``/``.jpeg`` must be a complete JPEG (the
-  builder's rule, so a PNG named ``.jpg`` is refused here as there) and a
-  ``.png`` a complete PNG.  Anything else in the folder (another suffix, a
-  name that is not a GalaxyID, two files for one galaxy, an undecodable
-  file) is listed in the error; nothing is skipped.  Hidden files
-  (``.DS_Store``) are ignored.
-  """
-
-  def __init__(self, folder: str | pathlib.Path):
-    self._folder = pathlib.Path(folder)
-    if not self._folder.is_dir():
-      raise errors.MissingFileError(f'No image folder at {self._folder}.')
-    paths, problems = {}, []
-    for path in sorted(self._folder.iterdir()):
-      if path.name.startswith('.'):
-        continue
-      kind = IMAGE_SUFFIXES.get(path.suffix.lower())
-      if kind is None or not path.is_file():
-        problems.append(f'{path}: not a .jpg, .jpeg or .png file')
-        continue
-      if not path.stem.isdigit():
-        problems.append(f'{path}: not named <GalaxyID>{path.suffix} with an'
-                        ' integer GalaxyID')
-        continue
-      galaxy_id = int(path.stem)
-      if galaxy_id in paths:
-        problems.append(f'{path}: GalaxyID {galaxy_id} also has'
-                        f' {paths[galaxy_id].name}')
-        continue
-      problem = image_problem(path.read_bytes(), kind)
-      if problem is not None:
-        problems.append(f'{path}: {problem}')
-        continue
-      paths[galaxy_id] = path
-    if problems:
-      shown = '\n'.join(f'  {p}' for p in problems[:20])
-      more = (f'\n  … and {len(problems) - 20} more'
-              if len(problems) > 20 else '')
-      raise errors.DataError(
-          f'{len(problems)} files of {self._folder} cannot be predicted (no'
-          f' prediction was written):\n{shown}{more}\nFix, rename or move'
-          ' them out of the folder.')
-    if not paths:
-      raise errors.DataError(
-          f'{self._folder} holds no .jpg, .jpeg or .png images.')
-    self._ids = np.asarray(sorted(paths), np.int64)
-    self._paths = paths
-
-  def __len__(self) -> int:
-    return len(self._ids)
-
-  def __getitem__(self, index: int) -> dict[str, Any]:
-    galaxy_id = int(self._ids[index])
-    return {
-        'image': self._paths[galaxy_id].read_bytes(),
-        'galaxy_id': galaxy_id,
-        **fields.no_labels(votes_fill=np.nan),
-    }
-
-
-def image_problem(data: bytes, kind: str) -> str | None:
-  """Why ``data`` is not a complete image of ``kind``, or None."""
-  if kind == 'JPEG':
-    return kaggle.image_problem(data)  # The builder's own check.
-  try:
-    with Image.open(io.BytesIO(data)) as image:
-      if image.format != kind:
-        return f'not a {kind} (Pillow reads it as {image.format})'
-      image.load()
-  except Exception as e:  # Pillow raises many types for bad files.  pylint: disable=broad-except
-    return f'{type(e).__name__}: {e}'
-  return None
-
-
 def _member_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
   path = workdir / 'config.json'
   if not path.is_file():
@@ -385,18 +308,18 @@ def predict(config: ml_collections.ConfigDict,
   workdirs = [pathlib.Path(w) for w in workdirs]
   for workdir in workdirs:
     check_checkpoint_folder(workdir, checkpoint)
-  source = (ImageFolder(images) if images
+  source = (catalogs.ImageFolder(images) if images
             else splits.open_split(config, 'test'))
   total, ids, task = None, None, None
   for index, workdir in enumerate(workdirs):
     member_config = config if index == 0 else _member_config(workdir)
-    experiment, _ = restore(member_config, workdir, checkpoint)
+    experiment, state, _ = restore(member_config, workdir, checkpoint)
     if task is not None and experiment.task != task:
       raise errors.ConfigError(
           f'{workdir} was trained for {experiment.task.name}, the others for'
           f' {task.name}: an ensemble needs one task.')
     task = experiment.task
-    result = predict_split(experiment, source, tta=tta)
+    result = predict_split(experiment, state, source, tta=tta)
     ids = result['galaxy_id'] if ids is None else ids
     total = result['outputs'] if total is None else total + result['outputs']
   mean = np.clip(total / len(workdirs), 0.0, 1.0)

@@ -24,6 +24,7 @@ from gzjax import models
 from gzjax import optimizers
 from gzjax import tasks
 from gzjax.data import cache
+from gzjax.data import cached_input
 from gzjax.data import pipeline
 from gzjax.data import splits
 from gzjax.models import weights
@@ -35,7 +36,9 @@ class TrainState:
 
   step: jax.Array
   params: Any  # nnx.State of the nnx.Param variables.
-  rest: Any  # Batch statistics and random-stream counters.
+  # The model's non-trainable variables: batch-norm statistics, random-
+  # stream counters.
+  model_state: Any
   opt_state: Any
   ema_params: Any  # Exponential moving average of params, or () when off.
 
@@ -187,25 +190,27 @@ def use_compilation_cache(directory: str,
 MIN_CACHED_COMPILE_SECONDS = 0.5
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Experiment:
-  """The pieces built from a config that every mode needs.
+  """The fixed pieces built from a config that every mode needs.
 
-  ``state`` holds the initial (or restored) train state, or only its
-  shapes, dtypes and shardings (``jax.ShapeDtypeStruct``s) when created with
-  ``initialise=False``: a template that a checkpoint restore fills, or
-  :meth:`initialise` replaces.
+  The train state is not one of them: :meth:`initial_state` computes the
+  config's initial state, :meth:`abstract_state` its shapes, dtypes and
+  shardings (``jax.ShapeDtypeStruct``s, a template that a checkpoint restore
+  fills); the caller holds the state from there on (the training loop's
+  variable).
   """
 
   config: ml_collections.ConfigDict
   task: tasks.Task
   graphdef: Any
-  state: TrainState
   optimizer: optax.GradientTransformationExtraArgs
   schedule: optax.Schedule
   mesh: jax.sharding.Mesh
-  num_blocks: int
-  init_state: Callable[[], TrainState] | None = None
+  # () -> the initial TrainState on the mesh (one jitted call); and the same
+  # without computing it: () -> its ShapeDtypeStructs.
+  initial_state: Callable[[], TrainState]
+  abstract_state: Callable[[], TrainState]
 
   @property
   def replicated(self) -> jax.sharding.NamedSharding:
@@ -216,49 +221,43 @@ class Experiment:
     return jax.sharding.NamedSharding(
         self.mesh, jax.sharding.PartitionSpec(distributed.DATA_AXIS))
 
-  def initialise(self) -> None:
-    """Replaces ``state`` with the config's initial state (one jitted call)."""
-    self.state = self.init_state()
-
 
 def create_experiment(config: ml_collections.ConfigDict,
-                      task: tasks.Task | None = None, *,
-                      initialise: bool = True) -> Experiment:
-  """The model, optimizer and train state a config describes.
+                      task: tasks.Task | None = None) -> Experiment:
+  """The model, optimizer and initial train state a config describes.
 
   The model is traced once with shapes only (``nnx.eval_shape``) for its
-  structure, parameter labels and optimizer; the state is then computed by a
-  single jitted program (initialisers, pretrained weights, optimizer state),
-  written straight to the mesh's replicated sharding.  Eager creation ran
-  one XLA program per initialiser: EfficientNet-B0 took 15.6 s on 2 CPU cores.
-  The initialisers draw with :class:`CreationRngs` (rbg keys), whose program
-  compiles a quarter to a third faster than threefry's (BUILD.md).
+  structure, parameter labels and optimizer; the state, when asked for, is
+  computed by a single jitted program (initialisers, pretrained weights,
+  optimizer state), written straight to the mesh's replicated sharding.
+  Eager creation ran one XLA program per initialiser: EfficientNet-B0 took
+  15.6 s on 2 CPU cores.  The initialisers draw with :class:`CreationRngs`
+  (rbg keys), whose program compiles a quarter to a third faster than
+  threefry's (BUILD.md).
 
   Args:
     config: the experiment config.
     task: what is learned (default: ``config.task``'s built-in task).
-    initialise: False leaves ``state`` abstract (shapes, dtypes, shardings),
-      for a checkpoint restore; :meth:`Experiment.initialise` fills it.
   """
   task = task or tasks.task_of(config)
   mesh = distributed.make_mesh()
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   abstract_model = nnx.eval_shape(lambda: create_model(config, task, {}))
   labels = models.parameter_labels(abstract_model)
-  num_blocks = abstract_model.backbone.num_blocks
   graphdef = nnx.split(abstract_model, nnx.Param, ...)[0]
   optimizer = optimizers.create_optimizer(
-      config.optimizer, labels, num_blocks, config.num_train_steps)
+      config.optimizer, labels, abstract_model.backbone.num_blocks,
+      config.num_train_steps)
   schedule = optimizers.create_schedule(config.optimizer,
                                         config.num_train_steps)
 
   def initial_state(pretrained):
     model = create_model(config, task, pretrained)
-    _, params, rest = nnx.split(model, nnx.Param, ...)
+    _, params, model_state = nnx.split(model, nnx.Param, ...)
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
-        rest=rest,
+        model_state=model_state,
         opt_state=optimizer.init(params),
         # A copy: the state is donated, and one buffer cannot be donated
         # twice.
@@ -279,23 +278,20 @@ def create_experiment(config: ml_collections.ConfigDict,
     state = init(pretrained)
     return state if local else distributed.replicate(state, replicated)
 
-  experiment = Experiment(
-      config, task, graphdef, None, optimizer, schedule, mesh, num_blocks,
-      init_state=init_state)
-  if initialise:
-    experiment.initialise()
-  else:
-    experiment.state = jax.tree.map(
+  def abstract_state():
+    return jax.tree.map(
         lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
                                           sharding=replicated),
         # The state's shapes are the same with or without pretrained arrays.
         jax.eval_shape(init, {}))
-  return experiment
+
+  return Experiment(config, task, graphdef, optimizer, schedule, mesh,
+                    initial_state=init_state, abstract_state=abstract_state)
 
 
 def create_train_input(
     config: ml_collections.ConfigDict, task: tasks.Task, experiment: Experiment,
-    source=None) -> tuple[Any, cache.DeviceInput | None]:
+    source=None) -> tuple[Any, cached_input.DeviceInput | None]:
   """The training batches, and what the step needs to augment them.
 
   Without ``config.input.cache`` grain decodes and augments JPEGs on the host
@@ -317,7 +313,7 @@ def create_train_input(
                                split='train')
   indices = (tasks.labelled_indices(cached.labels, task)
              if task.is_classification else None)
-  resident = (cache.place_on_devices(cached, experiment.replicated)
+  resident = (cached_input.place_on_devices(cached, experiment.replicated)
               if config.input.cache == 'device' else None)
-  return (cache.TrainIterator(cached, config.input, indices=indices),
-          cache.DeviceInput(config.input, cached.geometry, resident))
+  return (cached_input.TrainIterator(cached, config.input, indices=indices),
+          cached_input.DeviceInput(config.input, cached.geometry, resident))

@@ -52,6 +52,7 @@ from gzjax import losses
 from gzjax import metrics
 from gzjax import tasks
 from gzjax import train
+from gzjax.data import catalog as catalogs
 from gzjax.data import fields
 from gzjax.data import labels as labels_lib
 
@@ -372,7 +373,6 @@ def predict(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
     The file's path.
   """
   from gzjax import predict as predict_lib  # pylint: disable=g-import-not-at-top
-  from gzjax.data import catalog as catalogs  # pylint: disable=g-import-not-at-top
   config_checks.check(config)
   workdir = pathlib.Path(workdir)
   output = pathlib.Path(output or workdir / 'predictions.csv')
@@ -385,8 +385,9 @@ def predict(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
     table = labels_lib.read(config.labels)
     catalog = catalogs.Catalog(table.ids, table.paths, source=table.source)
   source = CatalogImages(catalog, config.input.crop_size)
-  experiment, _ = evaluate_lib.restore(config, workdir, checkpoint, task=task)
-  result = evaluate_lib.predict_split(experiment, source, tta=tta)
+  experiment, state, _ = evaluate_lib.restore(config, workdir, checkpoint,
+                                              task=task)
+  result = evaluate_lib.predict_split(experiment, state, source, tta=tta)
   order = np.argsort(result['galaxy_id'], kind='stable')
   ids = [catalog.id(int(row)) for row in result['galaxy_id'][order]]
   columns = predict_lib.output_columns(ids, result['outputs'][order], task)
@@ -399,7 +400,7 @@ def predict(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
 class CatalogImages(Sequence):
   """Unlabelled records of a catalogue's images, ``galaxy_id`` = the row.
 
-  Every image is checked when opened, as ``gzjax.evaluate.ImageFolder``
+  Every image is checked when opened, as ``gzjax.data.catalog.ImageFolder``
   does: a file that cannot be read, is not a complete JPEG or PNG (by its
   suffix) or is smaller than the centre crop is listed in one error;
   nothing is skipped.
@@ -431,14 +432,14 @@ class CatalogImages(Sequence):
 
 
 def _image_problem(path: str, crop_size: int) -> str | None:
-  kind = evaluate_lib.IMAGE_SUFFIXES.get(pathlib.Path(path).suffix.lower())
+  kind = catalogs.IMAGE_SUFFIXES.get(pathlib.Path(path).suffix.lower())
   if kind is None:
     return 'not a .jpg, .jpeg or .png file'
   try:
     data = pathlib.Path(path).read_bytes()
   except OSError as error:
     return f'cannot read it ({error.strerror})'
-  problem = evaluate_lib.image_problem(data, kind)
+  problem = catalogs.image_problem(data, kind)
   if problem is not None:
     return problem
   with Image.open(io.BytesIO(data)) as image:

@@ -324,16 +324,17 @@ def _barrier(name: str) -> None:
 
 
 def _local_experiment(
-    experiment: experiments.Experiment) -> experiments.Experiment:
-  """The experiment on this process's devices only: no cross-process step."""
+    experiment: experiments.Experiment, state: experiments.TrainState
+) -> tuple[experiments.Experiment, experiments.TrainState]:
+  """The experiment and its state on this process's devices only: no
+  cross-process step."""
   if jax.process_count() == 1:
-    return experiment
+    return experiment, state
   mesh = distributed.make_mesh(jax.local_devices())
   local = dataclasses.replace(experiment, mesh=mesh)
   # This process's replica (typed PRNG keys too), placed on its devices.
-  state = jax.tree.map(lambda x: x.addressable_data(0), experiment.state)
-  local.state = jax.device_put(state, local.replicated)
-  return local
+  state = jax.tree.map(lambda x: x.addressable_data(0), state)
+  return local, jax.device_put(state, local.replicated)
 
 
 def _settings(config, workdir, catalog, options, step, task) -> dict[str, Any]:
@@ -417,8 +418,8 @@ def predict_catalog(config: ml_collections.ConfigDict,
   if task is None and finetune.is_catalogue_run(config):
     evaluate.check_checkpoint_folder(pathlib.Path(workdir), options.checkpoint)
     task = finetune.recorded_task(config, workdir)
-  experiment, step = evaluate.restore(config, workdir, options.checkpoint,
-                                      task=task)
+  experiment, state, step = evaluate.restore(config, workdir,
+                                             options.checkpoint, task=task)
   task = experiment.task
   settings = _settings(config, workdir, catalog, options, step, task)
   _check_run(output_dir, settings)
@@ -435,8 +436,8 @@ def predict_catalog(config: ml_collections.ConfigDict,
   if todo:
     first_row = todo[0] * options.shard_size
     catalogs.check_size(catalog.path(first_row), config.input.crop_size)
-    _predict_shards(experiment, catalog, options, todo, names, done_rows,
-                    process_index)
+    _predict_shards(experiment, state, catalog, options, todo, names,
+                    done_rows, process_index)
   _barrier('gzjax_predict_shards')
   summary = Summary(output_dir, False, len(todo))
   if process_index == 0 or process_count == 1 or jax.process_count() == 1:
@@ -455,13 +456,14 @@ def decoding_workers(config: ml_collections.ConfigDict,
 
 
 def _predict_shards(experiment: experiments.Experiment,
+                    state: experiments.TrainState,
                     catalog: catalogs.Catalog, options: Options,
                     todo: Sequence[int],
                     names: dict[int, str], done_rows: int,
                     process_index: int) -> None:
   config = experiment.config
   output_dir = pathlib.Path(options.output_dir)
-  local = _local_experiment(experiment)
+  local, local_state = _local_experiment(experiment, state)
   predict_fn = evaluate.make_predict_fn(local, tta=options.tta)
   batch_size = _batch_size(config)
   specs = []
@@ -503,7 +505,7 @@ def _predict_shards(experiment: experiments.Experiment,
       # Placed explicitly: with several processes JAX takes no numpy input
       # for a sharded argument, even on this process's own devices.
       images = jax.device_put(batch['image'], local.batch_sharding)
-      outputs = np.asarray(predict_fn(local.state, images))[:count]
+      outputs = np.asarray(predict_fn(local_state, images))[:count]
       readable = np.asarray(batch['readable'][:count])
       ids = catalog.ids(start, stop)
       pending_ids += [i for i, ok in zip(ids, readable) if ok]

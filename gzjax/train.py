@@ -11,6 +11,7 @@ and checkpoints.  The experiment it trains is built in
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 import time
 from typing import Any, Callable, Mapping
@@ -33,7 +34,7 @@ from gzjax import plots
 from gzjax import progress as progress_bars
 from gzjax import tasks
 from gzjax import workdir_rules
-from gzjax.data import cache
+from gzjax.data import cached_input
 from gzjax.data import fields
 from gzjax.data import splits
 
@@ -53,23 +54,24 @@ def _stop_backbone_gradients(params):
 
 
 def make_loss_fn(experiment: experiments.Experiment) -> Callable:
-  """The training loss ``(params, rest, batch) -> (loss, new rest)``: the
-  model in training mode (a frozen backbone as constants, with its batch
-  statistics fixed), the config's loss on the batch."""
+  """The training loss ``(params, model_state, batch) -> (loss, new
+  model_state)``: the model in training mode (a frozen backbone as
+  constants, with its batch statistics fixed), the config's loss on the
+  batch."""
   config, task, graphdef = experiment.config, experiment.task, \
       experiment.graphdef
 
-  # The merge copies `rest` into fresh variables owned by the gradient's
-  # trace: dropout advances its random-stream counter there, which flax
+  # The merge copies `model_state` into fresh variables owned by the
+  # gradient's trace: dropout advances its random-stream counter there, which flax
   # refuses for variables that came in from the enclosing jit trace.
-  def loss_fn(params, rest, batch):
+  def loss_fn(params, model_state, batch):
     # Partly frozen (the last blocks train): the optimizer zeroes the frozen
     # blocks' updates; their gradients and batch statistics still run.
     frozen = (config.optimizer.freeze_backbone and
               not config.optimizer.get('trainable_blocks', 0))
     if frozen:
       params = _stop_backbone_gradients(params)
-    model = nnx.merge(graphdef, params, rest, copy=True)
+    model = nnx.merge(graphdef, params, model_state, copy=True)
     model.train()
     if frozen:
       model.backbone.eval()  # Frozen means its batch statistics too.
@@ -85,8 +87,38 @@ def make_loss_fn(experiment: experiments.Experiment) -> Callable:
   return loss_fn
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainStep:
+  """The jitted ``(state, batch) -> (state, metrics)``; the state is donated.
+
+  ``jitted`` is the ``jax.jit`` of ``(state, batch, resident)``: a device
+  cache's images (or None) are an argument, not a constant compiled in.  The
+  step binds them, so that the loop and the tools call, lower or compile it
+  with the state and the batch only.
+  """
+
+  jitted: Any
+  resident: jax.Array | None = None
+
+  def __call__(self, state: experiments.TrainState,
+               batch: Mapping[str, jax.Array]):
+    return self.jitted(state, batch, self.resident)
+
+  def lower(self, state, batch) -> jax.stages.Lowered:
+    """XLA's program for these arguments (``.compile()``,
+    ``.cost_analysis()``), not compiled; shapes are enough."""
+    return self.jitted.lower(state, batch, self.resident)
+
+  def compile(self, state, batch) -> Callable:
+    """Compiled ahead of the first call (to time compilation apart): a
+    ``(state, batch)`` callable running the compiled program."""
+    compiled = self.lower(state, batch).compile()
+    return lambda state, batch: compiled(state, batch, self.resident)
+
+
 def make_train_step(experiment: experiments.Experiment,
-                    device_input: cache.DeviceInput | None = None) -> Callable:
+                    device_input: cached_input.DeviceInput | None = None
+                    ) -> TrainStep:
   """The jitted ``(state, batch) -> (state, metrics)``; the state is donated.
 
   With a cached mode's `device_input` the step first augments the batch's
@@ -100,8 +132,8 @@ def make_train_step(experiment: experiments.Experiment,
                  resident: jax.Array | None):
     if device_input is not None:
       batch = device_input.prepare(batch, resident)
-    (loss, rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, state.rest, batch)
+    (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, state.model_state, batch)
     updates, opt_state = experiment.optimizer.update(
         grads, state.opt_state, state.params, value=loss)
     params = optax.apply_updates(state.params, updates)
@@ -115,7 +147,7 @@ def make_train_step(experiment: experiments.Experiment,
             config.optimizer, experiment.schedule, opt_state, state.step),
     }
     return experiments.TrainState(
-        state.step + 1, params, rest, opt_state, ema), step_metrics
+        state.step + 1, params, model_state, opt_state, ema), step_metrics
 
   jitted = jax.jit(
       train_step,
@@ -124,12 +156,8 @@ def make_train_step(experiment: experiments.Experiment,
       out_shardings=(experiment.replicated, experiment.replicated),
       donate_argnums=(0,),
   )
-  resident = None if device_input is None else device_input.resident
-
-  def step(state: experiments.TrainState, batch: Mapping[str, jax.Array]):
-    return jitted(state, batch, resident)
-
-  return step
+  return TrainStep(jitted,
+                   None if device_input is None else device_input.resident)
 
 
 def to_global(batch: Mapping[str, np.ndarray],
@@ -174,8 +202,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   """
   config_checks.check(config)
   workdir = workdir_rules.writable_workdir(workdir)
-  # Shapes only until it is known whether a checkpoint fills the state.
-  experiment = experiments.create_experiment(config, task, initialise=False)
+  experiment = experiments.create_experiment(config, task)
   task = experiment.task
   given_train_source = train_source
   if train_source is None:
@@ -198,12 +225,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   start_step = 0
   if checkpointer.latest_step() is not None:
     workdir_rules.check_resumable(config, workdir)
-    restored = checkpointer.restore_newest_intact(experiment.state)
+    # Shapes only until it is known whether a checkpoint fills the state.
+    restored = checkpointer.restore_newest_intact(experiment.abstract_state())
     if restored is not None:
-      experiment.state, data_state, start_step = restored
+      state, data_state, start_step = restored
       train_iterator.set_state(data_state)
   if not start_step:  # No checkpoint, or none intact: initialise.
-    experiment.initialise()
+    state = experiment.initial_state()
   # Only now, with the checkpoint restored, does the workdir describe this
   # config; the metrics keep what the restored state has seen.
   # Both write from process 0 only (one writer on a shared filesystem).
@@ -222,7 +250,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   try:
     for step in range(start_step + 1, config.num_train_steps + 1):
       batch = to_global(next(train_iterator), experiment.batch_sharding)
-      experiment.state, step_metrics = train_step(experiment.state, batch)
+      state, step_metrics = train_step(state, batch)
       pending.append(step_metrics)
       progress.update()
       is_last = step == config.num_train_steps
@@ -242,16 +270,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       pending, window_start = [], step
       if validate:
         validation = evaluate.score(task, evaluate.predict_split(
-            experiment, validation_source, predict_fn=predict_fn), baseline)
+            experiment, state, validation_source, predict_fn=predict_fn),
+            baseline)
         writer.write(step,
                      metric_writer.flat_scalars('validation/', validation))
         progress.write(evaluate.summary_line(step, task, validation))
       if save:
         data_state = train_iterator.get_state()
-        checkpointer.save(step, experiment.state, data_state)
+        checkpointer.save(step, state, data_state)
         if validate:
           checkpointer.save_if_best(
-              step, experiment.state, data_state,
+              step, state, data_state,
               metric_writer.flat_scalars('validation/', validation))
         last_good = step
       window_time = time.perf_counter()

@@ -91,14 +91,15 @@ def test_a_missing_metadata_file_is_named(trained, tmp_path):
   workdir = _copy(trained, tmp_path)
   (workdir / 'checkpoints' / '6' / 'state' / '_METADATA').unlink()
   experiment = experiments.create_experiment(_config(trained[0]))
+  state = experiment.initial_state()
   checkpointer = checkpoint.Checkpointer(workdir)
   with pytest.raises(errors.CheckpointError) as info:
-    checkpointer.restore(experiment.state)
+    checkpointer.restore(state)
   assert str(info.value) == (
       'Checkpoint step 6 is damaged:'
       f' {workdir.resolve()}/checkpoints/6/state/_METADATA is missing.')
   _, _, step = checkpointer.restore_newest_intact(
-      experiment.state, warn=lambda line: None)
+      state, warn=lambda line: None)
   assert step == 3 and checkpointer.steps() == [3]
   checkpointer.close()
 

@@ -15,6 +15,7 @@ from gzjax import checkpoint
 from gzjax import experiment as experiments
 from gzjax import train
 from gzjax.data import cache
+from gzjax.data import cached_input
 from gzjax.data import pipeline
 from tests.conftest import tiny_config
 from tests.test_device_augment import _cache
@@ -222,10 +223,10 @@ def test_batches_cover_each_epoch_and_shard_like_grain(tmp_path):
   config = _config(cache='device', batch_size=4)
   cached = _cache(_records(10), tmp_path, config)
 
-  single = _take(cache.TrainIterator(cached, config, process_index=0,
-                                     process_count=1), 5)
-  shards = [_take(cache.TrainIterator(cached, config, process_index=i,
-                                      process_count=2), 5) for i in range(2)]
+  single = _take(cached_input.TrainIterator(cached, config, process_index=0,
+                                            process_count=1), 5)
+  shards = [_take(cached_input.TrainIterator(
+      cached, config, process_index=i, process_count=2), 5) for i in range(2)]
 
   records = np.concatenate([batch['image'] for batch in single])
   assert sorted(records[:10]) == sorted(records[10:20]) == list(range(10))
@@ -245,8 +246,8 @@ def test_finite_epochs_and_labelled_subsets(tmp_path):
   config = _config(cache='host', batch_size=4, num_epochs=2)
   cached = _cache(_records(10), tmp_path, config)
 
-  batches = list(cache.TrainIterator(cached, config, indices=[1, 4, 7],
-                                     process_index=0, process_count=1))
+  batches = list(cached_input.TrainIterator(cached, config, indices=[1, 4, 7],
+                                            process_index=0, process_count=1))
 
   assert len(batches) == 1  # 2 epochs of 3 records: one full batch of 4.
   ids = batches[0]['galaxy_id']
@@ -258,12 +259,12 @@ def test_finite_epochs_and_labelled_subsets(tmp_path):
 def test_resume_from_json_state_across_an_epoch(tmp_path):
   config = _config(cache='host', batch_size=4)
   cached = _cache(_records(10), tmp_path, config)
-  iterator = cache.TrainIterator(cached, config)
-  expected = _take(cache.TrainIterator(cached, config), 5)[2:]
+  iterator = cached_input.TrainIterator(cached, config)
+  expected = _take(cached_input.TrainIterator(cached, config), 5)[2:]
 
   _take(iterator, 2)
   saved = json.dumps(iterator.get_state())
-  resumed = cache.TrainIterator(cached, config)
+  resumed = cached_input.TrainIterator(cached, config)
   resumed.set_state(json.loads(saved))
 
   for batch, want in zip(_take(resumed, 3), expected):
@@ -277,13 +278,14 @@ def test_training_resumes_bit_identically(tmp_path):
                                     'input.crop_size': 64})
   cached = _cache(_records(12), tmp_path / 'cache', config.input)
   experiment = experiments.create_experiment(config)
-  device_input = cache.DeviceInput(
+  state = experiment.initial_state()
+  device_input = cached_input.DeviceInput(
       config.input, cached.geometry,
-      cache.place_on_devices(cached, experiment.replicated))
+      cached_input.place_on_devices(cached, experiment.replicated))
   step = train.make_train_step(experiment, device_input)
 
   def initial():  # A copy each time: the step donates its state.
-    return jax.tree.map(jnp.copy, experiment.state)
+    return jax.tree.map(jnp.copy, state)
 
   def run(state, iterator, steps):
     for _ in range(steps):
@@ -292,16 +294,16 @@ def test_training_resumes_bit_identically(tmp_path):
     return state
 
   straight = run(initial(),
-                 cache.TrainIterator(cached, config.input), 4)
+                 cached_input.TrainIterator(cached, config.input), 4)
 
-  iterator = cache.TrainIterator(cached, config.input)
+  iterator = cached_input.TrainIterator(cached, config.input)
   half = run(initial(), iterator, 2)
   checkpointer = checkpoint.Checkpointer(tmp_path / 'run')
   checkpointer.save(2, half, iterator.get_state())
   checkpointer.wait()
-  restored, data_state, _ = checkpointer.restore(experiment.state)
+  restored, data_state, _ = checkpointer.restore(state)
   checkpointer.close()
-  resumed_iterator = cache.TrainIterator(cached, config.input)
+  resumed_iterator = cached_input.TrainIterator(cached, config.input)
   resumed_iterator.set_state(data_state)
   resumed = run(restored, resumed_iterator, 2)
 
@@ -311,14 +313,14 @@ def test_training_resumes_bit_identically(tmp_path):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert not np.array_equal(
       np.asarray(jax.tree.leaves(straight.params)[0]),
-      np.asarray(jax.tree.leaves(experiment.state.params)[0]))
+      np.asarray(jax.tree.leaves(state.params)[0]))
 
 
 def test_measure_images_per_second(tmp_path):
   config = _config(cache='host', batch_size=4)
   cached = _cache(_records(8), tmp_path, config)
 
-  rate = cache.measure_images_per_second(cached, config, num_batches=2,
-                                         warmup_batches=1)
+  rate = cached_input.measure_images_per_second(cached, config, num_batches=2,
+                                                warmup_batches=1)
 
   assert rate > 0

@@ -190,3 +190,44 @@ def test_interrupted_save_does_not_break_resume(tmp_path, leftover):
   _assert_bit_identical(state, _state(3))
   assert data == _data(3)
   ckpt.close()
+
+
+def test_a_checkpoint_saved_before_model_state_was_named_restores(tmp_path):
+  """TrainState.model_state was saved as ``rest`` until issue 11: such a
+  checkpoint (written here by a dataclass with the old field names, the
+  layout Orbax wrote then) restores into today's TrainState, bit for bit."""
+  from flax import struct  # pylint: disable=g-import-not-at-top
+  from gzjax import experiment  # pylint: disable=g-import-not-at-top
+
+  @struct.dataclass
+  class TrainStateBeforeTheRename:
+    step: jax.Array
+    params: dict
+    rest: dict
+    opt_state: tuple
+    ema_params: tuple
+
+  values = _state(4)
+  rest = {'bn': {'mean': jnp.arange(3, dtype=jnp.float32) - 1.5,
+                 'var': jnp.full((3,), 2.5, jnp.float32)},
+          'rngs': {'key': jax.random.key(7),
+                   'count': jnp.asarray(5, jnp.uint32)}}
+  old = TrainStateBeforeTheRename(values['step'], values['params'], rest,
+                                  values['opt'], ())
+  ckpt = checkpoint.Checkpointer(tmp_path)
+  ckpt.save(9, old, _data(9))
+  ckpt.wait()
+  template = experiment.TrainState(
+      step=jnp.zeros((), jnp.int32), params=_template()['params'],
+      model_state=jax.tree.map(jnp.zeros_like, rest),
+      opt_state=_template()['opt'], ema_params=())
+  state, data, step = ckpt.restore(template)
+  ckpt.close()
+  assert isinstance(state, experiment.TrainState) and step == 9
+  assert data == _data(9)
+  state = state.replace(model_state={**state.model_state, 'rngs': {
+      'key': jax.random.key_data(state.model_state['rngs']['key']),
+      'count': state.model_state['rngs']['count']}})
+  rest['rngs']['key'] = jax.random.key_data(rest['rngs']['key'])
+  _assert_bit_identical(state, experiment.TrainState(
+      old.step, old.params, rest, old.opt_state, ()))

@@ -17,6 +17,7 @@ import pytest
 from scipy import stats
 
 from gzjax.data import cache
+from gzjax.data import cached_input
 from gzjax.data import device_augment
 from gzjax.data import pipeline
 from tests.test_pipeline import _config
@@ -56,9 +57,9 @@ def test_without_augmentation_the_cached_batches_are_the_grain_batches(
   cached = _cache(records, tmp_path, config)
   grain_batches = pipeline.create_train_iterator(
       records, config, process_index=0, process_count=1)
-  cached_batches = cache.TrainIterator(cached, config, process_index=0,
-                                       process_count=1)
-  prepare = jax.jit(lambda batch: cache.DeviceInput(
+  cached_batches = cached_input.TrainIterator(
+      cached, config, process_index=0, process_count=1)
+  prepare = jax.jit(lambda batch: cached_input.DeviceInput(
       config, cached.geometry).prepare(batch, None))
 
   for _ in range(3):  # Across the epoch boundary.

@@ -113,6 +113,22 @@ def test_bad_cells_name_row_column_value(catalogue, tmp_path, column, cell,
     labels.read(finetune_data.labels_config(bad))
 
 
+def test_an_unusable_label_table_is_a_label_error_naming_it(tmp_path):
+  """The catalogue reader shared with survey catalogues raises the labels'
+  own error, with the file and what is wrong."""
+  broken = tmp_path / 'broken.parquet'
+  broken.write_bytes(b'not parquet')
+  text = tmp_path / 'labels.txt'
+  text.write_text('id,path\n1,a.jpg\n')
+  for path, message in (
+      (tmp_path / 'absent.csv', 'absent.csv: no such label catalogue file.'),
+      (text, 'labels.txt: a label catalogue is a .csv or .parquet file.'),
+      (broken, 'broken.parquet: cannot read the label catalogue (')):
+    with pytest.raises(labels.LabelError) as info:
+      labels.read(finetune_data.labels_config(path))
+    assert str(info.value).startswith(f'{tmp_path}/{message}'), info.value
+
+
 @pytest.fixture(scope='module')
 def trained(catalogue, tmp_path_factory):
   workdir = tmp_path_factory.mktemp('run')
@@ -248,10 +264,9 @@ def _reference(config, workdir, paths):
   from gzjax import evaluate  # pylint: disable=g-import-not-at-top
   from gzjax.data import pipeline  # pylint: disable=g-import-not-at-top
   task = finetune.make_task(labels.read(config.labels).columns)
-  experiment, step = evaluate.restore(config, workdir, task=task)
+  experiment, state, step = evaluate.restore(config, workdir, task=task)
   assert step == 4
-  model = nnx.merge(experiment.graphdef, experiment.state.params,
-                    experiment.state.rest)
+  model = nnx.merge(experiment.graphdef, state.params, state.model_state)
   model.eval()
   images = np.stack([pipeline.eval_image(open(p, 'rb').read(), config.input)
                      for p in paths])

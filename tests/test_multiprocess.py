@@ -66,10 +66,11 @@ config = ml_collections.ConfigDict(
     json.loads(open(f'{workdir}/config.json').read()))
 for path in train_workdir:
   train.train_and_evaluate(config, path.removeprefix('--train='))
-experiment, step = evaluate.restore(config, workdir)
-validation = evaluate.predict_split(experiment,
+experiment, state, step = evaluate.restore(config, workdir)
+validation = evaluate.predict_split(experiment, state,
                                     splits.open_split(config, 'validation'))
-test = evaluate.predict_split(experiment, splits.open_split(config, 'test'))
+test = evaluate.predict_split(experiment, state,
+                              splits.open_split(config, 'test'))
 baseline = evaluate.training_mean_votes(splits.open_split(config, 'train'))
 metrics = evaluate.score(experiment.task, validation, baseline)
 if jax.process_index() == 0:
@@ -140,9 +141,10 @@ def _final_params(workdir: pathlib.Path) -> list[np.ndarray]:
   config = ml_collections.ConfigDict(
       json.loads((workdir / 'config.json').read_text()))
   experiment = experiments.create_experiment(config)
+  state = experiment.initial_state()
   checkpointer = checkpoint.Checkpointer(workdir)
   try:
-    state, _, step = checkpointer.restore(experiment.state)
+    state, _, step = checkpointer.restore(state)
   finally:
     checkpointer.close()
   assert step == STEPS

@@ -28,13 +28,13 @@ def test_bfloat16_keeps_weights_statistics_and_optimizer_in_float32():
   config = base.base_config()
   config.model.name = 'efficientnet_b0'  # Batch norm; shapes only, no init.
   config.model.dtype = 'bfloat16'
-  state = experiments.create_experiment(config, initialise=False).state
+  state = experiments.create_experiment(config).abstract_state()
   dtypes = {jnp.dtype(leaf.dtype).name for leaf in jax.tree.leaves(
       (state.params, state.opt_state))}
   assert dtypes == {'float32', 'int32'}  # int32: Adam's step count.
   # 49 batch norms' running means and variances, and nothing else that is
   # a float (the rest is dropout's random streams).
-  floats = [jnp.dtype(leaf.dtype).name for leaf in jax.tree.leaves(state.rest)
+  floats = [jnp.dtype(leaf.dtype).name for leaf in jax.tree.leaves(state.model_state)
             if jnp.issubdtype(leaf.dtype, jnp.floating)]
   assert floats == ['float32'] * 98
 
@@ -61,12 +61,13 @@ def test_a_bfloat16_step_on_the_real_sample_is_close_to_float32(
     config.input.image_size = 64
     config.model.dtype = dtype
     experiment = experiments.create_experiment(config)
+    state = experiment.initial_state()
     batch = batch or _real_batch(kaggle_sample_data_dir, experiment)
     device_batch = train.to_global(batch, experiment.batch_sharding)
     # The same float32 weights in both: the forward pass's rounding alone.
-    outputs = evaluate.make_predict_fn(experiment)(experiment.state,
+    outputs = evaluate.make_predict_fn(experiment)(state,
                                                    device_batch['image'])
-    state, metrics = train.make_train_step(experiment)(experiment.state,
+    state, metrics = train.make_train_step(experiment)(state,
                                                        device_batch)
     results[dtype] = (jax.device_get(metrics), np.asarray(outputs),
                       jax.device_get(state.params))

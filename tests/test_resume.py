@@ -47,11 +47,12 @@ def _state_leaves(workdir):
   config = ml_collections.ConfigDict(
       json.loads((workdir / 'config.json').read_text()))
   experiment = experiments.create_experiment(config)
+  state = experiment.initial_state()
   checkpointer = checkpoint.Checkpointer(workdir)
-  state, data, step = checkpointer.restore(experiment.state)
+  state, data, step = checkpointer.restore(state)
   checkpointer.close()
   parts = {name: jax.tree_util.tree_leaves_with_path(getattr(state, name))
-           for name in ('params', 'rest', 'opt_state', 'ema_params')}
+           for name in ('params', 'model_state', 'opt_state', 'ema_params')}
   return step, data, {name: {jax.tree_util.keystr(p): _numpy(v)
                              for p, v in leaves}
                       for name, leaves in parts.items()}
@@ -82,8 +83,9 @@ def test_killed_run_resumes_batch_norm_dropout_ema_and_adam(
   # What makes this state more than parameters: batch statistics (means and
   # variances of every BatchNorm), the dropout streams' counters, Adam's
   # moments and step count, the EMA.
-  assert sum("'mean'" in k for k in a['rest']) >= 10, list(a['rest'])[:20]
-  assert any('dropout' in k or 'rngs' in k for k in a['rest'])
+  assert sum("'mean'" in k for k in a['model_state']) >= 10, list(
+      a['model_state'])[:20]
+  assert any('dropout' in k or 'rngs' in k for k in a['model_state'])
   assert len(a['opt_state']) >= 2 * len(a['params'])
   assert len(a['ema_params']) == len(a['params'])
   for part in a:
@@ -93,7 +95,7 @@ def test_killed_run_resumes_batch_norm_dropout_ema_and_adam(
                                     err_msg=f'{part} {key}')
   # Training moved them from their initial values: batch-norm means start at
   # 0, and the EMA lags the parameters.
-  means = [k for k in a['rest'] if "'mean'" in k]
-  assert any(np.abs(a['rest'][k]).max() > 0 for k in means)
+  means = [k for k in a['model_state'] if "'mean'" in k]
+  assert any(np.abs(a['model_state'][k]).max() > 0 for k in means)
   assert any(not np.array_equal(a['params'][k], a['ema_params'][k])
              for k in a['params'])

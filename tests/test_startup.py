@@ -51,9 +51,10 @@ def experiment():
 
 def test_jitted_creation_gives_the_eager_parameters_replicated(experiment):
   config = _config()
+  state = experiment.initial_state()
   eager = experiments.create_model(config, tasks.TASKS['votes'])
   _, params, rest = nnx.split(eager, nnx.Param, ...)
-  jitted_params = _named(experiment.state.params)
+  jitted_params = _named(state.params)
   eager_params = _named(params)
   assert list(jitted_params) == list(eager_params)
   assert len(eager_params) == 16  # 6 conv + 2 dense layers, kernel and bias.
@@ -62,21 +63,22 @@ def test_jitted_creation_gives_the_eager_parameters_replicated(experiment):
     # The same random bits; one fused multiply in the jitted program may
     # round the last bit differently from the eager op.
     np.testing.assert_array_max_ulp(jitted_params[name], value, maxulp=2)
-  jitted_keys = jax.tree.leaves(experiment.state.rest)
+  jitted_keys = jax.tree.leaves(state.model_state)
   eager_keys = jax.tree.leaves(rest)
   assert len(jitted_keys) == len(eager_keys) > 0
   for a, b in zip(jitted_keys, eager_keys):
     np.testing.assert_array_equal(_raw(a), _raw(b))
-  for leaf in jax.tree.leaves(experiment.state):
+  for leaf in jax.tree.leaves(state):
     assert leaf.sharding == experiment.replicated
   # Without initialising: the same shapes, dtypes and shardings, no values.
-  template = experiments.create_experiment(config, initialise=False).state
+  template = experiments.create_experiment(config).abstract_state()
   assert jax.tree.map(lambda t: (t.shape, t.dtype, t.sharding), template) == \
-      jax.tree.map(lambda x: (x.shape, x.dtype, x.sharding), experiment.state)
+      jax.tree.map(lambda x: (x.shape, x.dtype, x.sharding), state)
 
 
 def test_creation_keeps_the_initialisers_statistics_and_the_dropout_streams(
     experiment):
+  state = experiment.initial_state()
   # Every other stream is the one nnx.Rngs(seed) gives, as before the rbg
   # initialisation: the head's dropout forks the default stream after the 12
   # conv and 2 hidden-layer parameters drew their keys from it (fold_in with
@@ -86,11 +88,11 @@ def test_creation_keeps_the_initialisers_statistics_and_the_dropout_streams(
   # rngs.params() through Rngs._get_stream would silently give threefry).
   assert str(jax.random.key_impl(
       experiments.CreationRngs(_config().seed).params())) == 'rbg'
-  count, key = jax.tree.leaves(experiment.state.rest)
+  count, key = jax.tree.leaves(state.model_state)
   assert int(count) == 0
   np.testing.assert_array_equal(
       _raw(key), _raw(jax.random.fold_in(jax.random.key(_config().seed), 14)))
-  params = _named(experiment.state.params)
+  params = _named(state.params)
   assert len(params) == 16
   standardised = []
   for name, value in params.items():
@@ -129,8 +131,8 @@ def test_creation_compiles_one_program():
   jax.monitoring.register_event_listener(count_hits)
   try:
     # A width no other test compiles: XLA has not seen this program.
-    experiment = experiments.create_experiment(_config(hidden=(7,)))
-    jax.block_until_ready(experiment.state)
+    jax.block_until_ready(experiments.create_experiment(
+        _config(hidden=(7,))).initial_state())
   finally:
     jax.monitoring.unregister_event_duration_listener(count)
     jax.monitoring.unregister_event_listener(count_hits)
@@ -158,8 +160,9 @@ def test_pretrained_weights_fill_the_jitted_state(experiment, tmp_path):
             weights.named_variables(donor, 'backbone/').items()}
   weights.save(tmp_path / 'donor.msgpack', arrays)
   config = _config(pretrained=str(tmp_path / 'donor.msgpack'))
-  params = nnx.to_flat_state(experiments.create_experiment(config).state.params)
-  fresh_params = dict(nnx.to_flat_state(fresh.state.params))
+  params = nnx.to_flat_state(
+      experiments.create_experiment(config).initial_state().params)
+  fresh_params = dict(nnx.to_flat_state(fresh.initial_state().params))
   assert len(params) == 16
   for path, variable in params:
     name = '/'.join(map(str, path))

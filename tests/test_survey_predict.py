@@ -45,8 +45,9 @@ def _galaxy(rng, size=64) -> np.ndarray:
 def _save_checkpoint(workdir: pathlib.Path, config) -> None:
   """A checkpoint of the initial state: any fixed weights serve here."""
   experiment = experiments.create_experiment(config)
+  state = experiment.initial_state()
   checkpointer = checkpoint.Checkpointer(workdir)
-  checkpointer.save(3, experiment.state, {'position': 0})
+  checkpointer.save(3, state, {'position': 0})
   checkpointer.wait()
   checkpointer.close()
   (workdir / 'config.json').write_text(config.to_json_best_effort())
@@ -138,12 +139,13 @@ def test_shards_manifest_errors_and_rows_match_the_eval_path(
   assert str(2**53 + 1) in table.column('id').to_pylist()
   votes = np.stack([table.column(c).to_numpy() for c in taxonomy.ANSWERS], 1)
   # Reference: the engine's evaluation path over the same files, by index.
-  experiment, _ = predict.evaluate.restore(survey['config'], survey['workdir'])
+  experiment, state, _ = predict.evaluate.restore(survey['config'],
+                                                  survey['workdir'])
   records = [{'image': (survey['root'] / path).read_bytes(), 'galaxy_id': i,
               'votes': np.full(37, np.nan, np.float32),
               'votes_mask': np.zeros(37, bool), 'label_3class': -1,
               'label_7class': -1} for i, (_, path) in enumerate(good)]
-  reference = evaluate.predict_split(experiment, records)
+  reference = evaluate.predict_split(experiment, state, records)
   np.testing.assert_array_equal(reference['galaxy_id'], np.arange(len(good)))
   np.testing.assert_allclose(votes, reference['outputs'], atol=1e-6)
   assert np.ptp(votes[:, 0]) > 1e-4  # Rows differ: a mix-up would show.

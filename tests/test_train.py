@@ -26,8 +26,9 @@ def _final_params(workdir) -> list[np.ndarray]:
   config = json.loads((pathlib.Path(workdir) / 'config.json').read_text())
   import ml_collections  # pylint: disable=g-import-not-at-top
   experiment = experiments.create_experiment(ml_collections.ConfigDict(config))
+  state = experiment.initial_state()
   checkpointer = checkpoint.Checkpointer(workdir)
-  state, _, step = checkpointer.restore(experiment.state)
+  state, _, step = checkpointer.restore(state)
   checkpointer.close()
   return step, [np.asarray(x) for x in jax.tree.leaves(state.params)]
 
@@ -45,6 +46,7 @@ config.model.hidden = (16,)
 # gradient (the devices sum in another order) into a full learning-rate step.
 config.optimizer.name = 'sgd'
 experiment = experiments.create_experiment(config)
+state = experiment.initial_state()
 step = train.make_train_step(experiment)
 rng = np.random.default_rng(0)
 losses = []
@@ -58,14 +60,14 @@ for _ in range(3):
       'example_mask': np.ones(16, bool),
   }
   batch = train.to_global(batch, experiment.batch_sharding)
-  experiment.state, metrics = step(experiment.state, batch)
+  state, metrics = step(state, batch)
   losses.append(float(metrics['loss']))
 # How the batch lies on the devices: each holds its own rows, none all 16.
 specs = sorted({str(tuple(a.sharding.spec)) for a in batch.values()})
 # (The step's jit refuses a batch laid out otherwise than its in_shardings.)
 rows = sorted({(s.index[0].start or 0, s.index[0].stop or 16)
                for a in batch.values() for s in a.addressable_shards})
-leaves = [np.asarray(x) for x in jax.tree.leaves(experiment.state.params)]
+leaves = [np.asarray(x) for x in jax.tree.leaves(state.params)]
 np.savez(sys.argv[1], losses=np.array(losses), devices=len(jax.devices()),
          specs=np.array(specs), rows=np.array(rows, dtype=float),
          **{f'p{i}': x for i, x in enumerate(leaves)})
@@ -113,42 +115,43 @@ def test_dropout_draws_a_new_mask_every_step():
   config.optimizer.learning_rate = 0.0  # Only the dropout mask can differ.
   config.optimizer.schedule = 'constant'
   experiment = experiments.create_experiment(config)
+  state = experiment.initial_state()
   step = train.make_train_step(experiment)
   batch = _random_batch(experiment, np.random.default_rng(0))
   losses = []
   for _ in range(3):
-    experiment.state, metrics = step(experiment.state, batch)
+    state, metrics = step(state, batch)
     losses.append(float(metrics['loss']))
   assert len(set(losses)) == 3, losses
   # Evaluation is deterministic: no dropout.
   predict = evaluate.make_predict_fn(experiment)
-  np.testing.assert_array_equal(predict(experiment.state, batch['image']),
-                                predict(experiment.state, batch['image']))
+  np.testing.assert_array_equal(predict(state, batch['image']),
+                                predict(state, batch['image']))
 
 
 def test_ema_of_the_parameters_is_kept_and_used_for_evaluation():
   config = tiny_config('/nonexistent', ema_decay=0.75)
   config.optimizer.schedule = 'constant'
   experiment = experiments.create_experiment(config)
+  state = experiment.initial_state()
   step = train.make_train_step(experiment)
   predict = evaluate.make_predict_fn(experiment)
   batch = _random_batch(experiment, np.random.default_rng(0))
-  history = [[np.asarray(x) for x in jax.tree.leaves(experiment.state.params)]]
+  history = [[np.asarray(x) for x in jax.tree.leaves(state.params)]]
   for _ in range(2):
-    experiment.state, _ = step(experiment.state, batch)
+    state, _ = step(state, batch)
     history.append([np.asarray(x)
-                    for x in jax.tree.leaves(experiment.state.params)])
-  ema = [np.asarray(x) for x in jax.tree.leaves(experiment.state.ema_params)]
+                    for x in jax.tree.leaves(state.params)])
+  ema = [np.asarray(x) for x in jax.tree.leaves(state.ema_params)]
   for p0, p1, p2, average in zip(*history, ema):
     np.testing.assert_allclose(
         average, 0.75 * (0.75 * p0 + 0.25 * p1) + 0.25 * p2,
         rtol=1e-5, atol=1e-7)
   assert not np.allclose(history[-1][-1], ema[-1])
   # Predictions come from the average, not from the last parameters.
-  with_ema = np.asarray(predict(experiment.state, batch['image']))
-  experiment.state = experiment.state.replace(
-      ema_params=experiment.state.params)
-  without = np.asarray(predict(experiment.state, batch['image']))
+  with_ema = np.asarray(predict(state, batch['image']))
+  state = state.replace(ema_params=state.params)
+  without = np.asarray(predict(state, batch['image']))
   assert not np.allclose(with_ema, without)
 
 
@@ -162,12 +165,13 @@ def test_a_frozen_backbone_is_not_differentiated():
     config.optimizer.freeze_backbone = frozen
     config.optimizer.schedule = 'constant'
     experiment = experiments.create_experiment(config)
-    step = jax.jit(train.make_train_step(experiment), donate_argnums=0)
+    state = experiment.initial_state()
+    step = train.make_train_step(experiment)
     batch = _random_batch(experiment, np.random.default_rng(0))
-    before = jax.tree.map(np.asarray, experiment.state.params)
-    flops[frozen] = step.lower(experiment.state, batch).compile(
+    before = jax.tree.map(np.asarray, state.params)
+    flops[frozen] = step.lower(state, batch).compile(
         ).cost_analysis()['flops']
-    state, _ = step(experiment.state, batch)
+    state, _ = step(state, batch)
     after = jax.tree.map(np.asarray, state.params)
     moved[frozen] = {
         part: any(not np.array_equal(a, b) for a, b in zip(
@@ -350,13 +354,14 @@ def test_tta_is_the_mean_over_the_eight_dihedral_views():
   predict function; their mean is what the TTA predict function returns."""
   config = tiny_config('/nonexistent')
   experiment = experiments.create_experiment(config)
+  state = experiment.initial_state()
   rng = np.random.default_rng(0)
   images = rng.normal(size=(8, 32, 32, 3)).astype(np.float32)
   plain = evaluate.make_predict_fn(experiment)
   tta = evaluate.make_predict_fn(experiment, tta=True)
 
   def predict(x):
-    return np.asarray(plain(experiment.state, train.to_global(
+    return np.asarray(plain(state, train.to_global(
         {'image': np.ascontiguousarray(x)},
         experiment.batch_sharding)['image']), np.float64)
 
@@ -366,7 +371,7 @@ def test_tta_is_the_mean_over_the_eight_dihedral_views():
       views.append(predict(np.rot90(image, k, axes=(1, 2))))
   # The model is not rotation invariant, so the views do differ.
   assert min(np.abs(v - views[0]).max() for v in views[1:]) > 1e-4
-  got = np.asarray(tta(experiment.state, train.to_global(
+  got = np.asarray(tta(state, train.to_global(
       {'image': images}, experiment.batch_sharding)['image']))
   np.testing.assert_allclose(got, np.mean(views, axis=0), rtol=1e-5,
                              atol=1e-6)
@@ -410,12 +415,12 @@ def test_label_smoothing_and_class_weights_reach_the_step_loss():
   config = tiny_config('/nonexistent', task='3class', loss='softmax',
                        label_smoothing=0.2, class_weights=(1.0, 2.0, 5.0))
   experiment = experiments.create_experiment(config)
+  state = experiment.initial_state()
   host, batch = _labelled_batch(experiment, np.random.default_rng(0))
   from flax import nnx  # pylint: disable=g-import-not-at-top
-  model = nnx.merge(experiment.graphdef, experiment.state.params,
-                    experiment.state.rest)
+  model = nnx.merge(experiment.graphdef, state.params, state.model_state)
   logits = np.asarray(model(host['image']), np.float64)
-  _, step_metrics = train.make_train_step(experiment)(experiment.state, batch)
+  _, step_metrics = train.make_train_step(experiment)(state, batch)
   labels = host['label_3class']
   keep = labels >= 0
   log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
@@ -435,13 +440,14 @@ def test_bfloat16_compute_is_finite_and_close_to_float32():
     config.optimizer.name = 'sgd'
     config.optimizer.schedule = 'constant'
     experiment = experiments.create_experiment(config)
+    state = experiment.initial_state()
     rng = np.random.default_rng(0)
     outputs[dtype] = np.asarray(evaluate.make_predict_fn(experiment)(
-        experiment.state, _random_batch(experiment, rng)['image']))
+        state, _random_batch(experiment, rng)['image']))
     step = train.make_train_step(experiment)
     losses[dtype] = []
     for _ in range(3):
-      experiment.state, step_metrics = step(experiment.state,
+      state, step_metrics = step(state,
                                             _random_batch(experiment, rng))
       losses[dtype].append(float(step_metrics['loss']))
   assert np.isfinite(losses['bfloat16']).all()
@@ -480,27 +486,28 @@ def test_pretrained_frozen_backbone_keeps_the_file_and_its_batch_statistics(
       'model.name': 'efficientnet_lite0', 'model.pretrained': str(path),
       'optimizer.freeze_backbone': True, 'optimizer.schedule': 'constant'})
   experiment = experiments.create_experiment(config)
+  state = experiment.initial_state()
 
   def backbone(state):
-    model = nnx.merge(experiment.graphdef, state.params, state.rest)
+    model = nnx.merge(experiment.graphdef, state.params, state.model_state)
     return {k: np.asarray(v)
             for k, v in weights.named_variables(model, 'backbone/').items()}
 
   def head(state):
     return [np.asarray(x) for x in jax.tree.leaves(state.params['head'])]
 
-  assert sorted(backbone(experiment.state)) == sorted(arrays)
-  for name, value in backbone(experiment.state).items():
+  assert sorted(backbone(state)) == sorted(arrays)
+  for name, value in backbone(state).items():
     np.testing.assert_array_equal(value, arrays[name], err_msg=name)
-  head_before = head(experiment.state)
+  head_before = head(state)
   step = train.make_train_step(experiment)
   for _ in range(2):
-    experiment.state, _ = step(experiment.state,
+    state, _ = step(state,
                                _random_batch(experiment, rng))
-  for name, value in backbone(experiment.state).items():
+  for name, value in backbone(state).items():
     np.testing.assert_array_equal(value, arrays[name], err_msg=name)
   assert all(not np.array_equal(a, b)
-             for a, b in zip(head_before, head(experiment.state)))
+             for a, b in zip(head_before, head(state)))
 
 
 def test_cached_inputs_train_alike_on_host_and_device(synthetic_data_dir,
@@ -549,6 +556,7 @@ def test_linear_head_outputs_and_loss():
   from flax import nnx  # pylint: disable=g-import-not-at-top
   config = tiny_config('/nonexistent', **{'model.head': 'linear'})
   experiment = experiments.create_experiment(config)
+  state = experiment.initial_state()
   host = {
       'image': np.random.default_rng(0).normal(
           size=(8, 32, 32, 3)).astype(np.float32),
@@ -558,19 +566,18 @@ def test_linear_head_outputs_and_loss():
       'label_7class': np.zeros(8, np.int32),
       'example_mask': np.ones(8, bool),
   }
-  model = nnx.merge(experiment.graphdef, experiment.state.params,
-                    experiment.state.rest)
+  model = nnx.merge(experiment.graphdef, state.params, state.model_state)
   features = np.asarray(model.backbone(host['image']), np.float64)
-  output = experiment.state.params['head']['output']
+  output = state.params['head']['output']
   expected = (features @ np.asarray(output['kernel'].value, np.float64)
               + np.asarray(output['bias'].value, np.float64))
   assert expected.min() < 0 or expected.max() > 1  # No squashing to hide.
   predicted = evaluate.make_predict_fn(experiment)(
-      experiment.state, train.to_global(host, experiment.batch_sharding)[
+      state, train.to_global(host, experiment.batch_sharding)[
           'image'])
   np.testing.assert_allclose(predicted, expected, rtol=1e-4, atol=1e-5)
   _, step_metrics = train.make_train_step(experiment)(
-      experiment.state, train.to_global(host, experiment.batch_sharding))
+      state, train.to_global(host, experiment.batch_sharding))
   np.testing.assert_allclose(float(step_metrics['loss']),
                              np.mean((expected - host['votes']) ** 2),
                              rtol=1e-4)

@@ -69,6 +69,7 @@ from gzjax import experiment as experiments
 from gzjax import models
 from gzjax import train
 from gzjax.data import cache
+from gzjax.data import cached_input
 from gzjax.data import fields
 from gzjax.data import galaxy_zoo
 from gzjax.data import pipeline
@@ -223,8 +224,8 @@ def step_flops(experiment: experiments.Experiment, batch_size: int) -> float:
   size = experiment.config.input.image_size
   shapes = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-      (experiment.state, random_batch(batch_size, size)))
-  lowered = jax.jit(train.make_train_step(on_cpu)).lower(*shapes)
+      (experiment.abstract_state(), random_batch(batch_size, size)))
+  lowered = train.make_train_step(on_cpu).lower(*shapes)
   return float(lowered.cost_analysis()['flops'])
 
 
@@ -237,12 +238,12 @@ def gzjax_peer(config_path: str, model: str, size: int, batch_size: int,
     raise ValueError(f'--batch_size={batch_size} does not divide over'
                      f' {len(devices)} devices.')
   experiment = experiments.create_experiment(config)
+  state = experiment.initial_state()
   batch = train.to_global(random_batch(batch_size, size),
                           experiment.batch_sharding)
   start = time.perf_counter()
-  step = jax.jit(train.make_train_step(experiment), donate_argnums=0).lower(
-      experiment.state, batch).compile()
-  state, _ = step(experiment.state, batch)
+  step = train.make_train_step(experiment).compile(state, batch)
+  state, _ = step(state, batch)
   jax.block_until_ready(state)
   compile_seconds = time.perf_counter() - start
 
@@ -642,7 +643,7 @@ def cached_rate(source, data_dir: str, mode: str, size: int, images: int,
   cached = cache.open_or_build(source, pathlib.Path(data_dir) / 'cache',
                                config, dataset='galaxy_zoo/kaggle',
                                split='train')
-  return cache.measure_images_per_second(
+  return cached_input.measure_images_per_second(
       cached, config, num_batches=max(1, images // batch_size))
 
 

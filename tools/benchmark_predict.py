@@ -121,7 +121,7 @@ def make_workdir(folder: pathlib.Path, config) -> pathlib.Path:
   if not (folder / 'checkpoints').exists():
     experiment = experiments.create_experiment(config)
     checkpointer = checkpoint.Checkpointer(folder)
-    checkpointer.save(0, experiment.state, {})
+    checkpointer.save(0, experiment.initial_state(), {})
     checkpointer.wait()
     checkpointer.close()
   return folder

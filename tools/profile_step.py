@@ -57,12 +57,12 @@ def main(argv):
   forward = evaluate.make_predict_fn(experiment)
   gradient = jax.jit(jax.value_and_grad(train.make_loss_fn(experiment),
                                         has_aux=True))
-  step = jax.jit(train.make_train_step(experiment), donate_argnums=0)
-  state = experiment.state
+  step = train.make_train_step(experiment)
+  state = experiment.initial_state()
   timings = {
       'forward': _seconds_per_call(forward, state, batch['image']),
       'forward + backward': _seconds_per_call(gradient, state.params,
-                                              state.rest, batch),
+                                              state.model_state, batch),
   }
 
   def one_step(batch):

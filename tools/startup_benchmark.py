@@ -10,8 +10,9 @@ with the engine's functions (``experiment.create_experiment``,
 ``train.make_train_step``) on a random batch, and one persistent compilation
 cache directory, empty before the first process:
 
-* create: ``experiment.create_experiment`` until its state is on the devices;
-* compile: lowering and compiling the train step;
+* create: ``experiment.create_experiment`` and its ``initial_state()``,
+  until the state is on the devices;
+* compile: lowering and compiling the train step (``TrainStep.compile``);
 * first step: from the start of creation to the first step's finished state;
 * the second process's compile and creation, with the cache the first one
   filled, and the cache hits jax reported in it (0 when the engine has no
@@ -67,16 +68,15 @@ def measure(model: str, size: int, batch_size: int, cache_dir: str) -> dict:
     experiments.use_compilation_cache(config.compilation_cache_dir)
   start = time.perf_counter()
   experiment = experiments.create_experiment(config)
-  jax.block_until_ready(experiment.state)
+  state = jax.block_until_ready(experiment.initial_state())
   created = time.perf_counter()
   if _CREATE_ONLY.value:
     return {'create_s': created - start, 'dtype': config.model.dtype}
   batch = train.to_global(benchmark.random_batch(batch_size, size),
                           experiment.batch_sharding)
-  step = jax.jit(train.make_train_step(experiment), donate_argnums=0).lower(
-      experiment.state, batch).compile()
+  step = train.make_train_step(experiment).compile(state, batch)
   compiled = time.perf_counter()
-  state, _ = step(experiment.state, batch)
+  state, _ = step(state, batch)
   jax.block_until_ready(state)
   finished = time.perf_counter()
   return {'create_s': created - start, 'compile_s': compiled - created,

@@ -1,4 +1,4 @@
-"""Survey catalogues: which images to predict, and the id of each.
+"""Catalogues: which images to predict, and the id of each; tables read.
 
 A :class:`Catalog` is an ordered table of ``(id, path)`` rows, from
 
@@ -16,6 +16,12 @@ Parquet id column must hold strings or integers, not floats.
 The rows live in two Arrow string arrays rather than Python objects: about
 the bytes of the strings, ~100 MB for a million rows with long paths.
 
+The same module reads every table and image folder gzjax is given:
+:func:`read_table` the label catalogues of fine-tuning too
+(:mod:`gzjax.data.labels`), and :class:`ImageFolder` a folder of
+``<GalaxyID>`` images as records for Kaggle-format predictions (strict: every
+file must be a complete image named by an integer id).
+
 Prediction splits the catalogue into a fixed grid of shards of ``shard_size``
 consecutive rows; :func:`shards_of_process` gives process ``i`` of ``P`` the
 shards ``i, i + P, …``, so every process reads its own slice, and the shard
@@ -29,8 +35,9 @@ import glob as globlib
 import hashlib
 import io
 import pathlib
-from typing import Iterator
+from typing import Any, Iterator
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
@@ -38,8 +45,12 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from gzjax import errors
+from gzjax.data import fields
+from gzjax.data import kaggle
 
-IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png')
+# The image files gzjax reads, by suffix (any case), and the format each
+# must hold.
+IMAGE_SUFFIXES = {'.jpg': 'JPEG', '.jpeg': 'JPEG', '.png': 'PNG'}
 TABLE_SUFFIXES = ('.csv', '.parquet', '.pq')
 
 
@@ -178,27 +189,42 @@ def _table_column(table: pa.Table, name: str, path: pathlib.Path,
   return column
 
 
+def read_table(path: pathlib.Path, what: str = 'catalogue', *,
+               error: type[errors.DataError] = CatalogError) -> pa.Table:
+  """A CSV or Parquet table (a survey catalogue, a label catalogue).
+
+  CSV columns are read as text, never inferred (ids such as ``000123`` or
+  2**53 + 1 stay as written), empty cells as ``''``.
+
+  Args:
+    path: the ``.csv`` or ``.parquet``/``.pq`` file.
+    what: what the table is, for the messages.
+    error: the error raised, naming the file: not a table's suffix, no such
+      file, or unreadable.
+  """
+  if path.suffix.lower() not in TABLE_SUFFIXES:
+    raise error(f'{path}: a {what} is a .csv or .parquet file.')
+  if not path.is_file():
+    raise error(f'{path}: no such {what} file.')
+  try:
+    if path.suffix.lower() == '.csv':
+      header = next(csv.reader(io.StringIO(
+          path.open(encoding='utf-8').readline())), [])
+      return pa_csv.read_csv(
+          path,
+          convert_options=pa_csv.ConvertOptions(
+              column_types={c: pa.string() for c in header},
+              strings_can_be_null=False))
+    return pq.read_table(path)
+  except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as problem:
+    raise error(f'{path}: cannot read the {what} ({problem}).') from None
+
+
 def from_table(table_path: str | pathlib.Path, *, id_column: str = 'id',
                path_column: str = 'path') -> Catalog:
   """A CSV or Parquet catalogue; relative paths are from its folder."""
   table_path = pathlib.Path(table_path)
-  if not table_path.is_file():
-    raise CatalogError(f'{table_path}: no such catalogue file.')
-  suffix = table_path.suffix.lower()
-  try:
-    if suffix == '.csv':
-      header = next(csv.reader(io.StringIO(
-          table_path.open(encoding='utf-8').readline())), [])
-      table = pa_csv.read_csv(
-          table_path,
-          convert_options=pa_csv.ConvertOptions(
-              column_types={c: pa.string() for c in header},
-              strings_can_be_null=False))
-    else:
-      table = pq.read_table(table_path)
-  except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as error:
-    raise CatalogError(f'{table_path}: cannot read the catalogue ({error}).'
-                       ) from None
+  table = read_table(table_path)
   ids = _table_column(table, id_column, table_path, 'id')
   paths = _table_column(table, path_column, table_path, 'path')
   empty = pc.equal(pc.utf8_length(paths), 0)
@@ -219,15 +245,90 @@ def open_catalog(images: str | None = None, catalog: str | None = None, *,
     raise CatalogError('Give exactly one of --images (a folder or a glob) and'
                        ' --catalog (a CSV or Parquet table).')
   if catalog:
-    if pathlib.Path(catalog).suffix.lower() not in TABLE_SUFFIXES:
-      raise CatalogError(
-          f'{catalog}: a catalogue is a .csv or .parquet file.')
     return from_table(catalog, id_column=id_column, path_column=path_column)
   if pathlib.Path(images).is_dir():
     return from_folder(images)
   if globlib.has_magic(images):
     return from_glob(images)
   raise CatalogError(f'{images}: neither a folder nor a glob pattern.')
+
+
+class ImageFolder:
+  """Unlabelled records from a folder of ``<GalaxyID>.jpg|.jpeg|.png`` files.
+
+  The suffix may be in any case.  Every file is checked before predicting,
+  by its content: a ``.jpg``/``.jpeg`` must be a complete JPEG (the
+  builder's rule, so a PNG named ``.jpg`` is refused here as there) and a
+  ``.png`` a complete PNG.  Anything else in the folder (another suffix, a
+  name that is not a GalaxyID, two files for one galaxy, an undecodable
+  file) is listed in the error; nothing is skipped.  Hidden files
+  (``.DS_Store``) are ignored.
+  """
+
+  def __init__(self, folder: str | pathlib.Path):
+    self._folder = pathlib.Path(folder)
+    if not self._folder.is_dir():
+      raise errors.MissingFileError(f'No image folder at {self._folder}.')
+    paths, problems = {}, []
+    for path in sorted(self._folder.iterdir()):
+      if path.name.startswith('.'):
+        continue
+      kind = IMAGE_SUFFIXES.get(path.suffix.lower())
+      if kind is None or not path.is_file():
+        problems.append(f'{path}: not a .jpg, .jpeg or .png file')
+        continue
+      if not path.stem.isdigit():
+        problems.append(f'{path}: not named <GalaxyID>{path.suffix} with an'
+                        ' integer GalaxyID')
+        continue
+      galaxy_id = int(path.stem)
+      if galaxy_id in paths:
+        problems.append(f'{path}: GalaxyID {galaxy_id} also has'
+                        f' {paths[galaxy_id].name}')
+        continue
+      problem = image_problem(path.read_bytes(), kind)
+      if problem is not None:
+        problems.append(f'{path}: {problem}')
+        continue
+      paths[galaxy_id] = path
+    if problems:
+      shown = '\n'.join(f'  {p}' for p in problems[:20])
+      more = (f'\n  … and {len(problems) - 20} more'
+              if len(problems) > 20 else '')
+      raise errors.DataError(
+          f'{len(problems)} files of {self._folder} cannot be predicted (no'
+          f' prediction was written):\n{shown}{more}\nFix, rename or move'
+          ' them out of the folder.')
+    if not paths:
+      raise errors.DataError(
+          f'{self._folder} holds no .jpg, .jpeg or .png images.')
+    self._ids = np.asarray(sorted(paths), np.int64)
+    self._paths = paths
+
+  def __len__(self) -> int:
+    return len(self._ids)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    galaxy_id = int(self._ids[index])
+    return {
+        'image': self._paths[galaxy_id].read_bytes(),
+        'galaxy_id': galaxy_id,
+        **fields.no_labels(votes_fill=np.nan),
+    }
+
+
+def image_problem(data: bytes, kind: str) -> str | None:
+  """Why ``data`` is not a complete image of ``kind``, or None."""
+  if kind == 'JPEG':
+    return kaggle.image_problem(data)  # The builder's own check.
+  try:
+    with Image.open(io.BytesIO(data)) as image:
+      if image.format != kind:
+        return f'not a {kind} (Pillow reads it as {image.format})'
+      image.load()
+  except Exception as e:  # Pillow raises many types for bad files.  pylint: disable=broad-except
+    return f'{type(e).__name__}: {e}'
+  return None
 
 
 def check_size(path: str, crop_size: int) -> None:

@@ -256,7 +256,7 @@ def augment_batch(batch: Mapping[str, jax.Array],
   """A cached-mode batch with `image` replaced by the augmented images.
 
   Args:
-    batch: from `gzjax.data.cache.TrainIterator`: `image` holds uint8 stored
+    batch: from `gzjax.data.cached_input.TrainIterator`: `image` holds uint8 stored
       images, or record indices into `resident`; `stream_position` the
       examples' (epoch, index) pairs.
     config: the input config.

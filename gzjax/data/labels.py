@@ -25,9 +25,7 @@ the row number (the string ids stay in the table), empty Kaggle fields, and
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import math
 import pathlib
 from typing import Any, Mapping, Sequence
@@ -35,10 +33,9 @@ from typing import Any, Mapping, Sequence
 import ml_collections
 import numpy as np
 import pyarrow as pa
-import pyarrow.csv as pa_csv
-import pyarrow.parquet as pq
 
 from gzjax import errors
+from gzjax.data import catalog as catalogs
 from gzjax.data import fields
 from gzjax.data import galaxy_zoo
 
@@ -113,23 +110,6 @@ def parse_columns(columns: Mapping[str, str]) -> list[Column]:
     raise LabelError('config.labels.columns is empty: declare at least one'
                      ' label column and its kind.')
   return parsed
-
-
-def _read_table(path: pathlib.Path) -> pa.Table:
-  if not path.is_file():
-    raise LabelError(f'{path}: no such label catalogue.')
-  try:
-    if path.suffix.lower() == '.csv':
-      header = next(csv.reader(io.StringIO(
-          path.open(encoding='utf-8').readline())), [])
-      return pa_csv.read_csv(path, convert_options=pa_csv.ConvertOptions(
-          column_types={c: pa.string() for c in header},
-          strings_can_be_null=False))
-    if path.suffix.lower() in ('.parquet', '.pq'):
-      return pq.read_table(path)
-  except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as error:
-    raise LabelError(f'{path}: cannot read it ({error}).') from None
-  raise LabelError(f'{path}: a label catalogue is a .csv or .parquet file.')
 
 
 def _cells(table: pa.Table, name: str, path: pathlib.Path, what: str) -> list:
@@ -234,7 +214,7 @@ def read(config: ml_collections.ConfigDict,
          base: str | pathlib.Path = '.') -> LabelTable:
   """Reads and validates ``config.labels``' catalogue (relative to ``base``)."""
   path = pathlib.Path(base) / pathlib.Path(config.catalog).expanduser()
-  table = _read_table(path)
+  table = catalogs.read_table(path, 'label catalogue', error=LabelError)
   where_of = lambda column: (lambda row: f'{path}: row {row + 1}, column'
                              f' {column!r}')
   ids = [None if _is_missing(i) else str(i).strip()

@@ -319,7 +319,7 @@ def decode_and_crop(
   return np.asarray(warped)
 
 
-def decode_record(record: Mapping[str, Any], decode: Callable[[bytes], T]) -> T:
+def decode_image(record: Mapping[str, Any], decode: Callable[[bytes], T]) -> T:
   """Returns `decode(record['image'])`, naming the galaxy when it fails."""
   try:
     return decode(record['image'])
@@ -330,10 +330,12 @@ def decode_record(record: Mapping[str, Any], decode: Callable[[bytes], T]) -> T:
     ) from error
 
 
-def _decode_record(
+def _decode_and_crop_image(
     record: Mapping[str, Any], config: ml_collections.ConfigDict, warp: Warp
 ) -> np.ndarray:
-  return decode_record(
+  """The record's image decoded, cropped and resized as the config says
+  (``warp``: the training augmentation's geometry)."""
+  return decode_image(
       record,
       lambda jpeg: decode_and_crop(
           jpeg, config.crop_size, config.image_size, warp
@@ -382,7 +384,7 @@ class _TrainPreprocess(grain.transforms.RandomMap):
       warp, jitter = sample_augmentation(rng, self._config.augment)
     else:
       warp, jitter = Warp(), ColorJitter()
-    image = jitter.apply(_decode_record(element, self._config, warp))
+    image = jitter.apply(_decode_and_crop_image(element, self._config, warp))
     return make_example(element, _normalize(image, self._config))
 
 
@@ -393,7 +395,7 @@ class _EvalPreprocess(grain.transforms.Map):
     self._config = config
 
   def map(self, element: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    image = decode_record(
+    image = decode_image(
         element, lambda encoded: eval_image(encoded, self._config)
     )
     return make_example(element, image)

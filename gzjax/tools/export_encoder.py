@@ -62,19 +62,19 @@ def export(workdir: str | pathlib.Path, out: str | pathlib.Path,
   # against the config.labels of its config.json).
   task = (finetune.recorded_task(config, workdir)
           if finetune.is_catalogue_run(config) else None)
-  # Shapes only: the checkpoint fills the state.
-  experiment = experiments.create_experiment(config, task, initialise=False)
+  experiment = experiments.create_experiment(config, task)
   checkpointer = checkpoints.Checkpointer(
       workdir, best_metric=config.best_metric, best_mode=config.best_mode)
   try:
     step = int(checkpoint) if str(checkpoint).isdigit() else None
     state, _, _ = checkpointer.restore(
-        experiment.state, step=step,
+        # Shapes only: the checkpoint fills the state.
+        experiment.abstract_state(), step=step,
         which='best' if checkpoint == 'best' else 'latest')
   finally:
     checkpointer.close()
   params = state.ema_params if config.ema_decay else state.params
-  model = nnx.merge(experiment.graphdef, params, state.rest)
+  model = nnx.merge(experiment.graphdef, params, state.model_state)
   arrays = {name: np.asarray(value) for name, value in
             weights.named_variables(model, 'backbone/').items()}
   weights.save(out, {**arrays, weights.PREPROCESSING_KEY:
