@@ -133,14 +133,31 @@ def create_optimizer(
         factor=config.plateau_factor, patience=config.plateau_patience,
         rtol=config.plateau_min_delta, accumulation_size=config.plateau_window))
   transform = optax.chain(*parts)
-  if config.freeze_backbone:
-    first_trained = num_blocks - config.get('trainable_blocks', 0)
+  first_trained = first_trained_block(config, num_blocks)
+  if first_trained is not None:
     groups = jax.tree.map(
-        lambda label: 'train' if label == 'head' or int(
-            label.split('/')[1]) >= first_trained else 'frozen', labels)
+        lambda label: 'train' if trains(label, first_trained) else 'frozen',
+        labels)
     transform = optax.multi_transform(
         {'train': transform, 'frozen': optax.set_to_zero()}, groups)
   return optax.with_extra_args_support(transform)
+
+
+def first_trained_block(config: ml_collections.ConfigDict,
+                        num_blocks: int) -> int | None:
+  """The first backbone block that trains (``config.optimizer``): None when
+  nothing is frozen; ``num_blocks`` when only the head trains; else the
+  backbone's last ``trainable_blocks`` blocks train too."""
+  if not config.freeze_backbone:
+    return None
+  return num_blocks - config.get('trainable_blocks', 0)
+
+
+def trains(label: str, first_trained: int | None) -> bool:
+  """Whether the parameter of :func:`gzjax.models.parameter_labels`'s
+  ``label`` (``'head'`` or ``'backbone/<block>'``) trains."""
+  return (first_trained is None or label == 'head' or
+          int(label.split('/')[1]) >= first_trained)
 
 
 def learning_rate(config: ml_collections.ConfigDict, schedule: optax.Schedule,

@@ -29,6 +29,7 @@ from gzjax import evaluate
 from gzjax import experiment as experiments
 from gzjax import losses
 from gzjax import metric_writer
+from gzjax import models
 from gzjax import optimizers
 from gzjax import plots
 from gzjax import progress as progress_bars
@@ -44,13 +45,13 @@ class TrainingDiverged(errors.GzjaxError, RuntimeError):
   """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
-def _stop_backbone_gradients(params):
-  """A frozen backbone's parameters as constants of the loss, so that XLA
+def _frozen_as_constants(params, model, first_trained: int):
+  """The frozen blocks' parameters as constants of the loss, so that XLA
   drops their backward pass (the optimizer zeroes their updates anyway)."""
-  def stop(path, value):
-    is_head = getattr(path[0], 'key', None) == 'head'
-    return value if is_head else jax.lax.stop_gradient(value)
-  return jax.tree_util.tree_map_with_path(stop, params)
+  return jax.tree.map(
+      lambda value, label: value if optimizers.trains(label, first_trained)
+      else jax.lax.stop_gradient(value),
+      params, models.parameter_labels(model))
 
 
 def make_loss_fn(experiment: experiments.Experiment) -> Callable:
@@ -65,16 +66,17 @@ def make_loss_fn(experiment: experiments.Experiment) -> Callable:
   # gradient's trace: dropout advances its random-stream counter there, which flax
   # refuses for variables that came in from the enclosing jit trace.
   def loss_fn(params, model_state, batch):
-    # Partly frozen (the last blocks train): the optimizer zeroes the frozen
-    # blocks' updates; their gradients and batch statistics still run.
-    frozen = (config.optimizer.freeze_backbone and
-              not config.optimizer.get('trainable_blocks', 0))
-    if frozen:
-      params = _stop_backbone_gradients(params)
     model = nnx.merge(graphdef, params, model_state, copy=True)
+    # A frozen backbone, or its blocks before the last trainable_blocks:
+    # constants of the loss, with their batch statistics fixed.
+    first_trained = optimizers.first_trained_block(
+        config.optimizer, model.backbone.num_blocks)
+    if first_trained is not None:
+      params = _frozen_as_constants(params, model, first_trained)
+      model = nnx.merge(graphdef, params, model_state, copy=True)
     model.train()
-    if frozen:
-      model.backbone.eval()  # Frozen means its batch statistics too.
+    if first_trained is not None:
+      models.fix_frozen_blocks(model, first_trained)
     outputs = model(batch['image'])
     if task.loss is not None:
       return task.loss(outputs, batch), nnx.state(model, nnx.Not(nnx.Param))

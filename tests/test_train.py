@@ -7,6 +7,7 @@ import pathlib
 import subprocess
 import sys
 
+from flax import nnx
 import jax
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ import pytest
 from gzjax import checkpoint
 from gzjax import evaluate
 from gzjax import experiment as experiments
+from gzjax import models
 from gzjax import taxonomy
 from gzjax import train
 from tests.conftest import kill_when
@@ -158,28 +160,39 @@ def test_ema_of_the_parameters_is_kept_and_used_for_evaluation():
 def test_a_frozen_backbone_is_not_differentiated():
   """Frozen: the backbone stays bit-identical, the head learns, and XLA's
   program skips the backbone's backward pass (about 2/3 of a step's FLOPs
-  for the seed CNN, whose head is tiny)."""
+  for the seed CNN, whose head is tiny).  Partly frozen (the last of the
+  CNN's 3 blocks trains): the first two blocks stay bit-identical and their
+  backward pass is skipped too, so the step costs between the two."""
   flops, moved = {}, {}
-  for frozen in (False, True):
+  for frozen, trainable_blocks in ((False, 0), (True, 0), (True, 1)):
     config = tiny_config('/nonexistent')
     config.optimizer.freeze_backbone = frozen
+    config.optimizer.trainable_blocks = trainable_blocks
     config.optimizer.schedule = 'constant'
     experiment = experiments.create_experiment(config)
     state = experiment.initial_state()
     step = train.make_train_step(experiment)
     batch = _random_batch(experiment, np.random.default_rng(0))
     before = jax.tree.map(np.asarray, state.params)
-    flops[frozen] = step.lower(state, batch).compile(
-        ).cost_analysis()['flops']
+    key = (frozen, trainable_blocks)
+    flops[key] = step.lower(state, batch).compile().cost_analysis()['flops']
     state, _ = step(state, batch)
     after = jax.tree.map(np.asarray, state.params)
-    moved[frozen] = {
-        part: any(not np.array_equal(a, b) for a, b in zip(
-            jax.tree.leaves(before[part]), jax.tree.leaves(after[part])))
-        for part in ('backbone', 'head')}
-  assert moved[False] == {'backbone': True, 'head': True}
-  assert moved[True] == {'backbone': False, 'head': True}
-  assert flops[True] < 0.45 * flops[False], flops
+    labels = jax.tree.leaves(models.parameter_labels(
+        nnx.merge(experiment.graphdef, state.params, state.model_state)))
+    moved[key] = {
+        label.split('/')[-1] if label != 'head' else 'head': False
+        for label in labels}
+    for label, a, b in zip(labels, jax.tree.leaves(before),
+                           jax.tree.leaves(after)):
+      name = label.split('/')[-1] if label != 'head' else 'head'
+      moved[key][name] |= not np.array_equal(a, b)
+  assert moved[False, 0] == {'0': True, '1': True, '2': True, 'head': True}
+  assert moved[True, 0] == {'0': False, '1': False, '2': False, 'head': True}
+  assert moved[True, 1] == {'0': False, '1': False, '2': True, 'head': True}
+  assert flops[True, 0] < 0.45 * flops[False, 0], flops
+  # Blocks 0 and 1 hold most of the CNN's convolutions at full resolution.
+  assert flops[True, 0] < flops[True, 1] < 0.8 * flops[False, 0], flops
 
 
 def _learning_run(data_dir, workdir, steps, **overrides):
@@ -460,12 +473,15 @@ def test_bfloat16_compute_is_finite_and_close_to_float32():
   assert not np.array_equal(outputs['bfloat16'], outputs['float32'])
 
 
+@pytest.mark.parametrize('trainable_blocks', [0, 2])
 def test_pretrained_frozen_backbone_keeps_the_file_and_its_batch_statistics(
-    tmp_path):
+    tmp_path, trainable_blocks):
   """EfficientNet-Lite0 (batch norm in every block) from a weight file in
   gzjax's format: the experiment starts from the file's parameters and batch
   statistics; with the backbone frozen, two training steps leave them
-  bit-identical while the head learns."""
+  bit-identical while the head learns.  With the last 2 of its 9 blocks
+  trainable, blocks 0-6 (parameters and batch statistics) stay as the file
+  has them and blocks 7-8 learn, their statistics too."""
   from flax import nnx  # pylint: disable=g-import-not-at-top
   from gzjax import models  # pylint: disable=g-import-not-at-top
   from gzjax.models import weights  # pylint: disable=g-import-not-at-top
@@ -484,7 +500,8 @@ def test_pretrained_frozen_backbone_keeps_the_file_and_its_batch_statistics(
   weights.save(path, arrays)
   config = tiny_config('/nonexistent', **{
       'model.name': 'efficientnet_lite0', 'model.pretrained': str(path),
-      'optimizer.freeze_backbone': True, 'optimizer.schedule': 'constant'})
+      'optimizer.freeze_backbone': True, 'optimizer.schedule': 'constant',
+      'optimizer.trainable_blocks': trainable_blocks})
   experiment = experiments.create_experiment(config)
   state = experiment.initial_state()
 
@@ -502,10 +519,18 @@ def test_pretrained_frozen_backbone_keeps_the_file_and_its_batch_statistics(
   head_before = head(state)
   step = train.make_train_step(experiment)
   for _ in range(2):
-    state, _ = step(state,
-                               _random_batch(experiment, rng))
+    state, _ = step(state, _random_batch(experiment, rng))
+  model = nnx.merge(experiment.graphdef, state.params, state.model_state)
+  trained = {name for name in backbone(state) if model.backbone.block_of(
+      tuple(int(k) if k.isdigit() else k for k in name.split('/')[1:]))
+             >= 9 - trainable_blocks}
+  assert {n.split('/')[1] for n in trained} == (
+      {'top_conv', 'top_bn', 'stages'} if trainable_blocks else set())
   for name, value in backbone(state).items():
-    np.testing.assert_array_equal(value, arrays[name], err_msg=name)
+    if name in trained:  # Weights and batch statistics learn.
+      assert not np.array_equal(value, arrays[name]), name
+    else:
+      np.testing.assert_array_equal(value, arrays[name], err_msg=name)
   assert all(not np.array_equal(a, b)
              for a, b in zip(head_before, head(state)))
 

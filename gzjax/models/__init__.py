@@ -224,6 +224,21 @@ def flops_per_image(model: GalaxyModel, image_size: int | None = None) -> float:
   return float(cost['flops'])
 
 
+def fix_frozen_blocks(model: GalaxyModel, first_trained: int) -> None:
+  """Puts the backbone's blocks before ``first_trained`` in inference mode:
+  batch-norm statistics fixed (used, not updated) and dropout off, as
+  frozen layers are; all of the backbone when ``first_trained`` is
+  ``num_blocks`` (only the head trains)."""
+  backbone = model.backbone
+  if first_trained >= backbone.num_blocks:
+    backbone.eval()
+    return
+  for path, module in nnx.iter_modules(backbone):
+    if (isinstance(module, (nnx.BatchNorm, nnx.Dropout)) and
+        backbone.block_of(path) < first_trained):
+      module.eval()
+
+
 def parameter_labels(model: GalaxyModel) -> nnx.State:
   """For every parameter, ``'head'`` or ``'backbone/<block>'``.
 
