@@ -291,18 +291,23 @@ def create_experiment(config: ml_collections.ConfigDict,
 
 def create_train_input(
     config: ml_collections.ConfigDict, task: tasks.Task, experiment: Experiment,
-    source=None) -> tuple[Any, cached_input.DeviceInput | None]:
+    source=None, *, label_catalogue: bool = False
+) -> tuple[Any, cached_input.DeviceInput | None]:
   """The training batches, and what the step needs to augment them.
 
-  Without ``config.input.cache`` grain decodes and augments JPEGs on the host
-  (no device input); with it the batches come from the split's decoded
+  Without ``config.input.cache`` grain decodes and augments ``source`` (by
+  default :func:`splits.training_split`, whose classifier subset scans the
+  split's labels: a caller that has it passes it) on the host, with no
+  device input; with it the batches come from the built split's decoded
   cache, built on first use, and the step augments them.
+  ``label_catalogue``: ``source`` is a label catalogue's, which has no
+  cache.
   """
   if not cache.check_mode(config.input):
     return pipeline.create_train_iterator(
         source if source is not None else splits.training_split(config, task),
         config.input), None
-  if source is not None:
+  if label_catalogue:
     raise errors.ConfigError(
         f'config.input.cache={config.input.cache!r} caches the built Galaxy'
         ' Zoo splits only; set it to \'\' for a label catalogue.')

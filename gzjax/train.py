@@ -206,8 +206,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   workdir = workdir_rules.writable_workdir(workdir)
   experiment = experiments.create_experiment(config, task)
   task = experiment.task
-  given_train_source = train_source
-  if train_source is None:
+  label_catalogue = train_source is not None
+  if train_source is None:  # Scanned once: the input below reuses it.
     train_source = splits.training_split(config, task)
   if config.input.batch_size > len(train_source):
     raise errors.ConfigError(
@@ -217,13 +217,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   if validation_source is None:
     validation_source = splits.open_split(config, 'validation')
   baseline = None if (task.is_classification or task.evaluate) else \
-      evaluate.training_mean_votes(
-      train_source)
+      evaluate.training_mean_votes(train_source)
   checkpointer = checkpoint.Checkpointer(
       workdir, keep=config.keep_checkpoints, best_metric=config.best_metric,
       best_mode=config.best_mode)
   train_iterator, device_input = experiments.create_train_input(
-      config, task, experiment, given_train_source)
+      config, task, experiment, train_source,
+      label_catalogue=label_catalogue)
   start_step = 0
   if checkpointer.latest_step() is not None:
     workdir_rules.check_resumable(config, workdir)

@@ -10,6 +10,7 @@ import pytest
 
 from gzjax import config as base
 from gzjax import experiment as experiments
+from gzjax import errors
 from gzjax import finetune
 from gzjax.data import galaxy_zoo
 from gzjax.data import labels
@@ -462,3 +463,13 @@ def test_prediction_column_names_that_clash_are_refused():
                      match="two columns named 'shape_predicted'"):
     finetune.make_task([labels.Column('shape', 'multiclass',
                                       classes=('bar', 'predicted'))])
+
+
+def test_a_label_catalogue_refuses_the_decoded_cache(catalogue, tmp_path):
+  config = tiny_config(catalogue, split_column='split')
+  config.input.cache = 'host'
+  with pytest.raises(errors.ConfigError,
+                     match="config.input.cache='host' caches the built Galaxy"
+                     " Zoo splits only; set it to '' for a label catalogue"):
+    finetune.run(config, tmp_path / 'run')
+  assert not list((tmp_path / 'run').glob('checkpoints/*'))

@@ -606,3 +606,31 @@ def test_linear_head_outputs_and_loss():
   np.testing.assert_allclose(float(step_metrics['loss']),
                              np.mean((expected - host['votes']) ** 2),
                              rtol=1e-4)
+
+
+def test_a_classifier_scans_the_training_labels_once(synthetic_data_dir,
+                                                     tmp_path, monkeypatch):
+  """train_and_evaluate's classifier subset (the galaxies with a class) is
+  found by one scan of the split's labels, which the input pipeline reuses;
+  it trains on exactly those galaxies."""
+  from gzjax import tasks  # pylint: disable=g-import-not-at-top
+  from gzjax.data import pipeline  # pylint: disable=g-import-not-at-top
+  scans, sources = [], []
+  real_scan, real_iterator = tasks.scan_labels, pipeline.create_train_iterator
+  monkeypatch.setattr(tasks, 'scan_labels',
+                      lambda source: scans.append(len(source)) or
+                      real_scan(source))
+  monkeypatch.setattr(pipeline, 'create_train_iterator',
+                      lambda source, config: sources.append(source) or
+                      real_iterator(source, config))
+  config = tiny_config(synthetic_data_dir, task='3class', loss='softmax',
+                       best_metric='validation/accuracy', best_mode='max',
+                       num_train_steps=1, eval_every_steps=1,
+                       checkpoint_every_steps=1, log_every_steps=1)
+  train.train_and_evaluate(config, tmp_path / 'run')
+  from gzjax.data import splits  # pylint: disable=g-import-not-at-top
+  num_train = len(splits.open_split(config, 'train'))
+  assert scans == [num_train]  # The training split, once.
+  [source] = sources
+  labels = np.array([source[i]['label_3class'] for i in range(len(source))])
+  assert (labels >= 0).all() and 0 < len(source) < num_train
