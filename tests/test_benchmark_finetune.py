@@ -11,7 +11,7 @@ import numpy as np
 from tests.conftest import REPO
 
 ROWS = 240
-CURVE_LABELS = 20
+CURVE_LABELS = 40
 
 
 def _is_validation(galaxy_id: str, percent: float) -> bool:
@@ -58,7 +58,7 @@ def test_benchmark_finetune_rows_and_curve(kaggle_sample, tmp_path):
   encoder_train = {i for i in votes_ids if not _is_validation(i, 20)}
   assert (f'Votes encoder: {len(encoder_train)} training galaxies, none in'
           ' the spiral validation split') in result.stdout
-  assert '| votes_frozen | 20 | 2 |' in result.stdout
+  assert f"| votes_frozen | {CURVE_LABELS} | 2 |" in result.stdout
   assert (out / 'curve.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
   # A rerun reads the finished rows back instead of training again.
   again = subprocess.run(

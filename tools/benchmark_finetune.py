@@ -227,8 +227,8 @@ def main(argv):
       curve.append(run(start, config, out, count))
     curve += [r for r in table if r.start == start]
   spiral = labels.read(base.labels)
-  majority = 1.0 - float(np.mean(
-      spiral.targets['spiral']['value'][spiral.rows('validation')]))
+  majority = 1.0 - float(np.mean(spiral.targets['spiral']['value'][
+      spiral.rows('validation')], dtype=np.float64))
   print(f'\nMajority baseline accuracy {majority:.3f} (F1 0, ROC AUC 0.5)\n')
   print(markdown(table))
   if curve:
