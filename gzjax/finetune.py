@@ -46,7 +46,6 @@ import numpy as np
 from PIL import Image
 
 from gzjax import config_checks
-from gzjax import errors
 from gzjax import evaluate as evaluate_lib
 from gzjax import losses
 from gzjax import metrics
@@ -414,14 +413,8 @@ class CatalogImages(Sequence):
       if problem is not None:
         problems.append(f'{catalog.path(row)} (id {catalog.id(row)}):'
                         f' {problem}')
-    if problems:
-      shown = '\n'.join(f'  {p}' for p in problems[:20])
-      more = (f'\n  … and {len(problems) - 20} more'
-              if len(problems) > 20 else '')
-      raise errors.DataError(
-          f'{len(problems)} images of {catalog.source} cannot be predicted'
-          f' (no prediction was written):\n{shown}{more}\nFix them or leave'
-          ' them out.')
+    catalogs.refuse_unpredictable(problems, f'images of {catalog.source}',
+                                  'Fix them or leave them out.')
 
   def __len__(self) -> int:
     return len(self._catalog)

@@ -32,13 +32,18 @@ def test_benchmark_finetune_rows_and_curve(kaggle_sample, tmp_path):
   (catalog.parent / 'images_training_rev1').symlink_to(
       kaggle_sample / 'images_training_rev1')
   out = tmp_path / 'out'
-  result = subprocess.run(
-      [sys.executable, 'tools/benchmark_finetune.py',
-       f'--manual_dir={kaggle_sample}', f'--catalog={catalog}', f'--out={out}',
-       '--starts=votes_frozen', '--encoder_steps=2', '--steps=2',
-       f'--curve_labels={CURVE_LABELS}', '--curve=votes_frozen'],
-      capture_output=True, text=True, cwd=REPO)
-  assert result.returncode == 0, result.stderr[-3000:]
+
+  def run_tool():
+    result = subprocess.run(
+        [sys.executable, 'tools/benchmark_finetune.py',
+         f'--manual_dir={kaggle_sample}', f'--catalog={catalog}',
+         f'--out={out}', '--starts=votes_frozen', '--encoder_steps=2',
+         '--steps=2', f'--curve_labels={CURVE_LABELS}',
+         '--curve=votes_frozen'], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+  result = run_tool()
   validation = np.array([_is_validation(r['GalaxyID'], 20) for r in rows])
   spiral = np.array([int(r['spiral']) for r in rows])
   report = json.loads((out / 'benchmark_finetune.json').read_text())
@@ -61,12 +66,6 @@ def test_benchmark_finetune_rows_and_curve(kaggle_sample, tmp_path):
   assert f"| votes_frozen | {CURVE_LABELS} | 2 |" in result.stdout
   assert (out / 'curve.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
   # A rerun reads the finished rows back instead of training again.
-  again = subprocess.run(
-      [sys.executable, 'tools/benchmark_finetune.py',
-       f'--manual_dir={kaggle_sample}', f'--catalog={catalog}', f'--out={out}',
-       '--starts=votes_frozen', '--encoder_steps=2', '--steps=2',
-       f'--curve_labels={CURVE_LABELS}', '--curve=votes_frozen'],
-      capture_output=True, text=True, cwd=REPO)
-  assert again.returncode == 0, again.stderr[-3000:]
+  run_tool()
   rerun = json.loads((out / 'benchmark_finetune.json').read_text())
   assert rerun['curve'] == report['curve']

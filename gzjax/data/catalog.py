@@ -35,7 +35,7 @@ import glob as globlib
 import hashlib
 import io
 import pathlib
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -291,14 +291,8 @@ class ImageFolder:
         problems.append(f'{path}: {problem}')
         continue
       paths[galaxy_id] = path
-    if problems:
-      shown = '\n'.join(f'  {p}' for p in problems[:20])
-      more = (f'\n  … and {len(problems) - 20} more'
-              if len(problems) > 20 else '')
-      raise errors.DataError(
-          f'{len(problems)} files of {self._folder} cannot be predicted (no'
-          f' prediction was written):\n{shown}{more}\nFix, rename or move'
-          ' them out of the folder.')
+    refuse_unpredictable(problems, f'files of {self._folder}',
+                         'Fix, rename or move them out of the folder.')
     if not paths:
       raise errors.DataError(
           f'{self._folder} holds no .jpg, .jpeg or .png images.')
@@ -315,6 +309,19 @@ class ImageFolder:
         'galaxy_id': galaxy_id,
         **fields.no_labels(votes_fill=np.nan),
     }
+
+
+def refuse_unpredictable(problems: Sequence[str], what: str,
+                         fix: str) -> None:
+  """One error listing every file that cannot be predicted (the first 20,
+  then how many more), before anything is written; nothing when none."""
+  if not problems:
+    return
+  shown = '\n'.join(f'  {p}' for p in problems[:20])
+  more = f'\n  … and {len(problems) - 20} more' if len(problems) > 20 else ''
+  raise errors.DataError(
+      f'{len(problems)} {what} cannot be predicted (no prediction was'
+      f' written):\n{shown}{more}\n{fix}')
 
 
 def image_problem(data: bytes, kind: str) -> str | None:
