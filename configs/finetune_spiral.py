@@ -46,16 +46,25 @@ subset, whatever the file's order; the few-label curve).
 
 Runtime: 300 steps of batch 32 (~2.7 epochs of the training galaxies) and
 two validation passes: 18 min 44 s measured on the project's shared 2-core
-CPU under heavy load (2026-11-28, ~0.2-0.3 step/s, decoding-bound); an
-unloaded machine or a GPU host with more decode cores is several times
-faster (not measured).
+CPU under heavy load (2026-11-28, ~0.3 step/s; 0.7-0.8 step/s on a quieter
+one); a GPU host is several times faster (not measured).
 Expected (measured, same run, validation split of 850 galaxies by the id
-hash, 23.2% spiral): step 150 ROC AUC 0.674, step 300 accuracy 0.768,
-F1 0.000, ROC AUC 0.698.  The majority baseline ("never spiral") has
-accuracy 0.768, F1 0 and ROC AUC 0.5: at this budget the CNN ranks galaxies
-better than chance but its probabilities stay under the 0.5 threshold, so
-accuracy equals the baseline; more steps (or a lower threshold) are needed
-for a useful F1.
+hash, 23.2% spiral; with the threefry initialisers used before 2026-11-28's
+rbg ones, which change the starting weights): step 150 ROC AUC 0.674, step
+300 accuracy 0.768, F1 0.000, ROC AUC 0.698.  The majority baseline ("never
+spiral") has accuracy 0.768, F1 0 and ROC AUC 0.5: at this budget the CNN
+ranks galaxies better than chance but its probabilities stay under the 0.5
+threshold, so accuracy equals the baseline.  The best starting point
+measured (BUILD.md, "Fine-tuning on your own labels"): EfficientNet-Lite0's
+ImageNet weights frozen, a linear head at 96 px, 150 steps: accuracy 0.815,
+F1 0.520, ROC AUC 0.852 (0.779 from 50 labels), this config with
+``model.name='efficientnet_lite0'``, the converted weights as
+``model.pretrained``, image size 96, Lite0's normalisation,
+``optimizer.freeze_backbone=True``, learning rate 3e-3, 150 steps; the tool
+that measured it sets exactly that:
+
+  .venv/bin/python tools/benchmark_finetune.py --out=/tmp/ftbench \
+      --starts=lite0_frozen --curve_labels=
 
 Precision (inherited, ``model.dtype='auto'``): bfloat16 compute on GPUs
 and TPUs, float32 on CPUs; weights, optimizer state, batch-norm statistics
