@@ -172,26 +172,6 @@ def _predict_survey(config, workdirs):
               tta=_TTA.value)
 
 
-def _finetune(config):
-  """The modes of a label-catalogue run (config.labels.catalog set)."""
-  from gzjax import finetune  # pylint: disable=g-import-not-at-top
-  if _MODE.value == 'train':
-    finetune.run(config, _WORKDIR.value)
-  elif _MODE.value == 'evaluate':
-    finetune.evaluate(config, _WORKDIR.value, split=_SPLIT.value,
-                      checkpoint=_CHECKPOINT.value, tta=_TTA.value)
-  elif _CATALOG.value or _OUTPUT_DIR.value:
-    _predict_survey(config, [_WORKDIR.value, *_ENSEMBLE.value])
-  elif _ENSEMBLE.value:
-    raise errors.ConfigError(
-        '--ensemble does not take a label-catalogue run: predict each'
-        ' workdir on its own and average the files.')
-  else:
-    finetune.predict(config, _WORKDIR.value, output=_OUTPUT.value,
-                     images=_IMAGES.value, checkpoint=_CHECKPOINT.value,
-                     tta=_TTA.value)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
@@ -214,15 +194,25 @@ def main(argv):
     # itself (gzjax.config_checks) before it reads or writes anything.
     config = _CONFIG.value
     experiments.use_compilation_cache(config.compilation_cache_dir)
-    if finetune.is_catalogue_run(config):
-      _finetune(config)
-    elif _MODE.value == 'train':
-      train.train_and_evaluate(config, _WORKDIR.value)
+    # A label catalogue's run (config.labels.catalog) has its own task.
+    catalogue = finetune.is_catalogue_run(config)
+    if _MODE.value == 'train':
+      (finetune.run if catalogue else train.train_and_evaluate)(
+          config, _WORKDIR.value)
     elif _MODE.value == 'evaluate':
-      evaluate.evaluate(config, _WORKDIR.value, split=_SPLIT.value,
-                        checkpoint=_CHECKPOINT.value, tta=_TTA.value)
+      (finetune.evaluate if catalogue else evaluate.evaluate)(
+          config, _WORKDIR.value, split=_SPLIT.value,
+          checkpoint=_CHECKPOINT.value, tta=_TTA.value)
     elif _CATALOG.value or _OUTPUT_DIR.value:
       _predict_survey(config, [_WORKDIR.value, *_ENSEMBLE.value])
+    elif catalogue:
+      if _ENSEMBLE.value:
+        raise errors.ConfigError(
+            '--ensemble does not take a label-catalogue run: predict each'
+            ' workdir on its own and average the files.')
+      finetune.predict(config, _WORKDIR.value, output=_OUTPUT.value,
+                       images=_IMAGES.value, checkpoint=_CHECKPOINT.value,
+                       tta=_TTA.value)
     else:
       evaluate.predict(config, [_WORKDIR.value, *_ENSEMBLE.value],
                        output=_OUTPUT.value, images=_IMAGES.value,
