@@ -65,6 +65,7 @@ def test_benchmark_finetune_rows_and_curve(kaggle_sample, tmp_path):
           ' the spiral validation split') in result.stdout
   assert f"| votes_frozen | {CURVE_LABELS} | 2 |" in result.stdout
   assert (out / 'curve.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+  assert f'and {out / "curve.png"}' in result.stdout
   # A rerun reads the finished rows back instead of training again.
   run_tool()
   rerun = json.loads((out / 'benchmark_finetune.json').read_text())

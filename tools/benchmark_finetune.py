@@ -245,7 +245,8 @@ def main(argv):
       'flags': {f.name: f.value
                 for f in flags.FLAGS.get_key_flags_for_module(sys.argv[0])},
   }, indent=2))
-  print(f'Wrote {out / "benchmark_finetune.json"} and {out / "curve.png"}')
+  print(f'Wrote {out / "benchmark_finetune.json"}'
+        + (f' and {out / "curve.png"}' if curve else ''))
 
 
 if __name__ == '__main__':
