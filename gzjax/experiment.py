@@ -27,6 +27,7 @@ from gzjax.data import cache
 from gzjax.data import cached_input
 from gzjax.data import pipeline
 from gzjax.data import splits
+from gzjax.models import creation
 from gzjax.models import weights
 
 
@@ -57,92 +58,53 @@ def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
         ' float32, bfloat16 or float16.') from None
 
 
-# The initialisers' random-bit generator.  Threefry (jax's default) expands
-# into a large kernel per parameter, which XLA compiles one by one: most of
-# EfficientNet-B0's creation time on a CPU (BUILD.md, start-up).  'rbg' draws
-# with XLA's RngBitGenerator, less code to compile.  Its bits may differ
-# between backends (a seed gives one model on every CPU, perhaps another on a
-# GPU); threefry's never do.
-PARAMS_KEY_IMPL = 'rbg'
-
-
-class CreationRngs(nnx.Rngs):
-  """``nnx.Rngs(seed)`` whose ``params`` stream draws with
-  :data:`PARAMS_KEY_IMPL`.
-
-  Each parameter's key is still taken from the default (threefry) stream, in
-  the same order, so every other stream the model keeps (dropout's) is the
-  one ``nnx.Rngs(seed)`` gives; only the initialisers' bits differ.  The
-  threefry key is widened to an rbg key as ``jax.random.key(seed,
-  impl='rbg')`` widens a seed (the threefry key twice).
-  """
-
-  def __init__(self, seed: int):
-    super().__init__(seed)
-    self.default = _CountedStream(self.default.key.get_value(), tag='default')
-
-  def _get_stream(self, name: str, error_type: type[Exception]):
-    stream = super()._get_stream(name, error_type)
-    if name != 'params':
-      return stream
-
-    def params() -> jax.Array:
-      bits = jax.random.key_data(stream())
-      return jax.random.wrap_key_data(jnp.concatenate([bits, bits]),
-                                      impl=PARAMS_KEY_IMPL)
-    return params
-
-
-class _CountedStream(nnx.RngStream):
-  """An ``nnx.RngStream`` whose count, while a model is built, is a Python
-  int: the same keys, without updating a traced counter per parameter
-  (flax's check of each update asks the tracer for its sharding, which walks
-  the whole trace: quadratic, 45 of EfficientNet-B7's 50 s of tracing).
-  ``fork`` (dropout's stream, kept in the model) is a plain ``RngStream``."""
-
-  def __init__(self, key, *, tag: str):
-    super().__init__(key, tag=tag)
-    self.calls = 0
-
-  def __call__(self) -> jax.Array:
-    key = jax.random.fold_in(self.key.get_value(), self.calls)
-    self.calls += 1
-    return key
-
-  def fork(self, *, split=None) -> nnx.RngStream:
-    assert split is None, 'CreationRngs does not split streams.'
-    return nnx.RngStream(self(), tag=self.tag)
+def trace_model(config: ml_collections.ConfigDict, task: tasks.Task
+                ) -> tuple[models.GalaxyModel, creation.Plan]:
+  """The model without its values (shapes, dtypes, structure) and the draws
+  its initialisers make, which :func:`create_model` serves from pools."""
+  return creation.trace(lambda: _build_model(config, task))
 
 
 def create_model(config: ml_collections.ConfigDict, task: tasks.Task,
-                 pretrained: Mapping[str, Any] | None = None):
+                 pretrained: Mapping[str, Any] | None = None, *,
+                 draws: creation.Plan | None = None):
   """The configured model, with pretrained backbone weights when given.
 
-  Runs eagerly (every initialiser its own XLA program) unless called under
-  ``jax.jit`` or ``nnx.eval_shape``, as :func:`create_experiment` does.
+  The initialisers draw slices of one draw per distribution
+  (:mod:`gzjax.models.creation`); ``draws`` is the plan of those draws
+  from :func:`trace_model`, traced here when not given.  Runs eagerly unless
+  called under ``jax.jit``, as :func:`create_experiment` does.
 
   Args:
     config: the experiment config.
     task: what is learned.
     pretrained: arrays from ``weights.load``; default: read
       ``config.model.pretrained`` when it is set.
+    draws: the initialisers' draws, from :func:`trace_model`.
   """
+  if draws is None:
+    draws = trace_model(config, task)[1]
+  with creation.pooled(draws, creation.pool_key(config.seed)):
+    model = _build_model(config, task)
+  if pretrained is None and config.model.pretrained:
+    pretrained = load_pretrained(config)
+  if pretrained:
+    weights.assign(model, pretrained, source=str(_pretrained_path(config)))
+  return model
+
+
+def _build_model(config: ml_collections.ConfigDict, task: tasks.Task):
   head = config.model.head or task.head or (
       'classes' if task.is_classification else 'votes')
-  model = models.create(
+  return models.create(
       config.model.name,
       num_outputs=task.num_outputs,
       head=head,
       hidden=tuple(config.model.hidden),
       dropout=config.model.dropout,
       dtype=compute_dtype(config),
-      rngs=CreationRngs(config.seed),
+      rngs=creation.CreationRngs(config.seed),
   )
-  if pretrained is None and config.model.pretrained:
-    pretrained = load_pretrained(config)
-  if pretrained:
-    weights.assign(model, pretrained, source=str(_pretrained_path(config)))
-  return model
 
 
 def _pretrained_path(config: ml_collections.ConfigDict) -> pathlib.Path:
@@ -231,9 +193,9 @@ def create_experiment(config: ml_collections.ConfigDict,
   computed by a single jitted program (initialisers, pretrained weights,
   optimizer state), written straight to the mesh's replicated sharding.
   Eager creation ran one XLA program per initialiser: EfficientNet-B0 took
-  15.6 s on 2 CPU cores.  The initialisers draw with :class:`CreationRngs`
-  (rbg keys), whose program compiles a quarter to a third faster than
-  threefry's (BUILD.md).
+  15.6 s on 2 CPU cores.  In one program, the initialisers still compiled a
+  kernel each; they now slice a few pooled draws, and the program compiles
+  with :func:`creation.compiler_options` (BUILD.md, start-up).
 
   Args:
     config: the experiment config.
@@ -242,7 +204,7 @@ def create_experiment(config: ml_collections.ConfigDict,
   task = task or tasks.task_of(config)
   mesh = distributed.make_mesh()
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  abstract_model = nnx.eval_shape(lambda: create_model(config, task, {}))
+  abstract_model, draws = trace_model(config, task)
   labels = models.parameter_labels(abstract_model)
   graphdef = nnx.split(abstract_model, nnx.Param, ...)[0]
   optimizer = optimizers.create_optimizer(
@@ -252,7 +214,7 @@ def create_experiment(config: ml_collections.ConfigDict,
                                         config.num_train_steps)
 
   def initial_state(pretrained):
-    model = create_model(config, task, pretrained)
+    model = create_model(config, task, pretrained, draws=draws)
     _, params, model_state = nnx.split(model, nnx.Param, ...)
     return TrainState(
         step=jnp.zeros((), jnp.int32),
@@ -269,7 +231,9 @@ def create_experiment(config: ml_collections.ConfigDict,
   # Across processes, each computes the same state from the same seed and
   # fills its own devices' shards (distributed.replicate).
   local = replicated.is_fully_addressable
-  init = jax.jit(initial_state, out_shardings=replicated if local else None)
+  init = jax.jit(initial_state, out_shardings=replicated if local else None,
+                 compiler_options=creation.compiler_options(
+                     mesh.devices.flat[0].platform))
 
   def init_state():
     # Read only to initialise: a restore (evaluate, predict, a resumed run)

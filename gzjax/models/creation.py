@@ -1,0 +1,267 @@
+"""A model's random initial state, made quickly: the initialisers' draws
+pooled (one per distribution instead of one per parameter), and
+:class:`CreationRngs`, whose counting does not grow quadratically with the
+model.
+
+Every flax initialiser draws its parameter on its own: one random-bit kernel
+and one transform (``erf_inv`` for a truncated normal) per parameter, which
+XLA compiles one by one.  That compile was most of a backbone's creation
+time on a CPU (EfficientNet-B0: 14.5 of 16.4 s on 2 cores; BUILD.md,
+start-up).  Here the initialisers' draws are recorded while the model is
+traced for its shapes (:func:`record`), then served while it is built for
+its values (:func:`pooled`) as slices of one draw per distribution: a
+handful of kernels whatever the model.
+
+The draws are intercepted where ``jax.nn.initializers`` (and flax's, which
+are the same functions) call ``jax.random``: ``truncated_normal``,
+``normal`` and ``uniform`` with constant bounds.  Any other call (bounds
+that are arrays, a key-based transform of its own) is passed through to
+jax unchanged, so an initialiser this module does not know still
+initialises, only without pooling.  Only that module's view of
+``jax.random`` changes, and only inside the two context managers.
+
+Each slice is a sample of the same distribution as the initialiser's own
+draw, and slices are disjoint parts of one draw, so parameters stay
+independent; the bits are not the ones the per-parameter keys would give.
+The pools draw with jax's default (threefry) key, whose bits are the same
+on every backend: one seed gives one model on CPU and GPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import threading
+import types
+from typing import Any, Callable, Iterator
+
+from flax import nnx
+import jax
+from jax._src import random as jax_random
+from jax._src.nn import initializers as jax_initializers
+import numpy as np
+
+# One interception at a time: the initialisers' module is process-global.
+_LOCK = threading.RLock()
+
+
+@dataclasses.dataclass(frozen=True)
+class Draw:
+  """One initialiser's draw: its distribution and the array it asked for."""
+  kind: str  # 'truncated_normal', 'normal' or 'uniform'.
+  bounds: tuple[float, ...]  # (lower, upper), (), (minval, maxval).
+  shape: tuple[int, ...]
+  dtype: np.dtype
+
+  @property
+  def size(self) -> int:
+    return math.prod(self.shape)
+
+  @property
+  def distribution(self) -> tuple[str, tuple[float, ...], np.dtype]:
+    return self.kind, self.bounds, self.dtype
+
+
+@dataclasses.dataclass
+class Plan:
+  """The draws a model's creation makes, in call order."""
+  draws: list[Draw | None] = dataclasses.field(default_factory=list)
+
+  def distributions(self) -> dict[tuple, int]:
+    """Each pooled distribution and how many numbers it serves."""
+    totals: dict[tuple, int] = {}
+    for draw in self.draws:
+      if draw is not None:
+        totals[draw.distribution] = (totals.get(draw.distribution, 0)
+                                     + draw.size)
+    return totals
+
+
+def _constant(value) -> float | None:
+  """A bound as a Python float, or None when it is an array (not poolable)."""
+  if isinstance(value, (int, float, np.integer, np.floating)):
+    return float(value)
+  return None
+
+
+def _describe(kind: str, args: tuple, kwargs: dict) -> Draw | None:
+  """The draw a call asks for, or None when it cannot be pooled."""
+  names = {
+      'truncated_normal': ('lower', 'upper', 'shape', 'dtype'),
+      'normal': ('shape', 'dtype'),
+      'uniform': ('shape', 'dtype', 'minval', 'maxval'),
+  }[kind]
+  defaults = {'shape': None if kind == 'truncated_normal' else (),
+              'dtype': None, 'minval': 0.0, 'maxval': 1.0}
+  bound = dict(defaults, **dict(zip(names, args)), **kwargs)
+  if bound.get('out_sharding') is not None or bound['shape'] is None:
+    return None
+  bounds = {
+      'truncated_normal': ('lower', 'upper'),
+      'normal': (),
+      'uniform': ('minval', 'maxval'),
+  }[kind]
+  values = tuple(_constant(bound[name]) for name in bounds)
+  if any(value is None for value in values):
+    return None
+  dtype = bound['dtype']
+  dtype = np.dtype(jax.dtypes.canonicalize_dtype(
+      float if dtype is None else dtype))
+  if not np.issubdtype(dtype, np.floating):
+    return None
+  return Draw(kind, values, tuple(int(d) for d in bound['shape']), dtype)
+
+
+_KINDS = ('truncated_normal', 'normal', 'uniform')
+
+
+@contextlib.contextmanager
+def _intercept(draw_fn: Callable[[str, Callable, tuple, dict], Any]):
+  """Routes the initialisers' calls of ``jax.random.<kind>`` to ``draw_fn``."""
+  with _LOCK:
+    original = jax_initializers.random
+    view = types.SimpleNamespace(**{
+        name: getattr(jax_random, name) for name in dir(jax_random)
+        if not name.startswith('__')})
+    for kind in _KINDS:
+      real = getattr(jax_random, kind)
+      setattr(view, kind,
+              lambda key, *args, _kind=kind, _real=real, **kwargs:
+              draw_fn(_kind, _real, (key, *args), kwargs))
+    jax_initializers.random = view
+    try:
+      yield
+    finally:
+      jax_initializers.random = original
+
+
+def _draw(kind: str, key: jax.Array, bounds: tuple[float, ...], size: int,
+          dtype: np.dtype) -> jax.Array:
+  """``size`` numbers of one distribution, as jax draws them."""
+  if kind == 'truncated_normal':
+    return jax_random.truncated_normal(key, *bounds, (size,), dtype)
+  if kind == 'normal':
+    return jax_random.normal(key, (size,), dtype)
+  return jax_random.uniform(key, (size,), dtype, *bounds)
+
+
+@contextlib.contextmanager
+def record() -> Iterator[Plan]:
+  """Records the draws made inside (e.g. while ``nnx.eval_shape`` builds)."""
+  plan = Plan()
+
+  def draw(kind, real, args, kwargs):
+    plan.draws.append(_describe(kind, args[1:], kwargs))
+    return real(*args, **kwargs)
+
+  with _intercept(draw):
+    yield plan
+
+
+@contextlib.contextmanager
+def pooled(plan: Plan, key: jax.Array) -> Iterator[None]:
+  """Serves the draws ``plan`` recorded as slices of one draw per
+  distribution, drawn from ``key``.
+
+  The calls inside must be the recorded ones, in the same order (the same
+  model built again); a different call is a bug and raises.
+  """
+  pools = {}
+  for index, ((kind, bounds, dtype), total) in enumerate(
+      sorted(plan.distributions().items(), key=lambda item: repr(item[0]))):
+    pools[kind, bounds, dtype] = [
+        _draw(kind, jax.random.fold_in(key, index), bounds, total, dtype), 0]
+  calls = iter(plan.draws)
+  end = 'no more draws'
+
+  def draw(kind, real, args, kwargs):
+    expected = next(calls, end)
+    asked = _describe(kind, args[1:], kwargs)
+    if asked != expected:
+      raise AssertionError(
+          f'The model drew {asked} where its shape pass drew {expected}:'
+          ' pooled initialisation needs the same model built twice.')
+    if asked is None:
+      return real(*args, **kwargs)
+    pool = pools[asked.distribution]
+    start = pool[1]
+    pool[1] += asked.size
+    return jax.lax.slice_in_dim(pool[0], start, pool[1]).reshape(asked.shape)
+
+  with _intercept(draw):
+    yield
+  if next(calls, end) is not end:
+    raise AssertionError('The model made fewer draws than its shape pass.')
+
+
+def trace(build: Callable[[], Any]) -> tuple[Any, Plan]:
+  """``nnx.eval_shape(build)`` (no values computed) and the draws it made."""
+  with record() as plan:
+    abstract = nnx.eval_shape(build)
+  return abstract, plan
+
+
+class CreationRngs(nnx.Rngs):
+  """``nnx.Rngs(seed)`` whose default stream counts in Python while a model
+  is built: the same keys, without updating a traced counter per parameter
+  (flax's check of each update asks the tracer for its sharding, which walks
+  the whole trace: quadratic, 45 of EfficientNet-B7's 50 s of tracing).
+
+  The initialisers' keys (``rngs.params()``, from the default stream) are
+  still drawn in order, so every stream the model keeps (dropout's) is the
+  one ``nnx.Rngs(seed)`` gives; the initialisers themselves draw from
+  :func:`pool_key`'s pools (:func:`pooled`).
+  """
+
+  def __init__(self, seed: int):
+    super().__init__(seed)
+    self.default = _CountedStream(self.default.key.get_value(), tag='default')
+
+
+class _CountedStream(nnx.RngStream):
+  """An ``nnx.RngStream`` whose count is a Python int; ``fork`` (dropout's
+  stream, kept in the model) is a plain ``RngStream``."""
+
+  def __init__(self, key, *, tag: str):
+    super().__init__(key, tag=tag)
+    self.calls = 0
+
+  def __call__(self) -> jax.Array:
+    key = jax.random.fold_in(self.key.get_value(), self.calls)
+    self.calls += 1
+    return key
+
+  def fork(self, *, split=None) -> nnx.RngStream:
+    assert split is None, 'CreationRngs does not split streams.'
+    return nnx.RngStream(self(), tag=self.tag)
+
+
+# fold_in data of the initialisers' pools: far above any count of the default
+# stream (fold_in(key(seed), n) for the n-th parameter), so no pool shares a
+# key with a parameter's or dropout's stream.
+_POOL_STREAM = 0x706F6F6C  # 'pool'
+
+
+def pool_key(seed: int) -> jax.Array:
+  """The key of the initialisers' pooled draws for ``seed``: jax's default
+  (threefry) bits, the same on every backend."""
+  return jax.random.fold_in(jax.random.key(seed), _POOL_STREAM)
+
+
+# How a program that initialises a model compiles, per platform.  On a CPU
+# nearly all of its compile time is LLVM optimising hundreds of trivial
+# kernels (a slice times a scale, a broadcast of zeros), each run once:
+# unoptimised and without
+# the fusion emitters, EfficientNet-B0's compiled 4x faster (3.9 -> 1.0 s, 2
+# cores) and ran 0.15 s slower; B7's 12.1 + 1.8 s became 5.2 + 3.4 s.  Other
+# platforms keep XLA's defaults (not measured).
+INIT_COMPILER_OPTIONS = {
+    'cpu': {'xla_backend_optimization_level': 0,
+            'xla_cpu_use_fusion_emitters': False},
+}
+
+
+def compiler_options(platform: str) -> dict[str, Any] | None:
+  """XLA options for compiling a model's initialisation on ``platform``."""
+  return INIT_COMPILER_OPTIONS.get(platform)

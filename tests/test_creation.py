@@ -1,0 +1,131 @@
+"""The initialisers' pooled draws: what is recorded, what is served, and that
+jax is left as it was."""
+
+import jax
+from jax._src import random as jax_random
+from jax._src.nn import initializers as jax_initializers
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gzjax.models import creation
+
+KEY = jax.random.key(7)
+LECUN = jax.nn.initializers.lecun_normal()
+
+
+def _kernels():
+  """Three lecun_normal kernels: one truncated normal in [-2, 2]."""
+  keys = jax.random.split(jax.random.key(0), 3)
+  return [LECUN(keys[0], (3, 3, 4, 8)), LECUN(keys[1], (16, 5)),
+          LECUN(keys[2], (3, 3, 4, 8))]
+
+
+def test_record_lists_the_draws_and_leaves_the_values_alone():
+  with creation.record() as plan:
+    recorded = _kernels()
+  assert plan.draws == [
+      creation.Draw('truncated_normal', (-2.0, 2.0), shape, np.dtype(np.float32))
+      for shape in [(3, 3, 4, 8), (16, 5), (3, 3, 4, 8)]]
+  assert plan.distributions() == {
+      ('truncated_normal', (-2.0, 2.0), np.dtype(np.float32)): 288 + 80 + 288}
+  for a, b in zip(recorded, _kernels()):  # Recording draws what jax draws.
+    np.testing.assert_array_equal(a, b)
+
+
+def test_pooled_values_are_consecutive_slices_of_one_draw():
+  with creation.record() as plan:
+    _kernels()
+  with creation.pooled(plan, KEY):
+    kernels = _kernels()
+  # One distribution: the pool is the first (index 0) of the sorted ones.
+  pool = np.asarray(jax.random.truncated_normal(
+      jax.random.fold_in(KEY, 0), -2, 2, (656,), jnp.float32))
+  offset = 0
+  for kernel in kernels:
+    fan_in = np.prod(kernel.shape[:-1])
+    stddev = np.sqrt(1 / fan_in) / 0.87962566103423978
+    expected = pool[offset:offset + kernel.size].reshape(kernel.shape)
+    np.testing.assert_allclose(kernel, expected * stddev, rtol=1e-6)
+    offset += kernel.size
+  # The two kernels of one shape got different numbers.
+  assert not np.allclose(kernels[0], kernels[2])
+
+
+def test_each_distribution_has_its_own_pool():
+  def build():
+    key = jax.random.key(1)
+    return [jax.nn.initializers.normal(0.01)(key, (400,)),
+            jax.nn.initializers.glorot_uniform()(key, (20, 30)),
+            LECUN(key, (30, 40)),
+            jax.nn.initializers.he_normal()(key, (10, 40)),
+            jax.nn.initializers.normal(0.01)(key, (500,))]
+  with creation.record() as plan:
+    build()
+  assert plan.distributions() == {
+      ('normal', (), np.dtype(np.float32)): 900,
+      ('uniform', (-1.0, 1.0), np.dtype(np.float32)): 600,
+      ('truncated_normal', (-2.0, 2.0), np.dtype(np.float32)): 1600,
+  }
+  with creation.pooled(plan, KEY):
+    normal_a, uniform, lecun, he, normal_b = map(np.asarray, build())
+  # Each is the initialiser's distribution, though every call passed the
+  # same key (the per-parameter keys are not used).
+  assert np.abs(uniform).max() <= np.sqrt(6 / 50)
+  assert abs(uniform.std() / np.sqrt(2 / 50) - 1) < 5 / np.sqrt(2 * 600)
+  for values, sigma in [(lecun, np.sqrt(1 / 30)), (he, np.sqrt(2 / 10))]:
+    assert np.abs(values).max() <= 2 * sigma / 0.8796256610342398 * 1.000001
+    assert abs(values.std() / sigma - 1) < 5 / np.sqrt(2 * values.size)
+  normals = np.concatenate([normal_a, normal_b])
+  assert abs(normals.std() / 0.01 - 1) < 5 / np.sqrt(2 * 900)
+  assert not np.allclose(normal_a[:400], normal_b[:400])
+  assert not np.allclose(lecun.ravel()[:400] / np.sqrt(1 / 30),
+                         he.ravel()[:400] / np.sqrt(2 / 10))
+
+
+def test_a_draw_that_cannot_be_pooled_is_passed_through():
+  def build():
+    # Bounds that are arrays: not a constant distribution to pool.
+    return jax_initializers.random.truncated_normal(
+        jax.random.key(3), jnp.array(-1.0), 1.0, (50,))
+  with creation.record() as plan:
+    build()
+  assert plan.draws == [None] and plan.distributions() == {}
+  with creation.pooled(plan, KEY):
+    values = build()
+  np.testing.assert_array_equal(values, jax.random.truncated_normal(
+      jax.random.key(3), -1.0, 1.0, (50,)))
+
+
+def test_a_different_model_in_the_second_pass_is_refused():
+  with creation.record() as plan:
+    _kernels()
+  with pytest.raises(AssertionError, match=r'shape=\(16, 6\).*shape=\(16, 5\)'):
+    with creation.pooled(plan, KEY):
+      keys = jax.random.split(jax.random.key(0), 2)
+      LECUN(keys[0], (3, 3, 4, 8))
+      LECUN(keys[1], (16, 6))
+  with pytest.raises(AssertionError, match='fewer'):
+    with creation.pooled(plan, KEY):
+      LECUN(KEY, (3, 3, 4, 8))
+  with pytest.raises(AssertionError, match='no more draws'):
+    with creation.pooled(plan, KEY):
+      _kernels()
+      LECUN(KEY, (2, 2))
+
+
+def test_jax_is_left_as_it_was():
+  original = jax_initializers.random
+  assert original is jax_random
+  with pytest.raises(ValueError):
+    with creation.record():
+      assert jax_initializers.random is not jax_random
+      raise ValueError
+  assert jax_initializers.random is jax_random
+  with creation.record() as plan:
+    _kernels()
+  with creation.pooled(plan, KEY):
+    # Only the initialisers' view of jax.random changes.
+    assert jax.random.truncated_normal is jax_random.truncated_normal
+    _kernels()
+  assert jax_initializers.random is jax_random
