@@ -7,6 +7,7 @@ predict); ``create_train_input`` the training batches for its state.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import pathlib
 from typing import Any, Callable, Mapping
 
@@ -67,24 +68,29 @@ def trace_model(config: ml_collections.ConfigDict, task: tasks.Task
 
 def create_model(config: ml_collections.ConfigDict, task: tasks.Task,
                  pretrained: Mapping[str, Any] | None = None, *,
-                 draws: creation.Plan | None = None):
+                 draws: creation.Plan | None = None,
+                 pools: list[jax.Array] | None = None):
   """The configured model, with pretrained backbone weights when given.
 
   The initialisers draw slices of one draw per distribution
-  (:mod:`gzjax.models.creation`); ``draws`` is the plan of those draws
-  from :func:`trace_model`, traced here when not given.  Runs eagerly unless
-  called under ``jax.jit``, as :func:`create_experiment` does.
+  (:mod:`gzjax.models.creation`).  Runs eagerly unless called under
+  ``jax.jit``, as :func:`create_experiment` does.
 
   Args:
     config: the experiment config.
     task: what is learned.
     pretrained: arrays from ``weights.load``; default: read
       ``config.model.pretrained`` when it is set.
-    draws: the initialisers' draws, from :func:`trace_model`.
+    draws: the initialisers' draws, from :func:`trace_model` (default:
+      traced here).
+    pools: ``creation.draw_pools(draws, config.seed)``, drawn here when
+      not given.
   """
   if draws is None:
     draws = trace_model(config, task)[1]
-  with creation.pooled(draws, creation.pool_key(config.seed)):
+  if pools is None:
+    pools = creation.draw_pools(draws, config.seed)
+  with creation.pooled(draws, pools):
     model = _build_model(config, task)
   if pretrained is None and config.model.pretrained:
     pretrained = load_pretrained(config)
@@ -190,12 +196,12 @@ def create_experiment(config: ml_collections.ConfigDict,
 
   The model is traced once with shapes only (``nnx.eval_shape``) for its
   structure, parameter labels and optimizer; the state, when asked for, is
-  computed by a single jitted program (initialisers, pretrained weights,
-  optimizer state), written straight to the mesh's replicated sharding.
-  Eager creation ran one XLA program per initialiser: EfficientNet-B0 took
-  15.6 s on 2 CPU cores.  In one program, the initialisers still compiled a
-  kernel each; they now slice a few pooled draws, and the program compiles
-  with :func:`creation.compiler_options` (BUILD.md, start-up).
+  computed by two jitted programs (the initialisers' pooled draws; then
+  parameters, pretrained weights and optimizer state from them), written
+  straight to the mesh's replicated sharding.  Eager creation ran one XLA
+  program per initialiser: EfficientNet-B0 took 15.6 s on 2 CPU cores; in
+  one program the initialisers still compiled a kernel each; sliced from
+  pooled draws, B0's creation takes ~2 s (BUILD.md, start-up).
 
   Args:
     config: the experiment config.
@@ -213,8 +219,8 @@ def create_experiment(config: ml_collections.ConfigDict,
   schedule = optimizers.create_schedule(config.optimizer,
                                         config.num_train_steps)
 
-  def initial_state(pretrained):
-    model = create_model(config, task, pretrained, draws=draws)
+  def initial_state(pretrained, pools):
+    model = create_model(config, task, pretrained, draws=draws, pools=pools)
     _, params, model_state = nnx.split(model, nnx.Param, ...)
     return TrainState(
         step=jnp.zeros((), jnp.int32),
@@ -226,20 +232,25 @@ def create_experiment(config: ml_collections.ConfigDict,
         ema_params=jax.tree.map(jnp.copy, params) if config.ema_decay else (),
     )
 
-  # The pretrained arrays are arguments, not constants baked into the
-  # program; XLA drops the initialisers of the parameters they replace.
-  # Across processes, each computes the same state from the same seed and
-  # fills its own devices' shards (distributed.replicate).
+  # Two programs: the initialisers' pooled draws (a few large kernels,
+  # compiled optimised), then the state from them (hundreds of trivial
+  # kernels: slices, scales, zeros, compiled as creation.compiler_options
+  # says).  The pretrained arrays are arguments, not constants baked into the
+  # program; XLA drops the slices of the parameters they replace.  Across
+  # processes, each computes the same state from the same seed and fills its
+  # own devices' shards (distributed.replicate).
   local = replicated.is_fully_addressable
-  init = jax.jit(initial_state, out_shardings=replicated if local else None,
+  out_sharding = replicated if local else None
+  draw_pools = jax.jit(functools.partial(creation.draw_pools, draws),
+                       out_shardings=out_sharding)
+  init = jax.jit(initial_state, out_shardings=out_sharding,
                  compiler_options=creation.compiler_options(
                      mesh.devices.flat[0].platform))
-
   def init_state():
     # Read only to initialise: a restore (evaluate, predict, a resumed run)
     # needs neither the file nor its time.
     pretrained = load_pretrained(config) if config.model.pretrained else {}
-    state = init(pretrained)
+    state = init(pretrained, draw_pools(config.seed))
     return state if local else distributed.replicate(state, replicated)
 
   def abstract_state():
@@ -247,7 +258,7 @@ def create_experiment(config: ml_collections.ConfigDict,
         lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
                                           sharding=replicated),
         # The state's shapes are the same with or without pretrained arrays.
-        jax.eval_shape(init, {}))
+        jax.eval_shape(init, {}, jax.eval_shape(draw_pools, config.seed)))
 
   return Experiment(config, task, graphdef, optimizer, schedule, mesh,
                     initial_state=init_state, abstract_state=abstract_state)

@@ -10,7 +10,8 @@ import pytest
 
 from gzjax.models import creation
 
-KEY = jax.random.key(7)
+SEED = 7
+KEY = creation.pool_key(SEED)  # What the pools draw from.
 LECUN = jax.nn.initializers.lecun_normal()
 
 
@@ -36,7 +37,7 @@ def test_record_lists_the_draws_and_leaves_the_values_alone():
 def test_pooled_values_are_consecutive_slices_of_one_draw():
   with creation.record() as plan:
     _kernels()
-  with creation.pooled(plan, KEY):
+  with creation.pooled(plan, creation.draw_pools(plan, SEED)):
     kernels = _kernels()
   # One distribution: the pool is the first (index 0) of the sorted ones.
   pool = np.asarray(jax.random.truncated_normal(
@@ -67,7 +68,7 @@ def test_each_distribution_has_its_own_pool():
       ('uniform', (-1.0, 1.0), np.dtype(np.float32)): 600,
       ('truncated_normal', (-2.0, 2.0), np.dtype(np.float32)): 1600,
   }
-  with creation.pooled(plan, KEY):
+  with creation.pooled(plan, creation.draw_pools(plan, SEED)):
     normal_a, uniform, lecun, he, normal_b = map(np.asarray, build())
   # Each is the initialiser's distribution, though every call passed the
   # same key (the per-parameter keys are not used).
@@ -91,7 +92,7 @@ def test_a_draw_that_cannot_be_pooled_is_passed_through():
   with creation.record() as plan:
     build()
   assert plan.draws == [None] and plan.distributions() == {}
-  with creation.pooled(plan, KEY):
+  with creation.pooled(plan, creation.draw_pools(plan, SEED)):
     values = build()
   np.testing.assert_array_equal(values, jax.random.truncated_normal(
       jax.random.key(3), -1.0, 1.0, (50,)))
@@ -101,17 +102,17 @@ def test_a_different_model_in_the_second_pass_is_refused():
   with creation.record() as plan:
     _kernels()
   with pytest.raises(AssertionError, match=r'shape=\(16, 6\).*shape=\(16, 5\)'):
-    with creation.pooled(plan, KEY):
+    with creation.pooled(plan, creation.draw_pools(plan, SEED)):
       keys = jax.random.split(jax.random.key(0), 2)
       LECUN(keys[0], (3, 3, 4, 8))
       LECUN(keys[1], (16, 6))
   with pytest.raises(AssertionError, match='fewer'):
-    with creation.pooled(plan, KEY):
-      LECUN(KEY, (3, 3, 4, 8))
+    with creation.pooled(plan, creation.draw_pools(plan, SEED)):
+      LECUN(jax.random.key(0), (3, 3, 4, 8))
   with pytest.raises(AssertionError, match='no more draws'):
-    with creation.pooled(plan, KEY):
+    with creation.pooled(plan, creation.draw_pools(plan, SEED)):
       _kernels()
-      LECUN(KEY, (2, 2))
+      LECUN(jax.random.key(0), (2, 2))
 
 
 def test_jax_is_left_as_it_was():
@@ -124,7 +125,7 @@ def test_jax_is_left_as_it_was():
   assert jax_initializers.random is jax_random
   with creation.record() as plan:
     _kernels()
-  with creation.pooled(plan, KEY):
+  with creation.pooled(plan, creation.draw_pools(plan, SEED)):
     # Only the initialisers' view of jax.random changes.
     assert jax.random.truncated_normal is jax_random.truncated_normal
     _kernels()

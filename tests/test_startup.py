@@ -147,7 +147,7 @@ def test_the_initialisers_draw_once_per_distribution():
   assert _count_primitive(one_by_one.jaxpr, 'erf_inv') == 8
 
 
-def test_creation_compiles_one_program():
+def test_creation_compiles_two_programs():
   programs = []
   def count(event, duration, **_):
     if event == '/jax/core/compile/backend_compile_duration':
@@ -164,16 +164,18 @@ def test_creation_compiles_one_program():
   finally:
     jax.monitoring.unregister_event_duration_listener(count)
     jax.monitoring.unregister_event_listener(count_hits)
-  # The initialisers, pretrained weights and optimizer state: one program
-  # (eager creation compiled one per initialiser and shape).
-  assert len(programs) == 1, programs
+  # The pooled draws (one per distribution), then the parameters, pretrained
+  # weights and optimizer state from them: two programs (eager creation
+  # compiled one per initialiser and shape; a seed is an argument, not a
+  # program of its own).
+  assert len(programs) == 2, programs
 
 
 def test_models_create_without_rngs_is_the_eager_pooled_model():
   jitted = models.create('cnn', seed=5)
   build = lambda: models.create('cnn', rngs=creation.CreationRngs(5))
   _, draws = creation.trace(build)
-  with creation.pooled(draws, creation.pool_key(5)):
+  with creation.pooled(draws, creation.draw_pools(draws, 5)):
     eager = build()
   a = _named(nnx.state(jitted, nnx.Param))
   b = _named(nnx.state(eager, nnx.Param))

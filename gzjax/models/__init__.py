@@ -24,6 +24,7 @@ accelerators).  Train/eval behaviour (dropout, batch-norm statistics) follows
 
 from __future__ import annotations
 
+import functools
 import importlib
 from typing import Any, Sequence
 
@@ -148,14 +149,16 @@ def create(
   build = lambda: _build(name, rngs=creation.CreationRngs(seed), **options)
   abstract, draws = creation.trace(build)
 
-  def initialise():
-    with creation.pooled(draws, creation.pool_key(seed)):
+  def initialise(pools):
+    with creation.pooled(draws, pools):
       return nnx.split(build())[1]
 
   platform = (next(iter(sharding.device_set)) if sharding
               else jax.devices()[0]).platform
+  pools = jax.jit(functools.partial(creation.draw_pools, draws),
+                  out_shardings=sharding)(seed)
   state = jax.jit(initialise, out_shardings=sharding,
-                  compiler_options=creation.compiler_options(platform))()
+                  compiler_options=creation.compiler_options(platform))(pools)
   return nnx.merge(nnx.split(abstract)[0], state)
 
 

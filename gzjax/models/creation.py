@@ -8,9 +8,11 @@ and one transform (``erf_inv`` for a truncated normal) per parameter, which
 XLA compiles one by one.  That compile was most of a backbone's creation
 time on a CPU (EfficientNet-B0: 14.5 of 16.4 s on 2 cores; BUILD.md,
 start-up).  Here the initialisers' draws are recorded while the model is
-traced for its shapes (:func:`record`), then served while it is built for
-its values (:func:`pooled`) as slices of one draw per distribution: a
-handful of kernels whatever the model.
+traced for its shapes (:func:`trace`), drawn once per distribution by a
+small program of their own (:func:`draw_pools`), then served while the
+model is built for its values (:func:`pooled`) as slices of those draws:
+what is left per parameter is a slice and a scale, trivial kernels that
+compile fast unoptimised (:data:`INIT_COMPILER_OPTIONS`).
 
 The draws are intercepted where ``jax.nn.initializers`` (and flax's, which
 are the same functions) call ``jax.random``: ``truncated_normal``,
@@ -24,7 +26,8 @@ Each slice is a sample of the same distribution as the initialiser's own
 draw, and slices are disjoint parts of one draw, so parameters stay
 independent; the bits are not the ones the per-parameter keys would give.
 The pools draw with jax's default (threefry) key, whose bits are the same
-on every backend: one seed gives one model on CPU and GPU.
+on every backend: one seed gives one model on CPU and GPU, up to the
+rounding of the normal transforms (a few ulp).
 """
 
 from __future__ import annotations
@@ -159,19 +162,35 @@ def record() -> Iterator[Plan]:
     yield plan
 
 
+def _pooled_distributions(plan: Plan) -> list[tuple[tuple, int]]:
+  """The plan's distributions and sizes, in the pools' (a fixed) order."""
+  return sorted(plan.distributions().items(), key=lambda item: repr(item[0]))
+
+
+def draw_pools(plan: Plan, seed: int | jax.Array) -> list[jax.Array]:
+  """One draw per distribution ``plan`` recorded, from :func:`pool_key`
+  (``seed``), as :func:`pooled` takes them.  Jitted apart from the program that slices them, the draws compile
+  optimised (what :data:`INIT_COMPILER_OPTIONS` gives up for the rest):
+  EfficientNet-B7's 66 M truncated normals run in 0.7 s instead of 3.2 s on
+  2 cores."""
+  key = pool_key(seed)
+  return [_draw(kind, jax.random.fold_in(key, index), bounds, total, dtype)
+          for index, ((kind, bounds, dtype), total)
+          in enumerate(_pooled_distributions(plan))]
+
+
 @contextlib.contextmanager
-def pooled(plan: Plan, key: jax.Array) -> Iterator[None]:
-  """Serves the draws ``plan`` recorded as slices of one draw per
-  distribution, drawn from ``key``.
+def pooled(plan: Plan, pools: list[jax.Array]) -> Iterator[None]:
+  """Serves the draws ``plan`` recorded as slices of ``pools``, its
+  :func:`draw_pools`.
 
   The calls inside must be the recorded ones, in the same order (the same
   model built again); a different call is a bug and raises.
   """
-  pools = {}
-  for index, ((kind, bounds, dtype), total) in enumerate(
-      sorted(plan.distributions().items(), key=lambda item: repr(item[0]))):
-    pools[kind, bounds, dtype] = [
-        _draw(kind, jax.random.fold_in(key, index), bounds, total, dtype), 0]
+  distributions = _pooled_distributions(plan)
+  assert len(pools) == len(distributions), (len(pools), len(distributions))
+  offsets = {distribution: [pool, 0] for (distribution, _), pool
+             in zip(distributions, pools)}
   calls = iter(plan.draws)
   end = 'no more draws'
 
@@ -184,7 +203,7 @@ def pooled(plan: Plan, key: jax.Array) -> Iterator[None]:
           ' pooled initialisation needs the same model built twice.')
     if asked is None:
       return real(*args, **kwargs)
-    pool = pools[asked.distribution]
+    pool = offsets[asked.distribution]
     start = pool[1]
     pool[1] += asked.size
     return jax.lax.slice_in_dim(pool[0], start, pool[1]).reshape(asked.shape)
@@ -243,19 +262,20 @@ class _CountedStream(nnx.RngStream):
 _POOL_STREAM = 0x706F6F6C  # 'pool'
 
 
-def pool_key(seed: int) -> jax.Array:
+def pool_key(seed: int | jax.Array) -> jax.Array:
   """The key of the initialisers' pooled draws for ``seed``: jax's default
   (threefry) bits, the same on every backend."""
   return jax.random.fold_in(jax.random.key(seed), _POOL_STREAM)
 
 
-# How a program that initialises a model compiles, per platform.  On a CPU
-# nearly all of its compile time is LLVM optimising hundreds of trivial
-# kernels (a slice times a scale, a broadcast of zeros), each run once:
-# unoptimised and without
-# the fusion emitters, EfficientNet-B0's compiled 4x faster (3.9 -> 1.0 s, 2
-# cores) and ran 0.15 s slower; B7's 12.1 + 1.8 s became 5.2 + 3.4 s.  Other
-# platforms keep XLA's defaults (not measured).
+# How the program that computes a model's state from its pools compiles, per
+# platform.  On a CPU nearly all of its compile time is LLVM optimising
+# hundreds of trivial kernels (a slice times a scale, a broadcast of zeros),
+# each run once: unoptimised and without the fusion emitters, the state
+# program of EfficientNet-B0 took 1.2 s instead of 2.4 s (compile and run, 2
+# quiet cores), B7's 3.8 s instead of 6.6 s.  The pools' own program
+# (:func:`draw_pools`) keeps XLA's defaults, as other platforms do (not
+# measured there).
 INIT_COMPILER_OPTIONS = {
     'cpu': {'xla_backend_optimization_level': 0,
             'xla_cpu_use_fusion_emitters': False},
