@@ -49,8 +49,8 @@ two validation passes: 18 min 44 s measured on the project's shared 2-core
 CPU under heavy load (2026-11-28, ~0.3 step/s; 0.7-0.8 step/s on a quieter
 one); a GPU host is several times faster (not measured).
 Expected (measured, same run, validation split of 850 galaxies by the id
-hash, 23.2% spiral; with the threefry initialisers used before 2026-11-28's
-rbg ones, which change the starting weights): step 150 ROC AUC 0.674, step
+hash, 23.2% spiral; with the threefry initialisers used before the rbg
+(2026-11-28) and pooled (2026-11-29) ones, which change the starting weights): step 150 ROC AUC 0.674, step
 300 accuracy 0.768, F1 0.000, ROC AUC 0.698.  The majority baseline ("never
 spiral") has accuracy 0.768, F1 0 and ROC AUC 0.5: at this budget the CNN
 ranks galaxies better than chance but its probabilities stay under the 0.5
