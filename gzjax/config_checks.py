@@ -84,7 +84,7 @@ BOOL = Rule(lambda v: isinstance(v, bool), 'True or False')
 TEXT = Rule(lambda v: isinstance(v, str), 'a string (may be empty)')
 NONEMPTY_TEXT = Rule(lambda v: isinstance(v, str) and bool(v.strip()),
                      'a non-empty path')
-SEED = integer(0)
+SEED = integer(0, 2**32 - 1)  # What jax.random.key and nnx.Rngs take whole.
 
 
 def _sequence_of(item: Rule, length: int | None = None,

@@ -68,7 +68,7 @@ def trace_model(config: ml_collections.ConfigDict, task: tasks.Task
 
 def create_model(config: ml_collections.ConfigDict, task: tasks.Task,
                  pretrained: Mapping[str, Any] | None = None, *,
-                 draws: creation.Plan | None = None,
+                 plan: creation.Plan | None = None,
                  pools: list[jax.Array] | None = None):
   """The configured model, with pretrained backbone weights when given.
 
@@ -81,16 +81,16 @@ def create_model(config: ml_collections.ConfigDict, task: tasks.Task,
     task: what is learned.
     pretrained: arrays from ``weights.load``; default: read
       ``config.model.pretrained`` when it is set.
-    draws: the initialisers' draws, from :func:`trace_model` (default:
+    plan: the initialisers' draws, from :func:`trace_model` (default:
       traced here).
-    pools: ``creation.draw_pools(draws, config.seed)``, drawn here when
-      not given.
+    pools: ``creation.draw_pools(plan, creation.seed_data(config.seed))``,
+      drawn here when not given.
   """
-  if draws is None:
-    draws = trace_model(config, task)[1]
+  if plan is None:
+    plan = trace_model(config, task)[1]
   if pools is None:
-    pools = creation.draw_pools(draws, config.seed)
-  with creation.pooled(draws, pools):
+    pools = creation.draw_pools(plan, creation.seed_data(config.seed))
+  with creation.pooled(plan, pools):
     model = _build_model(config, task)
   if pretrained is None and config.model.pretrained:
     pretrained = load_pretrained(config)
@@ -175,7 +175,7 @@ class Experiment:
   optimizer: optax.GradientTransformationExtraArgs
   schedule: optax.Schedule
   mesh: jax.sharding.Mesh
-  # () -> the initial TrainState on the mesh (one jitted call); and the same
+  # () -> the initial TrainState on the mesh (two jitted programs); and the same
   # without computing it: () -> its ShapeDtypeStructs.
   initial_state: Callable[[], TrainState]
   abstract_state: Callable[[], TrainState]
@@ -210,7 +210,7 @@ def create_experiment(config: ml_collections.ConfigDict,
   task = task or tasks.task_of(config)
   mesh = distributed.make_mesh()
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  abstract_model, draws = trace_model(config, task)
+  abstract_model, plan = trace_model(config, task)
   labels = models.parameter_labels(abstract_model)
   graphdef = nnx.split(abstract_model, nnx.Param, ...)[0]
   optimizer = optimizers.create_optimizer(
@@ -220,7 +220,7 @@ def create_experiment(config: ml_collections.ConfigDict,
                                         config.num_train_steps)
 
   def initial_state(pretrained, pools):
-    model = create_model(config, task, pretrained, draws=draws, pools=pools)
+    model = create_model(config, task, pretrained, plan=plan, pools=pools)
     _, params, model_state = nnx.split(model, nnx.Param, ...)
     return TrainState(
         step=jnp.zeros((), jnp.int32),
@@ -241,16 +241,17 @@ def create_experiment(config: ml_collections.ConfigDict,
   # own devices' shards (distributed.replicate).
   local = replicated.is_fully_addressable
   out_sharding = replicated if local else None
-  draw_pools = jax.jit(functools.partial(creation.draw_pools, draws),
+  draw_pools = jax.jit(functools.partial(creation.draw_pools, plan),
                        out_shardings=out_sharding)
   init = jax.jit(initial_state, out_shardings=out_sharding,
                  compiler_options=creation.compiler_options(
                      mesh.devices.flat[0].platform))
+  seed_data = creation.seed_data(config.seed)
   def init_state():
     # Read only to initialise: a restore (evaluate, predict, a resumed run)
     # needs neither the file nor its time.
     pretrained = load_pretrained(config) if config.model.pretrained else {}
-    state = init(pretrained, draw_pools(config.seed))
+    state = init(pretrained, draw_pools(seed_data))
     return state if local else distributed.replicate(state, replicated)
 
   def abstract_state():
@@ -258,7 +259,7 @@ def create_experiment(config: ml_collections.ConfigDict,
         lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
                                           sharding=replicated),
         # The state's shapes are the same with or without pretrained arrays.
-        jax.eval_shape(init, {}, jax.eval_shape(draw_pools, config.seed)))
+        jax.eval_shape(init, {}, jax.eval_shape(draw_pools, seed_data)))
 
   return Experiment(config, task, graphdef, optimizer, schedule, mesh,
                     initial_state=init_state, abstract_state=abstract_state)

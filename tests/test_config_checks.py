@@ -58,6 +58,9 @@ def test_every_shipped_config_passes(path):
     ('class_weights', (1.0, 2.0), "() for task 'votes'"),
     ('best_metric', 'validation/accuracy', "'validation/rmse'"),
     ('optimizer.boundaries', {'100': 0.1}, "unless optimizer.schedule="),
+    # jax.random.key(2**32 + 5) is key(5) on a 32-bit jax; nnx.Rngs(2**40)
+    # is Rngs(0): the same "different" seeds, silently.
+    ('seed', 2**32, 'an integer in [0, 4294967295]'),
 ])
 def test_a_bad_value_is_one_line_naming_key_value_and_what_is_allowed(
     key, value, allowed):

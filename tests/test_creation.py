@@ -1,6 +1,9 @@
 """The initialisers' pooled draws: what is recorded, what is served, and that
 jax is left as it was."""
 
+import threading
+import zlib
+
 import jax
 from jax._src import random as jax_random
 from jax._src.nn import initializers as jax_initializers
@@ -12,6 +15,7 @@ from gzjax.models import creation
 
 SEED = 7
 KEY = creation.pool_key(SEED)  # What the pools draw from.
+DATA = creation.seed_data(SEED)
 LECUN = jax.nn.initializers.lecun_normal()
 
 
@@ -37,11 +41,12 @@ def test_record_lists_the_draws_and_leaves_the_values_alone():
 def test_pooled_values_are_consecutive_slices_of_one_draw():
   with creation.record() as plan:
     _kernels()
-  with creation.pooled(plan, creation.draw_pools(plan, SEED)):
+  with creation.pooled(plan, creation.draw_pools(plan, DATA)):
     kernels = _kernels()
-  # One distribution: the pool is the first (index 0) of the sorted ones.
+  # The distribution's pool, keyed by its name.
+  name = zlib.crc32(b'truncated_normal(-2.0, 2.0):float32') & 0x7FFFFFFF
   pool = np.asarray(jax.random.truncated_normal(
-      jax.random.fold_in(KEY, 0), -2, 2, (656,), jnp.float32))
+      jax.random.fold_in(KEY, name), -2, 2, (656,), jnp.float32))
   offset = 0
   for kernel in kernels:
     fan_in = np.prod(kernel.shape[:-1])
@@ -68,7 +73,7 @@ def test_each_distribution_has_its_own_pool():
       ('uniform', (-1.0, 1.0), np.dtype(np.float32)): 600,
       ('truncated_normal', (-2.0, 2.0), np.dtype(np.float32)): 1600,
   }
-  with creation.pooled(plan, creation.draw_pools(plan, SEED)):
+  with creation.pooled(plan, creation.draw_pools(plan, DATA)):
     normal_a, uniform, lecun, he, normal_b = map(np.asarray, build())
   # Each is the initialiser's distribution, though every call passed the
   # same key (the per-parameter keys are not used).
@@ -92,7 +97,7 @@ def test_a_draw_that_cannot_be_pooled_is_passed_through():
   with creation.record() as plan:
     build()
   assert plan.draws == [None] and plan.distributions() == {}
-  with creation.pooled(plan, creation.draw_pools(plan, SEED)):
+  with creation.pooled(plan, creation.draw_pools(plan, DATA)):
     values = build()
   np.testing.assert_array_equal(values, jax.random.truncated_normal(
       jax.random.key(3), -1.0, 1.0, (50,)))
@@ -102,15 +107,15 @@ def test_a_different_model_in_the_second_pass_is_refused():
   with creation.record() as plan:
     _kernels()
   with pytest.raises(AssertionError, match=r'shape=\(16, 6\).*shape=\(16, 5\)'):
-    with creation.pooled(plan, creation.draw_pools(plan, SEED)):
+    with creation.pooled(plan, creation.draw_pools(plan, DATA)):
       keys = jax.random.split(jax.random.key(0), 2)
       LECUN(keys[0], (3, 3, 4, 8))
       LECUN(keys[1], (16, 6))
   with pytest.raises(AssertionError, match='fewer'):
-    with creation.pooled(plan, creation.draw_pools(plan, SEED)):
+    with creation.pooled(plan, creation.draw_pools(plan, DATA)):
       LECUN(jax.random.key(0), (3, 3, 4, 8))
   with pytest.raises(AssertionError, match='no more draws'):
-    with creation.pooled(plan, creation.draw_pools(plan, SEED)):
+    with creation.pooled(plan, creation.draw_pools(plan, DATA)):
       _kernels()
       LECUN(jax.random.key(0), (2, 2))
 
@@ -125,8 +130,76 @@ def test_jax_is_left_as_it_was():
   assert jax_initializers.random is jax_random
   with creation.record() as plan:
     _kernels()
-  with creation.pooled(plan, creation.draw_pools(plan, SEED)):
+  with creation.pooled(plan, creation.draw_pools(plan, DATA)):
     # Only the initialisers' view of jax.random changes.
     assert jax.random.truncated_normal is jax_random.truncated_normal
     _kernels()
   assert jax_initializers.random is jax_random
+
+
+def test_seeds_are_data_and_keys_are_jaxs():
+  for seed in [0, 3, 2**31, 2**32 - 1]:
+    np.testing.assert_array_equal(
+        creation.seed_data(seed), jax.random.key_data(jax.random.key(seed)))
+  np.testing.assert_array_equal(creation.seed_data(2**32 + 5), [1, 5])
+  np.testing.assert_array_equal(
+      jax.random.key_data(creation.pool_key(SEED)),
+      jax.random.key_data(creation.pool_key(DATA)))
+  with creation.record() as plan:
+    _kernels()
+  pools = [creation.draw_pools(plan, creation.seed_data(seed))[0]
+           for seed in (7, 8, 2**32 + 7)]
+  assert not np.allclose(pools[0], pools[1])
+  assert not np.allclose(pools[0], pools[2])
+
+
+def test_calls_of_every_form_are_pooled():
+  def build():
+    key = jax.random.key(2)
+    draws = jax_initializers.random
+    return [draws.uniform(key, shape=(3, 4), minval=-0.5, maxval=0.5),
+            jax.nn.initializers.normal(0.01)(key, 5),  # A shape of one int.
+            LECUN(key, [2, 6], jnp.bfloat16)]  # A list, bfloat16.
+  with creation.record() as plan:
+    build()
+  assert plan.draws == [
+      creation.Draw('uniform', (-0.5, 0.5), (3, 4), np.dtype(np.float32)),
+      creation.Draw('normal', (), (5,), np.dtype(np.float32)),
+      creation.Draw('truncated_normal', (-2.0, 2.0), (2, 6),
+                    np.dtype(jnp.bfloat16))]
+  with creation.pooled(plan, creation.draw_pools(plan, DATA)):
+    uniform, normal, lecun = build()
+  assert uniform.shape == (3, 4) and np.abs(uniform).max() <= 0.5
+  assert normal.shape == (5,) and lecun.dtype == jnp.bfloat16
+
+
+def test_a_vmapped_initialiser_is_not_pooled():
+  keys = jax.random.split(jax.random.key(0), 3)
+  build = lambda: jax.vmap(lambda key: LECUN(key, (4, 5)))(keys)
+  with creation.record() as plan:
+    build()
+  assert plan.draws == [None]  # One call draws for three keys.
+  with creation.pooled(plan, creation.draw_pools(plan, DATA)):
+    kernels = np.asarray(build())
+  np.testing.assert_array_equal(kernels, build())
+  assert not np.allclose(kernels[0], kernels[1])
+
+
+def test_other_threads_draw_as_jax_does():
+  with creation.record() as plan:
+    thread = threading.Thread(target=_kernels)
+    thread.start()
+    thread.join()
+  assert plan.draws == []
+
+
+def test_pooled_restores_jax_after_an_error():
+  with creation.record() as plan:
+    _kernels()
+  with pytest.raises(ValueError):
+    with creation.pooled(plan, creation.draw_pools(plan, DATA)):
+      raise ValueError
+  assert jax_initializers.random is jax_random
+  with pytest.raises(ValueError, match='1 pools for the 0 distributions'):
+    with creation.pooled(creation.Plan(), [jnp.zeros(3)]):
+      pass

@@ -37,11 +37,14 @@ import dataclasses
 import math
 import threading
 import types
+import zlib
 from typing import Any, Callable, Iterator
 
 from flax import nnx
 import jax
+import jax.numpy as jnp
 from jax._src import random as jax_random
+from jax._src.interpreters import partial_eval
 from jax._src.nn import initializers as jax_initializers
 import numpy as np
 
@@ -88,8 +91,18 @@ def _constant(value) -> float | None:
   return None
 
 
+def _poolable_key(key) -> bool:
+  """A concrete key, or one traced by ``jit``/``eval_shape``.  Under another
+  transformation (``vmap``: one call draws for a whole batch of keys) one
+  slice would serve every key alike, so the call is passed through."""
+  return (not isinstance(key, jax.core.Tracer)
+          or isinstance(key, partial_eval.DynamicJaxprTracer))
+
+
 def _describe(kind: str, args: tuple, kwargs: dict) -> Draw | None:
-  """The draw a call asks for, or None when it cannot be pooled."""
+  """The draw a call ``jax.random.<kind>(key, *args, **kwargs)`` asks for, or
+  None when it cannot be pooled."""
+  key, *args = args
   names = {
       'truncated_normal': ('lower', 'upper', 'shape', 'dtype'),
       'normal': ('shape', 'dtype'),
@@ -98,7 +111,8 @@ def _describe(kind: str, args: tuple, kwargs: dict) -> Draw | None:
   defaults = {'shape': None if kind == 'truncated_normal' else (),
               'dtype': None, 'minval': 0.0, 'maxval': 1.0}
   bound = dict(defaults, **dict(zip(names, args)), **kwargs)
-  if bound.get('out_sharding') is not None or bound['shape'] is None:
+  if (bound.get('out_sharding') is not None or bound['shape'] is None
+      or not _poolable_key(key)):
     return None
   bounds = {
       'truncated_normal': ('lower', 'upper'),
@@ -111,9 +125,14 @@ def _describe(kind: str, args: tuple, kwargs: dict) -> Draw | None:
   dtype = bound['dtype']
   dtype = np.dtype(jax.dtypes.canonicalize_dtype(
       float if dtype is None else dtype))
-  if not np.issubdtype(dtype, np.floating):
+  if not jnp.issubdtype(dtype, jnp.floating):
     return None
-  return Draw(kind, values, tuple(int(d) for d in bound['shape']), dtype)
+  shape = bound['shape']
+  try:
+    shape = (int(shape),) if np.ndim(shape) == 0 else tuple(map(int, shape))
+  except (TypeError, ValueError):  # Not a shape: let jax say so.
+    return None
+  return Draw(kind, values, shape, dtype)
 
 
 _KINDS = ('truncated_normal', 'normal', 'uniform')
@@ -121,17 +140,25 @@ _KINDS = ('truncated_normal', 'normal', 'uniform')
 
 @contextlib.contextmanager
 def _intercept(draw_fn: Callable[[str, Callable, tuple, dict], Any]):
-  """Routes the initialisers' calls of ``jax.random.<kind>`` to ``draw_fn``."""
+  """Routes this thread's calls of ``jax.random.<kind>`` by the initialisers
+  (``jax.nn.initializers``, flax's) to ``draw_fn(kind, real, args, kwargs)``."""
   with _LOCK:
     original = jax_initializers.random
+    owner = threading.get_ident()
     view = types.SimpleNamespace(**{
         name: getattr(jax_random, name) for name in dir(jax_random)
         if not name.startswith('__')})
+
+    def routed(kind, real):
+      def call(*args, **kwargs):
+        # The module is process-wide: other threads draw as jax does.
+        if threading.get_ident() != owner:
+          return real(*args, **kwargs)
+        return draw_fn(kind, real, args, kwargs)
+      return call
+
     for kind in _KINDS:
-      real = getattr(jax_random, kind)
-      setattr(view, kind,
-              lambda key, *args, _kind=kind, _real=real, **kwargs:
-              draw_fn(_kind, _real, (key, *args), kwargs))
+      setattr(view, kind, routed(kind, getattr(jax_random, kind)))
     jax_initializers.random = view
     try:
       yield
@@ -155,28 +182,42 @@ def record() -> Iterator[Plan]:
   plan = Plan()
 
   def draw(kind, real, args, kwargs):
-    plan.draws.append(_describe(kind, args[1:], kwargs))
+    plan.draws.append(_describe(kind, args, kwargs))
     return real(*args, **kwargs)
 
   with _intercept(draw):
     yield plan
 
 
+def _name(distribution: tuple[str, tuple[float, ...], np.dtype]) -> str:
+  kind, bounds, dtype = distribution
+  return f'{kind}{bounds}:{dtype.name}'
+
+
 def _pooled_distributions(plan: Plan) -> list[tuple[tuple, int]]:
   """The plan's distributions and sizes, in the pools' (a fixed) order."""
-  return sorted(plan.distributions().items(), key=lambda item: repr(item[0]))
+  return sorted(plan.distributions().items(), key=lambda item: _name(item[0]))
 
 
-def draw_pools(plan: Plan, seed: int | jax.Array) -> list[jax.Array]:
-  """One draw per distribution ``plan`` recorded, from :func:`pool_key`
-  (``seed``), as :func:`pooled` takes them.  Jitted apart from the program that slices them, the draws compile
-  optimised (what :data:`INIT_COMPILER_OPTIONS` gives up for the rest):
-  EfficientNet-B7's 66 M truncated normals run in 0.7 s instead of 3.2 s on
-  2 cores."""
-  key = pool_key(seed)
-  return [_draw(kind, jax.random.fold_in(key, index), bounds, total, dtype)
-          for index, ((kind, bounds, dtype), total)
-          in enumerate(_pooled_distributions(plan))]
+def draw_pools(plan: Plan, seed_data: np.ndarray | jax.Array
+               ) -> list[jax.Array]:
+  """One draw per distribution ``plan`` recorded, as :func:`pooled` takes
+  them.
+
+  Each distribution's pool has its own key, ``fold_in(pool_key(seed),
+  crc32(its name))``: a model that adds or drops a distribution (another
+  head) leaves the others' pools, and so the backbone's weights, as they
+  were.  ``seed_data`` is :func:`seed_data` (the seed as data, so that a
+  caller that jits this function compiles it once for every seed).  Jitted
+  apart from the program that slices them, the draws compile optimised
+  (what :data:`INIT_COMPILER_OPTIONS` gives up for the rest): EfficientNet-
+  B7's 66 M truncated normals run in 0.7 s instead of 3.2 s on 2 cores.
+  """
+  key = pool_key(seed_data)
+  return [_draw(kind, jax.random.fold_in(key, zlib.crc32(
+      _name((kind, bounds, dtype)).encode()) & 0x7FFFFFFF), bounds, total,
+                dtype)
+          for (kind, bounds, dtype), total in _pooled_distributions(plan)]
 
 
 @contextlib.contextmanager
@@ -188,7 +229,9 @@ def pooled(plan: Plan, pools: list[jax.Array]) -> Iterator[None]:
   model built again); a different call is a bug and raises.
   """
   distributions = _pooled_distributions(plan)
-  assert len(pools) == len(distributions), (len(pools), len(distributions))
+  if len(pools) != len(distributions):
+    raise ValueError(f'{len(pools)} pools for the {len(distributions)}'
+                     ' distributions of the plan: pass draw_pools(plan, ...).')
   offsets = {distribution: [pool, 0] for (distribution, _), pool
              in zip(distributions, pools)}
   calls = iter(plan.draws)
@@ -196,11 +239,13 @@ def pooled(plan: Plan, pools: list[jax.Array]) -> Iterator[None]:
 
   def draw(kind, real, args, kwargs):
     expected = next(calls, end)
-    asked = _describe(kind, args[1:], kwargs)
+    asked = _describe(kind, args, kwargs)
     if asked != expected:
       raise AssertionError(
           f'The model drew {asked} where its shape pass drew {expected}:'
-          ' pooled initialisation needs the same model built twice.')
+          ' pooled initialisation needs the same model built twice, calling'
+          ' its initialisers in Python both times (an initialiser under its'
+          ' own jax.jit is traced once and then cached).')
     if asked is None:
       return real(*args, **kwargs)
     pool = offsets[asked.distribution]
@@ -211,7 +256,11 @@ def pooled(plan: Plan, pools: list[jax.Array]) -> Iterator[None]:
   with _intercept(draw):
     yield
   if next(calls, end) is not end:
-    raise AssertionError('The model made fewer draws than its shape pass.')
+    raise AssertionError(
+        'The model made fewer draws than its shape pass: pooled'
+        ' initialisation needs the same model built twice, calling its'
+        ' initialisers in Python both times (an initialiser under its own'
+        ' jax.jit is traced once and then cached).')
 
 
 def trace(build: Callable[[], Any]) -> tuple[Any, Plan]:
@@ -262,10 +311,24 @@ class _CountedStream(nnx.RngStream):
 _POOL_STREAM = 0x706F6F6C  # 'pool'
 
 
-def pool_key(seed: int | jax.Array) -> jax.Array:
-  """The key of the initialisers' pooled draws for ``seed``: jax's default
-  (threefry) bits, the same on every backend."""
-  return jax.random.fold_in(jax.random.key(seed), _POOL_STREAM)
+def seed_data(seed: int) -> np.ndarray:
+  """``seed`` as the two 32-bit words of a threefry key, on the host: no
+  program to compile, and every seed in [0, 2**32) gives the words
+  ``jax.random.key(seed)`` has (``config_checks`` allows no others)."""
+  seed = int(seed)
+  if not 0 <= seed < 2**64:
+    raise ValueError(f'seed={seed} is not in [0, 2**64).')
+  return np.array([seed >> 32, seed & 0xFFFFFFFF], np.uint32)
+
+
+def pool_key(seed: int | np.ndarray | jax.Array) -> jax.Array:
+  """The key of the initialisers' pooled draws for ``seed`` (an int, or its
+  :func:`seed_data`): jax's default (threefry) bits, the same on every
+  backend."""
+  if np.ndim(seed) == 0:
+    seed = seed_data(seed)
+  return jax.random.fold_in(
+      jax.random.wrap_key_data(seed, impl='threefry2x32'), _POOL_STREAM)
 
 
 # How the program that computes a model's state from its pools compiles, per
