@@ -53,6 +53,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gzjax.models import layers
+
 # (mean, std) on [0, 1] pixels that the pretrained weights expect.
 PRETRAINED_NORMALIZATION = {
     'keras': ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
@@ -158,7 +160,7 @@ def _conv(filters_in, filters_out, kernel, *, stride=1, use_bias=False,
 
 
 def _batch_norm(features, *, dtype, rngs):
-  return nnx.BatchNorm(
+  return layers.BatchNorm(
       features, momentum=_BN_MOMENTUM, epsilon=_BN_EPSILON, dtype=dtype,
       rngs=rngs,
   )

@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gzjax.models import layers
+
 # Keras's BatchNormalization defaults, which InceptionV3 keeps.
 _BN_EPSILON = 1e-3
 _BN_MOMENTUM = 0.99
@@ -60,7 +62,7 @@ class ConvBN(nnx.Module):
         dtype=dtype,
         rngs=rngs,
     )
-    self.bn = nnx.BatchNorm(
+    self.bn = layers.BatchNorm(
         out_features,
         use_scale=False,
         epsilon=_BN_EPSILON,
