@@ -10,8 +10,9 @@ Expected: a validation RMSE of 0.10–0.12 over the known answers, against
 0.181 for predicting the training mean, on 307 validation galaxies (one seed:
 0.105 with the engine of 2026-11-23; on 2026-11-28 0.116 with the jitted
 threefry initialisation, 0.104 (0.103 with TTA) with the rbg initialisers;
-on 2026-11-29 0.118 (0.117 with TTA) with the pooled initialisers: the
-initial weights differ, and 600 steps of one seed amplify that).
+on 2026-11-29 0.113 (0.112 with TTA) with the pooled initialisers, each
+pool keyed by its distribution: the initial weights differ, and 600 steps
+of one seed amplify that).
 
 Precision (inherited, ``model.dtype='auto'``): bfloat16 compute on GPUs
 and TPUs, float32 on CPUs; weights, optimizer state, batch-norm statistics
