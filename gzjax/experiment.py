@@ -7,7 +7,6 @@ predict); ``create_train_input`` the training batches for its state.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import pathlib
 from typing import Any, Callable, Mapping
 
@@ -234,19 +233,18 @@ def create_experiment(config: ml_collections.ConfigDict,
 
   # Two programs: the initialisers' pooled draws (a few large kernels,
   # compiled optimised), then the state from them (hundreds of trivial
-  # kernels: slices, scales, zeros, compiled as creation.compiler_options
+  # kernels: slices, scales, zeros, compiled as creation.jit_programs
   # says).  The pretrained arrays are arguments, not constants baked into the
   # program; XLA drops the slices of the parameters they replace.  Across
   # processes, each computes the same state from the same seed and fills its
   # own devices' shards (distributed.replicate).
   local = replicated.is_fully_addressable
   out_sharding = replicated if local else None
-  draw_pools = jax.jit(functools.partial(creation.draw_pools, plan),
-                       out_shardings=out_sharding)
-  init = jax.jit(initial_state, out_shardings=out_sharding,
-                 compiler_options=creation.compiler_options(
-                     mesh.devices.flat[0].platform))
+  draw_pools, init = creation.jit_programs(
+      plan, initial_state, platform=mesh.devices.flat[0].platform,
+      out_shardings=out_sharding)
   seed_data = creation.seed_data(config.seed)
+
   def init_state():
     # Read only to initialise: a restore (evaluate, predict, a resumed run)
     # needs neither the file nor its time.

@@ -24,7 +24,6 @@ accelerators).  Train/eval behaviour (dropout, batch-norm statistics) follows
 
 from __future__ import annotations
 
-import functools
 import importlib
 from typing import Any, Sequence
 
@@ -153,12 +152,11 @@ def create(
     with creation.pooled(plan, pools):
       return nnx.split(build())[1]
 
-  platform = (next(iter(sharding.device_set)) if sharding
-              else jax.devices()[0]).platform
-  pools = jax.jit(functools.partial(creation.draw_pools, plan),
-                  out_shardings=sharding)(creation.seed_data(seed))
-  state = jax.jit(initialise, out_shardings=sharding,
-                  compiler_options=creation.compiler_options(platform))(pools)
+  draw_pools, init = creation.jit_programs(
+      plan, initialise, out_shardings=sharding,
+      platform=(next(iter(sharding.device_set)) if sharding
+                else jax.devices()[0]).platform)
+  state = init(draw_pools(creation.seed_data(seed)))
   return nnx.merge(nnx.split(abstract)[0], state)
 
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import threading
 import types
@@ -99,27 +100,28 @@ def _poolable_key(key) -> bool:
           or isinstance(key, partial_eval.DynamicJaxprTracer))
 
 
+# The intercepted jax.random functions: each one's arguments after the key,
+# in order, and which of them bound its distribution.
+_SIGNATURES = {
+    'truncated_normal': (('lower', 'upper', 'shape', 'dtype'),
+                         ('lower', 'upper')),
+    'normal': (('shape', 'dtype'), ()),
+    'uniform': (('shape', 'dtype', 'minval', 'maxval'), ('minval', 'maxval')),
+}
+
+
 def _describe(kind: str, args: tuple, kwargs: dict) -> Draw | None:
   """The draw a call ``jax.random.<kind>(key, *args, **kwargs)`` asks for, or
   None when it cannot be pooled."""
   key, *args = args
-  names = {
-      'truncated_normal': ('lower', 'upper', 'shape', 'dtype'),
-      'normal': ('shape', 'dtype'),
-      'uniform': ('shape', 'dtype', 'minval', 'maxval'),
-  }[kind]
+  names, bound_names = _SIGNATURES[kind]
   defaults = {'shape': None if kind == 'truncated_normal' else (),
               'dtype': None, 'minval': 0.0, 'maxval': 1.0}
   bound = dict(defaults, **dict(zip(names, args)), **kwargs)
   if (bound.get('out_sharding') is not None or bound['shape'] is None
       or not _poolable_key(key)):
     return None
-  bounds = {
-      'truncated_normal': ('lower', 'upper'),
-      'normal': (),
-      'uniform': ('minval', 'maxval'),
-  }[kind]
-  values = tuple(_constant(bound[name]) for name in bounds)
+  values = tuple(_constant(bound[name]) for name in bound_names)
   if any(value is None for value in values):
     return None
   dtype = bound['dtype']
@@ -133,9 +135,6 @@ def _describe(kind: str, args: tuple, kwargs: dict) -> Draw | None:
   except (TypeError, ValueError):  # Not a shape: let jax say so.
     return None
   return Draw(kind, values, shape, dtype)
-
-
-_KINDS = ('truncated_normal', 'normal', 'uniform')
 
 
 @contextlib.contextmanager
@@ -157,7 +156,7 @@ def _intercept(draw_fn: Callable[[str, Callable, tuple, dict], Any]):
         return draw_fn(kind, real, args, kwargs)
       return call
 
-    for kind in _KINDS:
+    for kind in _SIGNATURES:
       setattr(view, kind, routed(kind, getattr(jax_random, kind)))
     jax_initializers.random = view
     try:
@@ -169,11 +168,8 @@ def _intercept(draw_fn: Callable[[str, Callable, tuple, dict], Any]):
 def _draw(kind: str, key: jax.Array, bounds: tuple[float, ...], size: int,
           dtype: np.dtype) -> jax.Array:
   """``size`` numbers of one distribution, as jax draws them."""
-  if kind == 'truncated_normal':
-    return jax_random.truncated_normal(key, *bounds, (size,), dtype)
-  if kind == 'normal':
-    return jax_random.normal(key, (size,), dtype)
-  return jax_random.uniform(key, (size,), dtype, *bounds)
+  return getattr(jax_random, kind)(key, shape=(size,), dtype=dtype,
+                                   **dict(zip(_SIGNATURES[kind][1], bounds)))
 
 
 @contextlib.contextmanager
@@ -220,6 +216,12 @@ def draw_pools(plan: Plan, seed_data: np.ndarray | jax.Array
           for (kind, bounds, dtype), total in _pooled_distributions(plan)]
 
 
+_SAME_MODEL_TWICE = (
+    'pooled initialisation needs the same model built twice, calling its'
+    ' initialisers in Python both times (an initialiser under its own jax.jit'
+    ' is traced once and then cached).')
+
+
 @contextlib.contextmanager
 def pooled(plan: Plan, pools: list[jax.Array]) -> Iterator[None]:
   """Serves the draws ``plan`` recorded as slices of ``pools``, its
@@ -241,11 +243,8 @@ def pooled(plan: Plan, pools: list[jax.Array]) -> Iterator[None]:
     expected = next(calls, end)
     asked = _describe(kind, args, kwargs)
     if asked != expected:
-      raise AssertionError(
-          f'The model drew {asked} where its shape pass drew {expected}:'
-          ' pooled initialisation needs the same model built twice, calling'
-          ' its initialisers in Python both times (an initialiser under its'
-          ' own jax.jit is traced once and then cached).')
+      raise AssertionError(f'The model drew {asked} where its shape pass'
+                           f' drew {expected}: {_SAME_MODEL_TWICE}')
     if asked is None:
       return real(*args, **kwargs)
     pool = offsets[asked.distribution]
@@ -256,11 +255,8 @@ def pooled(plan: Plan, pools: list[jax.Array]) -> Iterator[None]:
   with _intercept(draw):
     yield
   if next(calls, end) is not end:
-    raise AssertionError(
-        'The model made fewer draws than its shape pass: pooled'
-        ' initialisation needs the same model built twice, calling its'
-        ' initialisers in Python both times (an initialiser under its own'
-        ' jax.jit is traced once and then cached).')
+    raise AssertionError('The model made fewer draws than its shape pass:'
+                         f' {_SAME_MODEL_TWICE}')
 
 
 def trace(build: Callable[[], Any]) -> tuple[Any, Plan]:
@@ -345,6 +341,15 @@ INIT_COMPILER_OPTIONS = {
 }
 
 
-def compiler_options(platform: str) -> dict[str, Any] | None:
-  """XLA options for compiling a model's initialisation on ``platform``."""
-  return INIT_COMPILER_OPTIONS.get(platform)
+def jit_programs(plan: Plan, build_state: Callable[..., Any], *,
+                 platform: str, out_shardings: Any = None
+                 ) -> tuple[Callable[[np.ndarray], list[jax.Array]],
+                            Callable[..., Any]]:
+  """A model's creation as two jitted programs: ``plan``'s pools from
+  :func:`seed_data` (XLA's defaults), and ``build_state(..., pools)``, the
+  state built in :func:`pooled` from them, compiled with
+  :data:`INIT_COMPILER_OPTIONS` for ``platform``."""
+  return (jax.jit(functools.partial(draw_pools, plan),
+                  out_shardings=out_shardings),
+          jax.jit(build_state, out_shardings=out_shardings,
+                  compiler_options=INIT_COMPILER_OPTIONS.get(platform)))
