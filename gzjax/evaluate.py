@@ -33,6 +33,7 @@ from gzjax import errors
 from gzjax import experiment as experiments
 from gzjax import metrics
 from gzjax import plots
+from gzjax import programs
 from gzjax import tasks
 from gzjax import taxonomy
 from gzjax import workdir_rules
@@ -80,8 +81,12 @@ def make_predict_fn(experiment: experiments.Experiment, *,
                                task)
     return total / len(TTA_TRANSFORMS)
 
-  return jax.jit(
+  # Kept beside the compilation cache: --mode=evaluate and predict, and a
+  # resumed run, do not trace it.
+  return programs.jit(
       predict,
+      name='predict_tta' if tta else 'predict',
+      key=programs.describe(config, task),
       in_shardings=(experiment.replicated, experiment.batch_sharding),
       out_shardings=experiment.batch_sharding,
   )

@@ -32,6 +32,7 @@ from gzjax import metric_writer
 from gzjax import models
 from gzjax import optimizers
 from gzjax import plots
+from gzjax import programs
 from gzjax import progress as progress_bars
 from gzjax import tasks
 from gzjax import workdir_rules
@@ -93,13 +94,13 @@ def make_loss_fn(experiment: experiments.Experiment) -> Callable:
 class TrainStep:
   """The jitted ``(state, batch) -> (state, metrics)``; the state is donated.
 
-  ``jitted`` is the ``jax.jit`` of ``(state, batch, resident)``: a device
-  cache's images (or None) are an argument, not a constant compiled in.  The
-  step binds them, so that the loop and the tools call, lower or compile it
-  with the state and the batch only.
+  ``jitted`` is the :func:`gzjax.programs.jit` of ``(state, batch,
+  resident)``: a device cache's images (or None) are an argument, not a
+  constant compiled in.  The step binds them, so that the loop and the tools
+  call, lower or compile it with the state and the batch only.
   """
 
-  jitted: Any
+  jitted: programs.Program
   resident: jax.Array | None = None
 
   def __call__(self, state: experiments.TrainState,
@@ -114,7 +115,7 @@ class TrainStep:
   def compile(self, state, batch) -> Callable:
     """Compiled ahead of the first call (to time compilation apart): a
     ``(state, batch)`` callable running the compiled program."""
-    compiled = self.lower(state, batch).compile()
+    compiled = self.jitted.compile(state, batch, self.resident)
     return lambda state, batch: compiled(state, batch, self.resident)
 
 
@@ -151,8 +152,13 @@ def make_train_step(experiment: experiments.Experiment,
     return experiments.TrainState(
         state.step + 1, params, model_state, opt_state, ema), step_metrics
 
-  jitted = jax.jit(
+  # Kept beside the compilation cache: a resumed run does not trace it.
+  jitted = programs.jit(
       train_step,
+      name='train_step',
+      key=programs.describe(
+          config, experiment.task,
+          None if device_input is None else device_input.geometry),
       in_shardings=(experiment.replicated, experiment.batch_sharding,
                     experiment.replicated),
       out_shardings=(experiment.replicated, experiment.replicated),

@@ -252,5 +252,7 @@ def test_a_second_process_loads_the_step_from_the_cache(tmp_path):
   assert cells[:3] == ['cnn', '32', '2']
   assert all(re.fullmatch(r'\d+\.\d', cell) for cell in cells[3:8]), cells
   # The train step (and the initialisation) compiled in the first process
-  # are read back from the cache in the second.
+  # are read back from the cache in the second, which also loads the traced
+  # train step instead of tracing it (gzjax.programs).
   assert int(cells[8]) >= 1, cells
+  assert cells[9] == '1', cells

@@ -15,8 +15,9 @@ cache directory, empty before the first process:
 * compile: lowering and compiling the train step (``TrainStep.compile``);
 * first step: from the start of creation to the first step's finished state;
 * the second process's compile and creation, with the cache the first one
-  filled, and the cache hits jax reported in it (0 when the engine has no
-  persistent cache).
+  filled, the cache hits jax reported in it (0 when the engine has no
+  persistent cache), and the traced programs it loaded instead of tracing
+  them (``gzjax.programs``; the train step).
 
 Prints a markdown table.  ``--child`` is the subprocess's entry point.
 """
@@ -54,14 +55,15 @@ _TIMEOUT = flags.DEFINE_integer(
     ' "timed out".')
 
 CACHE_HIT_EVENT = '/jax/compilation_cache/cache_hits'
+PROGRAM_HIT_EVENT = '/gzjax/programs/hit'  # gzjax.programs.HIT_EVENT
 
 
 def measure(model: str, size: int, batch_size: int, cache_dir: str) -> dict:
   """One process's start: seconds to create, compile, finish a first step."""
   hits = []
   jax.monitoring.register_event_listener(
-      lambda event, **_: hits.append(event) if event == CACHE_HIT_EVENT
-      else None)
+      lambda event, **_: hits.append(event)
+      if event in (CACHE_HIT_EVENT, PROGRAM_HIT_EVENT) else None)
   config = benchmark.configure('', model, size, batch_size)
   if 'compilation_cache_dir' in config:  # Engines before issue 12 have none.
     config.compilation_cache_dir = cache_dir
@@ -80,7 +82,9 @@ def measure(model: str, size: int, batch_size: int, cache_dir: str) -> dict:
   jax.block_until_ready(state)
   finished = time.perf_counter()
   return {'create_s': created - start, 'compile_s': compiled - created,
-          'first_step_s': finished - start, 'cache_hits': len(hits),
+          'first_step_s': finished - start,
+          'cache_hits': hits.count(CACHE_HIT_EVENT),
+          'programs_loaded': hits.count(PROGRAM_HIT_EVENT),
           'dtype': config.model.dtype}
 
 
@@ -113,8 +117,10 @@ def main(argv):
                              FLAGS.batch_size, _CACHE_DIR.value)))
     return
   lines = ['| model | px | batch | create s | compile s | first step s'
-           ' | warm-cache compile s | warm-cache create s | cache hits |',
-           '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |']
+           ' | warm-cache compile s | warm-cache create s | cache hits'
+           ' | programs loaded |',
+           '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |'
+           ' ---: |']
   for entry in _MODELS.value:
     name, size = parse_model(entry)
     with tempfile.TemporaryDirectory() as cache_dir:
@@ -124,16 +130,16 @@ def main(argv):
     if 'missing' in cold or 'missing' in warm:
       reason = cold.get('missing') or warm.get('missing')
       lines.append(f'| {name} | {size} | {FLAGS.batch_size} | missing:'
-                   f' {reason} | | | | | |')
+                   f' {reason} | | | | | | |')
     elif _CREATE_ONLY.value:
       lines.append(f'| {name} | {size} | {FLAGS.batch_size}'
-                   f' | {cold["create_s"]:.1f} | | | | | |')
+                   f' | {cold["create_s"]:.1f} | | | | | | |')
     else:
       lines.append(
           f'| {name} | {size} | {FLAGS.batch_size} | {cold["create_s"]:.1f}'
           f' | {cold["compile_s"]:.1f} | {cold["first_step_s"]:.1f}'
           f' | {warm["compile_s"]:.1f} | {warm["create_s"]:.1f}'
-          f' | {warm["cache_hits"]} |')
+          f' | {warm["cache_hits"]} | {warm.get("programs_loaded", 0)} |')
     print(lines[-1], file=sys.stderr, flush=True)
   print('\n'.join(lines))
 

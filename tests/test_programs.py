@@ -1,0 +1,219 @@
+"""Traced programs kept beside the compilation cache (gzjax.programs): the
+same bits as the plain jit, no tracing in a later process, and a new trace
+whenever anything that shapes the program changes."""
+
+import dataclasses
+import logging
+
+import jax
+import numpy as np
+import pytest
+
+from gzjax import evaluate
+from gzjax import experiment as experiments
+from gzjax import losses
+from gzjax import programs
+from gzjax import tasks
+from gzjax import train
+from tests.conftest import tiny_config
+
+_SETTINGS = ('jax_enable_compilation_cache', 'jax_compilation_cache_dir',
+             'jax_persistent_cache_min_compile_time_secs')
+
+
+@pytest.fixture
+def cache(tmp_path):
+  """The persistent compilation cache in tmp_path, as gzjax.main sets it;
+  JAX's settings as they were afterwards."""
+  saved = {name: getattr(jax.config, name) for name in _SETTINGS}
+  experiments.use_compilation_cache(str(tmp_path / 'jax'))
+  yield tmp_path / 'jax' / programs.FOLDER
+  for name, value in saved.items():
+    jax.config.update(name, value)
+
+
+@pytest.fixture
+def traces(monkeypatch):
+  """How many times the train step's loss was traced (Python ran it)."""
+  count = []
+  compute = losses.compute
+  monkeypatch.setattr(losses, 'compute',
+                      lambda *a, **k: count.append(1) or compute(*a, **k))
+  return count
+
+
+@pytest.fixture
+def hits():
+  events = []
+  listener = lambda event, **_: events.append(event) if (
+      event == programs.HIT_EVENT) else None
+  jax.monitoring.register_event_listener(listener)
+  yield events
+  jax.monitoring.unregister_event_listener(listener)
+
+
+def _experiment(**overrides):
+  return experiments.create_experiment(tiny_config('/nonexistent',
+                                                   **overrides))
+
+
+def _batch(experiment, size=8):
+  rng = np.random.default_rng(0)
+  return train.to_global({
+      'image': rng.normal(size=(size, 32, 32, 3)).astype(np.float32),
+      'votes': rng.random((size, 37)).astype(np.float32),
+      'votes_mask': np.ones((size, 37), bool),
+      'label_3class': np.zeros(size, np.int32),
+      'label_7class': np.zeros(size, np.int32),
+      'example_mask': np.ones(size, bool),
+  }, experiment.batch_sharding)
+
+
+def _leaves(tree) -> list[np.ndarray]:
+  return [np.asarray(jax.random.key_data(x) if jax.dtypes.issubdtype(
+      x.dtype, jax.dtypes.prng_key) else x) for x in jax.tree.leaves(tree)]
+
+
+def _assert_same(a, b):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(_leaves(a), _leaves(b), strict=True):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_a_kept_step_runs_the_plain_jits_bits_and_is_not_traced_again(
+    cache, traces, hits):
+  experiment = _experiment(**{'model.dropout': 0.5})
+  batch = _batch(experiment)
+  step = train.make_train_step(experiment)
+  plain = step.jitted.jitted  # jax.jit of the same function.
+  expected = plain(experiment.initial_state(), batch, None)
+  assert not cache.exists()
+
+  state = experiment.initial_state()
+  first = step(state, batch)
+  (kept,) = cache.glob('train_step-*.program')
+  _assert_same(first, expected)
+  # The state is donated as with the plain jit.
+  assert all(x.is_deleted() for x in jax.tree.leaves(state))
+  assert hits == []
+  traced = len(traces)
+
+  # What a later process does: a new step, the same config; two steps.
+  again = train.make_train_step(_experiment(**{'model.dropout': 0.5}))
+  state = experiment.initial_state()
+  state, _ = again(state, batch)
+  state, metrics = again(state, batch)
+  assert len(traces) == traced, 'a kept program was traced again'
+  assert hits == [programs.HIT_EVENT]
+  assert list(cache.glob('*')) == [kept]
+  expected_state, _ = plain(expected[0], batch, None)
+  _assert_same(state, expected_state)
+  assert np.isfinite(float(metrics['loss']))
+
+
+def test_lower_and_compile_are_the_kept_programs(cache):
+  experiment = _experiment()
+  batch, state = _batch(experiment), experiment.initial_state()
+  step = train.make_train_step(experiment)
+  plain = step.jitted.jitted.lower(state, batch, None)
+  lowered = step.lower(state, batch)
+  # The kept program is the same computation: XLA counts the same FLOPs.
+  assert lowered.cost_analysis()['flops'] == plain.cost_analysis()['flops']
+  assert len(list(cache.glob('train_step-*.program'))) == 1
+  compiled = step.compile(state, batch)
+  _assert_same(compiled(experiment.initial_state(), batch),
+               step.jitted.jitted(experiment.initial_state(), batch, None))
+
+
+@pytest.mark.parametrize('change', ['config', 'code', 'shape'])
+def test_anything_that_shapes_the_program_traces_it_again(
+    cache, traces, hits, monkeypatch, change):
+  experiment = _experiment()
+  train.make_train_step(experiment)(experiment.initial_state(),
+                                    _batch(experiment))
+  size = 8
+  if change == 'config':
+    experiment = _experiment(**{'optimizer.learning_rate': 0.5})
+  elif change == 'code':  # An edited gzjax module.
+    monkeypatch.setattr(programs, '_code_digest', lambda: 'edited')
+  else:
+    size = 4
+  train.make_train_step(experiment)(experiment.initial_state(),
+                                    _batch(experiment, size))
+  assert len(traces) == 2 and hits == []
+  assert len(list(cache.glob('train_step-*.program'))) == 2
+
+
+def test_an_unreadable_kept_program_is_named_traced_again_and_replaced(
+    cache, traces, hits, caplog):
+  experiment = _experiment()
+  batch = _batch(experiment)
+  train.make_train_step(experiment)(experiment.initial_state(), batch)
+  (kept,) = cache.glob('train_step-*.program')
+  good = kept.read_bytes()
+  kept.write_bytes(good[:len(good) // 2])  # A truncated copy.
+  with caplog.at_level(logging.WARNING):
+    outputs = train.make_train_step(experiment)(experiment.initial_state(),
+                                                batch)
+  (warning,) = [r.getMessage() for r in caplog.records
+                if r.levelno == logging.WARNING]
+  assert str(kept) in warning and 'tracing train_step again' in warning
+  assert len(traces) == 2 and hits == []
+  _assert_same(outputs, train.make_train_step(experiment).jitted.jitted(
+      experiment.initial_state(), batch, None))
+  # Replaced by a whole one, which the next process loads.
+  assert kept.read_bytes() != good[:len(good) // 2]
+  train.make_train_step(experiment)(experiment.initial_state(), batch)
+  assert hits == [programs.HIT_EVENT] and len(traces) == 3
+
+
+def test_an_unwritable_folder_runs_the_step_without_keeping_it(cache,
+                                                                caplog):
+  cache.parent.mkdir(parents=True, exist_ok=True)
+  cache.write_text('a file where the folder goes')
+  experiment = _experiment()
+  batch = _batch(experiment)
+  with caplog.at_level(logging.WARNING):
+    outputs = train.make_train_step(experiment)(experiment.initial_state(),
+                                                batch)
+  assert any('Cannot keep the traced program in' in r.getMessage()
+             and str(cache) in r.getMessage() for r in caplog.records)
+  assert cache.read_text() == 'a file where the folder goes'
+  _assert_same(outputs, train.make_train_step(experiment).jitted.jitted(
+      experiment.initial_state(), batch, None))
+
+
+def test_nothing_is_kept_without_the_cache_or_for_a_task_of_your_own(
+    cache, traces, tmp_path):
+  config = tiny_config('/nonexistent')
+  # A task with a loss of its own: its code is not in any key.
+  own = dataclasses.replace(tasks.TASKS['votes'], name='own',
+                            loss=lambda outputs, batch: outputs.mean())
+  assert programs.describe(config, own) is None
+  assert programs.describe(config, tasks.TASKS['votes']) is not None
+  experiment = experiments.create_experiment(config, own)
+  batch = _batch(experiment)
+  step = train.make_train_step(experiment)
+  step(experiment.initial_state(), batch)
+  step(experiment.initial_state(), batch)
+  assert not cache.exists()
+
+  experiments.use_compilation_cache('')  # Off.
+  experiment = _experiment()
+  predict = evaluate.make_predict_fn(experiment)
+  assert predict.folder() is None
+  predict(experiment.initial_state(), batch['image'])
+  assert not cache.exists()
+
+
+def test_the_predict_function_is_kept_too(cache, hits):
+  experiment = _experiment()
+  images = _batch(experiment)['image']
+  state = experiment.initial_state()
+  first = evaluate.make_predict_fn(experiment, tta=True)(state, images)
+  again = evaluate.make_predict_fn(experiment, tta=True)(state, images)
+  plain = evaluate.make_predict_fn(experiment, tta=True).jitted(state, images)
+  assert [p.name.split('-')[0] for p in cache.glob('*')] == ['predict_tta']
+  assert hits == [programs.HIT_EVENT]
+  np.testing.assert_array_equal(first, plain)
+  np.testing.assert_array_equal(again, plain)
