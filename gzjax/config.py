@@ -68,8 +68,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval_batch_size = 0
   config.seed = 0
   # JAX's persistent compilation cache: a later process (a resumed run,
-  # --mode=evaluate or predict) loads the programs an earlier one compiled.
-  # '' turns it off.
+  # --mode=evaluate or predict) loads the programs an earlier one compiled,
+  # and the traced steps from its gzjax_programs/ folder (gzjax.programs).
+  # '' turns both off.
   config.compilation_cache_dir = os.path.join(
       os.environ.get('XDG_CACHE_HOME') or '~/.cache', 'gzjax', 'jax')
   return config
