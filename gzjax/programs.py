@@ -2,27 +2,35 @@
 
 JAX's persistent compilation cache (:func:`gzjax.experiment.use_compilation_cache`)
 keys on the lowered program, so a second process still traces and lowers a
-step before it can look its executable up: on two CPU cores that is 2.6 s of
+step before it can look its executable up: on two CPU cores that is 2.4 s of
 EfficientNet-B0's 4.2 s warm start and 7 s of B7's (BUILD.md, start-up).
 :func:`jit` is ``jax.jit`` for the engine's steps that also keeps each lowered
 program (``jax.export``, serialised) beside that cache, in
 ``<compilation cache>/gzjax_programs/``, under a key of everything that shapes
 it:
 
-* the caller's description: the config and the task (:func:`describe`);
-* the arguments' tree, shapes, dtypes and shardings, the donated arguments and
-  the output shardings;
+* the caller's description: every config field and the task
+  (:func:`describe`);
+* the arguments' tree, shapes, dtypes and weak types, their shardings and the
+  devices those lie on, the donated arguments and the output shardings;
 * the source of every gzjax module, the versions of Python, jax, jaxlib,
-  flax, optax and numpy, JAX's settings and the devices.
+  flax, optax and numpy, JAX's and flax's settings and the devices.
 
 A later process whose key matches loads the program instead of tracing it;
 any difference traces again, so an edited module or config never runs an old
 program.  A program whose description cannot say what shapes it (a task of
 your own, whose loss is Python code: :func:`describe` returns None) is never
-kept, nor are programs of a multi-process run.  The process that writes a
-program runs it as loaded from its bytes, as later ones do, so that XLA's
-cache holds one executable for both.  A file that cannot be read is named in
-a warning, traced again and replaced.  Clearing the folder is always safe.
+kept, nor are programs of a multi-process run.  Every process runs the kept
+program through the same small jit (the exported call), so that XLA's cache
+holds one executable for the process that wrote it and those that read it;
+calls dispatch in C++ as a plain ``jax.jit``'s do.  A file that cannot be read
+is named in a warning, traced again and replaced.  Clearing the folder is
+always safe.  Like XLA's cache, the folder must be trusted: its files hold a
+pickled tree structure (a checksum guards against damage, not against
+tampering).
+
+What it costs: the first process exports the program (its portable StableHLO
+serialisation took 0.35 s for B0, 4 s for B7); measured in BUILD.md.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ import os
 import pathlib
 import pickle
 import sys
+import tempfile
 from typing import Any, Callable, Sequence
 
 import flax
@@ -52,8 +61,13 @@ _MAGIC = b'gzjax-program 1\n'
 HIT_EVENT = '/gzjax/programs/hit'
 """Recorded (``jax.monitoring``) each time a kept program is loaded."""
 
-# JAX settings that do not change what a function traces to.
-_UNRELATED_SETTINGS = ('cache', 'log', 'explain', 'traceback')
+_PACKAGE = pathlib.Path(__file__).resolve().parent
+
+
+def _is_cache_setting(name: str) -> bool:
+  """JAX settings that say where compiled programs are kept, not what a
+  function traces to (gzjax sets them itself)."""
+  return ('compilation_cache' in name or 'persistent_cache' in name)
 
 
 def describe(config: ml_collections.ConfigDict, task, *extra) -> str | None:
@@ -68,10 +82,9 @@ def describe(config: ml_collections.ConfigDict, task, *extra) -> str | None:
 
 
 @functools.cache
-def _code_digest() -> str:
+def _code_digest(package: pathlib.Path = _PACKAGE) -> str:
   """sha256 of every module of the gzjax package (paths and bytes)."""
   digest = hashlib.sha256()
-  package = pathlib.Path(__file__).resolve().parent
   for path in sorted(package.rglob('*.py')):
     digest.update(str(path.relative_to(package)).encode() + b'\0')
     digest.update(path.read_bytes() + b'\0')
@@ -79,14 +92,29 @@ def _code_digest() -> str:
 
 
 def _environment() -> list:
-  settings = sorted(
+  jax_settings = sorted(
       (name, repr(value)) for name, value in jax.config.values.items()
-      if not any(word in name for word in _UNRELATED_SETTINGS))
+      if not _is_cache_setting(name))
+  flax_settings = sorted(
+      (name, repr(getattr(flax.config, name))) for name in dir(flax.config)
+      if name.startswith(('flax_', 'nnx_')))
   devices = [(d.platform, d.device_kind, d.id, d.process_index)
              for d in jax.devices()]
   return [sys.version, jax.__version__, jaxlib.__version__, flax.__version__,
-          optax.__version__, np.__version__, _code_digest(), settings,
-          devices]
+          optax.__version__, np.__version__, _code_digest(), jax_settings,
+          flax_settings, devices]
+
+
+def _placement(sharding) -> list:
+  """A sharding as text and the devices it lies on, in order (a
+  NamedSharding's text names only its mesh's axis sizes)."""
+  if sharding is None:
+    return [None]
+  mesh = getattr(sharding, 'mesh', None)
+  devices = (list(mesh.devices.flat) if mesh is not None
+             and hasattr(mesh, 'devices') else
+             sorted(sharding.device_set, key=lambda d: d.id))
+  return [repr(sharding), [(d.platform, d.id) for d in devices]]
 
 
 @functools.cache
@@ -111,34 +139,38 @@ def _spread(prefix, tree) -> list:
 
 
 @dataclasses.dataclass
-class _Loaded:
-  """A kept program, ready to run: leaves in, leaves out."""
+class _Kept:
+  """A kept program: ``jax.export``'s, and the tree of its outputs."""
 
-  call: Callable
+  exported: Any
   out_tree: Any
 
 
 class Program:
   """``jax.jit(fun, ...)`` whose lowered program is kept between processes.
 
-  Call it, ``lower`` or ``compile`` it with the arguments (or their
-  ``jax.ShapeDtypeStruct``s) as the jitted function; ``in_shardings`` has one
-  sharding per positional argument.  With the persistent compilation cache
-  off, or without a ``key``, it is the plain ``jax.jit``.
+  Call it, ``lower`` or ``compile`` it as the jitted function (``jitted``);
+  ``in_shardings`` has one sharding per positional argument.  With the
+  persistent compilation cache off, or without a ``key``, it is the plain
+  ``jax.jit``.  Whether programs are kept is decided at the first call.
   """
 
   def __init__(self, fun: Callable, *, name: str, key: str | None,
                in_shardings: Sequence[jax.sharding.Sharding],
                out_shardings: Any, donate_argnums: Sequence[int] = ()):
     self.name = name
-    self.jitted = jax.jit(fun, in_shardings=tuple(in_shardings),
-                          out_shardings=out_shardings,
-                          donate_argnums=tuple(donate_argnums))
+    options = dict(in_shardings=tuple(in_shardings),
+                   out_shardings=out_shardings,
+                   donate_argnums=tuple(donate_argnums))
+    self.jitted = jax.jit(fun, **options)
+    # The same arguments and results; its trace loads (or exports) the kept
+    # program for the arguments' shapes and calls it.
+    self._kept = jax.jit(self._call_kept, **options)
     self._key = key
     self._in_shardings = tuple(in_shardings)
     self._out_shardings = out_shardings
     self._donate_argnums = tuple(donate_argnums)
-    self._loaded: dict[Any, _Loaded] = {}
+    self._chosen: Callable | None = None
 
   def folder(self) -> pathlib.Path | None:
     """Where this program is kept; None when it is not."""
@@ -149,78 +181,78 @@ class Program:
       return None
     return pathlib.Path(jax.config.jax_compilation_cache_dir) / FOLDER
 
+  def _choice(self) -> Callable:
+    if self._chosen is None:
+      self._chosen = self.jitted if self.folder() is None else self._kept
+    return self._chosen
+
   def __call__(self, *args):
-    loaded, leaves = self._get(args)
-    if loaded is None:
-      return self.jitted(*args)
-    return jax.tree.unflatten(loaded.out_tree, loaded.call(*leaves))
+    return self._choice()(*args)
 
   def lower(self, *args) -> jax.stages.Lowered:
-    """The program that runs for these arguments, lowered: for its cost
-    and memory analyses and text (a kept program takes the leaves)."""
-    loaded, leaves = self._get(args)
-    if loaded is None:
-      return self.jitted.lower(*args)
-    return loaded.call.lower(*leaves)
+    """The program that runs for these arguments, lowered (``.compile()``,
+    ``.cost_analysis()``): a kept one is the call of the exported step."""
+    return self._choice().lower(*args)
 
   def compile(self, *args) -> Callable:
     """Compiled ahead of the first call: a callable of the same arguments."""
-    loaded, leaves = self._get(args)
-    if loaded is None:
-      return self.jitted.lower(*args).compile()
-    compiled = loaded.call.lower(*leaves).compile()
-    return lambda *args: jax.tree.unflatten(
-        loaded.out_tree, compiled(*jax.tree.leaves(args)))
+    return self.lower(*args).compile()
 
   # ------------------------------------------------------------------
 
-  def _get(self, args) -> tuple[_Loaded | None, list]:
-    """The kept program for these arguments (None: run the plain jit) and
-    the arguments' leaves."""
-    folder = self.folder()
-    if folder is None:
-      return None, []
+  def _call_kept(self, *args):
+    """Traced once per argument shapes: the kept program's call."""
     leaves, tree = jax.tree.flatten(args)
-    signature = (tree, tuple((np.shape(x), str(x.dtype)) for x in leaves))
-    if signature not in self._loaded:
-      self._loaded[signature] = self._load_or_trace(folder, args, tree)
-    return self._loaded[signature], leaves
+    specs, donated = self._specs(args)
+    kept = self._load_or_export(self.folder(), tree, specs, donated)
+    if kept is None:
+      return self.jitted(*args)
+    return jax.tree.unflatten(kept.out_tree, kept.exported.call(*leaves))
 
-  def _specs(self, args, tree):
-    """Each leaf as a ShapeDtypeStruct on its sharding; the donated leaves."""
+  def _specs(self, args):
+    """Each leaf as a ShapeDtypeStruct on its argument's sharding; the
+    indices of the donated leaves."""
     specs, donated = [], []
     for index, (arg, sharding) in enumerate(zip(args, self._in_shardings)):
       for leaf in jax.tree.leaves(arg):
         if index in self._donate_argnums:
           donated.append(len(specs))
-        specs.append(jax.ShapeDtypeStruct(np.shape(leaf), leaf.dtype,
-                                          sharding=sharding))
+        aval = jax.typeof(leaf)
+        specs.append(jax.ShapeDtypeStruct(aval.shape, aval.dtype,
+                                          sharding=sharding,
+                                          weak_type=aval.weak_type))
     return specs, tuple(donated)
 
   def _path(self, folder, tree, specs, donated) -> pathlib.Path:
     key = json.dumps([
         _MAGIC.decode(), self.name, self._key, repr(tree),
-        [(s.shape, str(s.dtype), repr(s.sharding)) for s in specs],
-        donated, repr(self._out_shardings), _environment()])
+        [(s.shape, str(s.dtype), s.weak_type) for s in specs],
+        [_placement(s) for s in self._in_shardings], donated,
+        jax.tree.map(_placement, self._out_shardings,
+                     is_leaf=lambda x: x is None),
+        _environment()])
     digest = hashlib.sha256(key.encode()).hexdigest()[:40]
     return folder / f'{self.name}-{digest}.program'
 
-  def _load_or_trace(self, folder, args, tree) -> _Loaded | None:
-    specs, donated = self._specs(args, tree)
+  def _load_or_export(self, folder, tree, specs, donated) -> _Kept | None:
     path = self._path(folder, tree, specs, donated)
-    if path.is_file():
-      try:
-        loaded = self._from_bytes(path.read_bytes(), donated)
-      except Exception as error:  # pylint: disable=broad-except
-        logging.warning(
-            'Ignoring the kept program %s (%s: %s): tracing %s again and'
-            ' replacing it.', path, type(error).__name__, error, self.name)
-      else:
+    try:
+      if path.is_file():
+        kept = _from_bytes(path.read_bytes())
         jax.monitoring.record_event(HIT_EVENT)
         logging.info('Loaded the traced %s from %s', self.name, path)
-        return loaded
+        return kept
+    except Exception as error:  # pylint: disable=broad-except
+      logging.warning(
+          'Ignoring the kept program %s (%s: %s): tracing %s again and'
+          ' replacing it.', path, type(error).__name__, error, self.name)
+    args = jax.tree.unflatten(tree, specs)
+    # The function's own errors (a batch too small for the model...) are
+    # raised here, once, as the plain jit raises them.
+    out_info = self.jitted.trace(*args).out_info
     try:
-      data = self._export(args, specs, donated)
+      data = self._export(tree, specs, donated, out_info)
+      kept = _from_bytes(data)
     except Exception as error:  # pylint: disable=broad-except
       # A program jax.export cannot serialise (a host callback...) runs as
       # the plain jit; it is not kept.
@@ -228,12 +260,9 @@ class Program:
                       type(error).__name__, error)
       return None
     _write(path, data)
-    return self._from_bytes(data, donated)
+    return kept
 
-  def _export(self, args, specs, donated) -> bytes:
-    traced = self.jitted.trace(*args)
-    out_info = traced.out_info
-    tree = jax.tree.structure(args)
+  def _export(self, tree, specs, donated, out_info) -> bytes:
 
     def flat(*leaves):
       return tuple(jax.tree.leaves(
@@ -249,34 +278,37 @@ class Program:
             + bytes(exported.serialize()))
     return _MAGIC + hashlib.sha256(body).digest() + body
 
-  def _from_bytes(self, data: bytes, donated) -> _Loaded:
-    """The program of a file's bytes: the magic line, the sha256 of the
-    rest (a truncated or altered file is refused here, not when XLA reads
-    it), the output tree (pickled), the serialised ``jax.export``."""
-    if not data.startswith(_MAGIC):
-      raise ValueError('not a gzjax program file')
-    digest, body = data[len(_MAGIC):len(_MAGIC) + 32], data[len(_MAGIC) + 32:]
-    if hashlib.sha256(body).digest() != digest:
-      raise ValueError('its contents do not match their checksum')
-    size = int.from_bytes(body[:8], 'little')
-    out_tree = pickle.loads(body[8:8 + size])
-    exported = jax.export.deserialize(bytearray(body[8 + size:]))
-    call = jax.jit(lambda *leaves: exported.call(*leaves),
-                   donate_argnums=donated)
-    return _Loaded(call, out_tree)
+
+def _from_bytes(data: bytes) -> _Kept:
+  """The program of a file's bytes: the magic line, the sha256 of the rest
+  (a truncated or altered file is refused here, not when XLA reads it), the
+  output tree (pickled), the serialised ``jax.export``."""
+  if not data.startswith(_MAGIC):
+    raise ValueError('not a gzjax program file')
+  digest, body = data[len(_MAGIC):len(_MAGIC) + 32], data[len(_MAGIC) + 32:]
+  if hashlib.sha256(body).digest() != digest:
+    raise ValueError('its contents do not match their checksum')
+  size = int.from_bytes(body[:8], 'little')
+  return _Kept(jax.export.deserialize(bytearray(body[8 + size:])),
+               pickle.loads(body[8:8 + size]))
 
 
 def _write(path: pathlib.Path, data: bytes) -> None:
-  """Atomically (another process may be reading or writing the same key);
-  an unwritable folder leaves the program unkept, with a warning."""
-  partial = path.with_name(f'.{path.name}.{os.getpid()}.partial')
+  """Atomically (another process, here or on another host sharing the
+  folder, may be reading or writing the same key); an unwritable folder
+  leaves the program unkept, with a warning."""
+  partial = None
   try:
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial.write_bytes(data)
+    handle, partial = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.',
+                                       suffix='.partial')
+    with os.fdopen(handle, 'wb') as file:
+      file.write(data)
     os.replace(partial, path)
   except OSError as error:
-    with contextlib.suppress(OSError):  # No half-written file left.
-      partial.unlink(missing_ok=True)
+    if partial is not None:
+      with contextlib.suppress(OSError):  # No half-written file left.
+        os.unlink(partial)
     logging.warning('Cannot keep the traced program in %s (%s); later'
                     ' processes will trace it again.', path.parent,
                     error.strerror)

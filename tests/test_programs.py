@@ -57,10 +57,11 @@ def _experiment(**overrides):
                                                    **overrides))
 
 
-def _batch(experiment, size=8):
+def _batch(experiment, size=8, image_size=32):
   rng = np.random.default_rng(0)
   return train.to_global({
-      'image': rng.normal(size=(size, 32, 32, 3)).astype(np.float32),
+      'image': rng.normal(size=(size, image_size, image_size, 3)
+                          ).astype(np.float32),
       'votes': rng.random((size, 37)).astype(np.float32),
       'votes_mask': np.ones((size, 37), bool),
       'label_3class': np.zeros(size, np.int32),
@@ -217,3 +218,48 @@ def test_the_predict_function_is_kept_too(cache, hits):
   assert hits == [programs.HIT_EVENT]
   np.testing.assert_array_equal(first, plain)
   np.testing.assert_array_equal(again, plain)
+
+
+def test_the_code_digest_reads_every_module(tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+  package = tmp_path / 'gzjax'
+  shutil.copytree(programs._PACKAGE, package,
+                  ignore=shutil.ignore_patterns('__pycache__'))
+  digest = programs._code_digest.__wrapped__
+  assert digest(package) == programs._code_digest()
+  module = package / 'data' / 'device_augment.py'  # Not programs.py.
+  module.write_text(module.read_text() + '\n# edited\n')
+  assert digest(package) != programs._code_digest()
+
+
+def test_the_description_holds_the_config_task_and_extras():
+  config = tiny_config('/nonexistent')
+  votes, three = tasks.TASKS['votes'], tasks.TASKS['3class']
+  described = programs.describe(config, votes, (1, 2))
+  assert described == programs.describe(tiny_config('/nonexistent'), votes,
+                                        (1, 2))
+  assert described != programs.describe(config, votes, (1, 3))
+  assert described != programs.describe(config, three, (1, 2))
+  config.input.crop_size = 40  # Not a model field: still in the key.
+  assert described != programs.describe(config, votes, (1, 2))
+
+
+def test_a_jax_setting_traces_again(cache, traces, hits):
+  experiment = _experiment()
+  batch = _batch(experiment)
+  train.make_train_step(experiment)(experiment.initial_state(), batch)
+  with jax.default_matmul_precision('highest'):
+    train.make_train_step(experiment)(experiment.initial_state(), batch)
+  assert hits == [] and len(traces) == 2
+  assert len(list(cache.glob('train_step-*.program'))) == 2
+
+
+def test_the_functions_own_error_is_raised_once_without_a_warning(
+    cache, caplog):
+  experiment = _experiment()
+  with caplog.at_level(logging.WARNING):
+    with pytest.raises(ValueError, match='needs inputs of at least'):
+      train.make_train_step(experiment)(experiment.initial_state(),
+                                        _batch(experiment, image_size=8))
+  assert not caplog.records
+  assert not cache.exists()
