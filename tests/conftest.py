@@ -88,6 +88,23 @@ def tiny_config(data_dir, **overrides):
   return config
 
 
+def random_batch(experiment, rng, size=8, image_size=32):
+  """A batch of ``size`` random images and labels for :func:`tiny_config`'s
+  model, as global arrays on the experiment's batch sharding."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from gzjax import train  # pylint: disable=g-import-not-at-top
+
+  return train.to_global({
+      'image': rng.normal(size=(size, image_size, image_size, 3)
+                          ).astype(np.float32),
+      'votes': rng.random((size, 37)).astype(np.float32),
+      'votes_mask': np.ones((size, 37), bool),
+      'label_3class': np.zeros(size, np.int32),
+      'label_7class': np.zeros(size, np.int32),
+      'example_mask': np.ones(size, bool),
+  }, experiment.batch_sharding)
+
+
 def kill_when(command, appears: pathlib.Path, *, cwd=REPO, env=None,
               timeout: float = 300) -> None:
   """Starts ``command`` and SIGKILLs it as soon as ``appears`` exists (a

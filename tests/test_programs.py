@@ -15,6 +15,7 @@ from gzjax import losses
 from gzjax import programs
 from gzjax import tasks
 from gzjax import train
+from tests.conftest import random_batch
 from tests.conftest import tiny_config
 
 _SETTINGS = ('jax_enable_compilation_cache', 'jax_compilation_cache_dir',
@@ -58,16 +59,7 @@ def _experiment(**overrides):
 
 
 def _batch(experiment, size=8, image_size=32):
-  rng = np.random.default_rng(0)
-  return train.to_global({
-      'image': rng.normal(size=(size, image_size, image_size, 3)
-                          ).astype(np.float32),
-      'votes': rng.random((size, 37)).astype(np.float32),
-      'votes_mask': np.ones((size, 37), bool),
-      'label_3class': np.zeros(size, np.int32),
-      'label_7class': np.zeros(size, np.int32),
-      'example_mask': np.ones(size, bool),
-  }, experiment.batch_sharding)
+  return random_batch(experiment, np.random.default_rng(0), size, image_size)
 
 
 def _leaves(tree) -> list[np.ndarray]:

@@ -19,6 +19,7 @@ from gzjax import models
 from gzjax import taxonomy
 from gzjax import train
 from tests.conftest import kill_when
+from tests.conftest import random_batch
 from tests.conftest import tiny_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -100,17 +101,6 @@ def test_eight_devices_match_one(tmp_path):
     np.testing.assert_allclose(eight[key], one[key], rtol=1e-4, atol=1e-6)
 
 
-def _random_batch(experiment, rng, size=8):
-  return train.to_global({
-      'image': rng.normal(size=(size, 32, 32, 3)).astype(np.float32),
-      'votes': rng.random((size, 37)).astype(np.float32),
-      'votes_mask': np.ones((size, 37), bool),
-      'label_3class': np.zeros(size, np.int32),
-      'label_7class': np.zeros(size, np.int32),
-      'example_mask': np.ones(size, bool),
-  }, experiment.batch_sharding)
-
-
 def test_dropout_draws_a_new_mask_every_step():
   config = tiny_config('/nonexistent', **{'model.dropout': 0.5})
   config.model.hidden = (16,)
@@ -119,7 +109,7 @@ def test_dropout_draws_a_new_mask_every_step():
   experiment = experiments.create_experiment(config)
   state = experiment.initial_state()
   step = train.make_train_step(experiment)
-  batch = _random_batch(experiment, np.random.default_rng(0))
+  batch = random_batch(experiment, np.random.default_rng(0))
   losses = []
   for _ in range(3):
     state, metrics = step(state, batch)
@@ -138,7 +128,7 @@ def test_ema_of_the_parameters_is_kept_and_used_for_evaluation():
   state = experiment.initial_state()
   step = train.make_train_step(experiment)
   predict = evaluate.make_predict_fn(experiment)
-  batch = _random_batch(experiment, np.random.default_rng(0))
+  batch = random_batch(experiment, np.random.default_rng(0))
   history = [[np.asarray(x) for x in jax.tree.leaves(state.params)]]
   for _ in range(2):
     state, _ = step(state, batch)
@@ -172,7 +162,7 @@ def test_a_frozen_backbone_is_not_differentiated():
     experiment = experiments.create_experiment(config)
     state = experiment.initial_state()
     step = train.make_train_step(experiment)
-    batch = _random_batch(experiment, np.random.default_rng(0))
+    batch = random_batch(experiment, np.random.default_rng(0))
     before = jax.tree.map(np.asarray, state.params)
     key = (frozen, trainable_blocks)
     flops[key] = step.lower(state, batch).compile().cost_analysis()['flops']
@@ -456,12 +446,12 @@ def test_bfloat16_compute_is_finite_and_close_to_float32():
     state = experiment.initial_state()
     rng = np.random.default_rng(0)
     outputs[dtype] = np.asarray(evaluate.make_predict_fn(experiment)(
-        state, _random_batch(experiment, rng)['image']))
+        state, random_batch(experiment, rng)['image']))
     step = train.make_train_step(experiment)
     losses[dtype] = []
     for _ in range(3):
       state, step_metrics = step(state,
-                                            _random_batch(experiment, rng))
+                                            random_batch(experiment, rng))
       losses[dtype].append(float(step_metrics['loss']))
   assert np.isfinite(losses['bfloat16']).all()
   assert np.isfinite(outputs['bfloat16']).all()
@@ -519,7 +509,7 @@ def test_pretrained_frozen_backbone_keeps_the_file_and_its_batch_statistics(
   head_before = head(state)
   step = train.make_train_step(experiment)
   for _ in range(2):
-    state, _ = step(state, _random_batch(experiment, rng))
+    state, _ = step(state, random_batch(experiment, rng))
   model = nnx.merge(experiment.graphdef, state.params, state.model_state)
   trained = {name for name in backbone(state) if model.backbone.block_of(
       tuple(int(k) if k.isdigit() else k for k in name.split('/')[1:]))
