@@ -202,9 +202,11 @@ class Program:
 
   def _call_kept(self, *args):
     """Traced once per argument shapes: the kept program's call."""
+    folder = self.folder()  # None if the cache was turned off since.
     leaves, tree = jax.tree.flatten(args)
     specs, donated = self._specs(args)
-    kept = self._load_or_export(self.folder(), tree, specs, donated)
+    kept = (None if folder is None
+            else self._load_or_export(folder, tree, specs, donated))
     if kept is None:
       return self.jitted(*args)
     return jax.tree.unflatten(kept.out_tree, kept.exported.call(*leaves))
