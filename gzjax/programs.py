@@ -306,6 +306,7 @@ def _write(path: pathlib.Path, data: bytes) -> None:
                                        suffix='.partial')
     with os.fdopen(handle, 'wb') as file:
       file.write(data)
+    os.chmod(partial, 0o644)  # mkstemp's 0600 would hide it from others.
     os.replace(partial, path)
   except OSError as error:
     if partial is not None:
