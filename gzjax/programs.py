@@ -149,7 +149,7 @@ class _Kept:
 class Program:
   """``jax.jit(fun, ...)`` whose lowered program is kept between processes.
 
-  Call it, ``lower`` or ``compile`` it as the jitted function (``jitted``);
+  Call or ``lower`` it as the jitted function (``jitted``);
   ``in_shardings`` has one sharding per positional argument.  With the
   persistent compilation cache off, or without a ``key``, it is the plain
   ``jax.jit``.  Whether programs are kept is decided at the first call.
@@ -193,10 +193,6 @@ class Program:
     """The program that runs for these arguments, lowered (``.compile()``,
     ``.cost_analysis()``): a kept one is the call of the exported step."""
     return self._choice().lower(*args)
-
-  def compile(self, *args) -> Callable:
-    """Compiled ahead of the first call: a callable of the same arguments."""
-    return self.lower(*args).compile()
 
   # ------------------------------------------------------------------
 

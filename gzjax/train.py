@@ -115,7 +115,7 @@ class TrainStep:
   def compile(self, state, batch) -> Callable:
     """Compiled ahead of the first call (to time compilation apart): a
     ``(state, batch)`` callable running the compiled program."""
-    compiled = self.jitted.compile(state, batch, self.resident)
+    compiled = self.lower(state, batch).compile()
     return lambda state, batch: compiled(state, batch, self.resident)
 
 
