@@ -4,8 +4,11 @@ whenever anything that shapes the program changes."""
 
 import dataclasses
 import logging
+import types
 
+import flax
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -137,14 +140,20 @@ def test_anything_that_shapes_the_program_traces_it_again(
   assert len(list(cache.glob('train_step-*.program'))) == 2
 
 
+@pytest.mark.parametrize('damage', ['truncated', 'one byte changed'])
 def test_an_unreadable_kept_program_is_named_traced_again_and_replaced(
-    cache, traces, hits, caplog):
+    cache, traces, hits, caplog, damage):
   experiment = _experiment()
   batch = _batch(experiment)
   train.make_train_step(experiment)(experiment.initial_state(), batch)
   (kept,) = cache.glob('train_step-*.program')
   good = kept.read_bytes()
-  kept.write_bytes(good[:len(good) // 2])  # A truncated copy.
+  if damage == 'truncated':
+    bad = good[:len(good) // 2]
+  else:  # Inside the serialised module, near the end of the file.
+    at = len(good) - len(good) // 8
+    bad = good[:at] + bytes([good[at] ^ 0xFF]) + good[at + 1:]
+  kept.write_bytes(bad)
   with caplog.at_level(logging.WARNING):
     outputs = train.make_train_step(experiment)(experiment.initial_state(),
                                                 batch)
@@ -155,7 +164,7 @@ def test_an_unreadable_kept_program_is_named_traced_again_and_replaced(
   _assert_same(outputs, train.make_train_step(experiment).jitted.jitted(
       experiment.initial_state(), batch, None))
   # Replaced by a whole one, which the next process loads.
-  assert kept.read_bytes() != good[:len(good) // 2]
+  assert kept.read_bytes() != bad
   train.make_train_step(experiment)(experiment.initial_state(), batch)
   assert hits == [programs.HIT_EVENT] and len(traces) == 3
 
@@ -255,3 +264,39 @@ def test_the_functions_own_error_is_raised_once_without_a_warning(
                                         _batch(experiment, image_size=8))
   assert not caplog.records
   assert not cache.exists()
+
+
+def test_weak_types_and_the_devices_shardings_lie_on_are_in_the_key(cache):
+  sharding = jax.sharding.NamedSharding(
+      jax.sharding.Mesh(np.array(jax.devices()[:1]), ('data',)),
+      jax.sharding.PartitionSpec())
+  double = programs.jit(lambda x: x * 2, name='double', key='test',
+                        in_shardings=(sharding,), out_shardings=sharding)
+  weak = jax.jit(lambda: 1.0)()  # A Python float's weak type.
+  assert weak.dtype == jnp.float32 and jax.typeof(weak).weak_type
+  double(weak)
+  double(jnp.float32(1.0))
+  assert len(list(cache.glob('double-*.program'))) == 2
+
+  # A NamedSharding's text names its mesh's axis sizes, not its devices:
+  # the key also lists those (a CPU-mesh step is not a GPU step).
+  class Sharding:
+    def __init__(self, device):
+      self.mesh = types.SimpleNamespace(devices=np.array([device]))
+    def __repr__(self):
+      return "NamedSharding(mesh=Mesh('data': 1), spec=PartitionSpec())"
+  cpu = types.SimpleNamespace(platform='cpu', id=0)
+  gpu = types.SimpleNamespace(platform='cuda', id=0)
+  assert programs._placement(Sharding(cpu)) != programs._placement(
+      Sharding(gpu))
+
+
+def test_flax_settings_are_in_the_key():
+  before = programs._environment()
+  saved = flax.config.flax_max_repr_depth
+  flax.config.update('flax_max_repr_depth', 7)
+  try:
+    assert programs._environment() != before
+  finally:
+    flax.config.update('flax_max_repr_depth', saved)
+  assert programs._environment() == before
