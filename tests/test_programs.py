@@ -300,3 +300,23 @@ def test_flax_settings_are_in_the_key():
   finally:
     flax.config.update('flax_max_repr_depth', saved)
   assert programs._environment() == before
+
+
+def test_without_flatbuffers_nothing_is_kept_and_it_says_how_to_fix_it(
+    cache, monkeypatch, caplog):
+  find_spec = programs.importlib.util.find_spec
+  monkeypatch.setattr(programs.importlib.util, 'find_spec',
+                      lambda name: None if name == 'flatbuffers'
+                      else find_spec(name))
+  programs._can_serialise.cache_clear()
+  try:
+    experiment = _experiment()
+    with caplog.at_level(logging.WARNING):
+      step = train.make_train_step(experiment)
+      step(experiment.initial_state(), _batch(experiment))
+      assert step.jitted.folder() is None  # Said once, above.
+  finally:
+    programs._can_serialise.cache_clear()
+  assert not cache.exists()
+  (warning,) = [r.getMessage() for r in caplog.records]
+  assert 'jax.export needs flatbuffers (pip install flatbuffers)' in warning
