@@ -193,14 +193,16 @@ def create_experiment(config: ml_collections.ConfigDict,
                       task: tasks.Task | None = None) -> Experiment:
   """The model, optimizer and initial train state a config describes.
 
-  The model is traced once with shapes only (``nnx.eval_shape``) for its
-  structure, parameter labels and optimizer; the state, when asked for, is
+  The model is built once, under a trace (``creation.trace_once``), for its
+  structure, parameter labels and optimizer, and its variables as a
+  program of the initialisers' draws; the state, when asked for, is
   computed by two jitted programs (the initialisers' pooled draws; then
-  parameters, pretrained weights and optimizer state from them), written
-  straight to the mesh's replicated sharding.  Eager creation ran one XLA
-  program per initialiser: EfficientNet-B0 took 15.6 s on 2 CPU cores; in
-  one program the initialisers still compiled a kernel each; sliced from
-  pooled draws, B0's creation takes ~2 s (BUILD.md, start-up).
+  that traced program on them, pretrained weights and optimizer state),
+  written straight to the mesh's replicated sharding.  Eager creation ran
+  one XLA program per initialiser: EfficientNet-B0 took 15.6 s on 2 CPU
+  cores; in one program the initialisers still compiled a kernel each;
+  sliced from pooled draws, B0's creation takes ~2 s, B7's ~4.5 s
+  (BUILD.md, start-up).
 
   Args:
     config: the experiment config.
@@ -209,18 +211,26 @@ def create_experiment(config: ml_collections.ConfigDict,
   task = task or tasks.task_of(config)
   mesh = distributed.make_mesh()
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  abstract_model, plan = trace_model(config, task)
-  labels = models.parameter_labels(abstract_model)
-  graphdef = nnx.split(abstract_model, nnx.Param, ...)[0]
+
+  def build():
+    model = _build_model(config, task)
+    graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
+    return (params, model_state), (graphdef, models.parameter_labels(model),
+                                   model.backbone.num_blocks)
+
+  traced = creation.trace_once(build)
+  graphdef, labels, num_blocks = traced.aux
   optimizer = optimizers.create_optimizer(
-      config.optimizer, labels, abstract_model.backbone.num_blocks,
-      config.num_train_steps)
+      config.optimizer, labels, num_blocks, config.num_train_steps)
   schedule = optimizers.create_schedule(config.optimizer,
                                         config.num_train_steps)
 
   def initial_state(pretrained, pools):
-    model = create_model(config, task, pretrained, plan=plan, pools=pools)
-    _, params, model_state = nnx.split(model, nnx.Param, ...)
+    params, model_state = traced.evaluate(pools)
+    if pretrained:
+      model = nnx.merge(graphdef, params, model_state)
+      weights.assign(model, pretrained, source=str(_pretrained_path(config)))
+      _, params, model_state = nnx.split(model, nnx.Param, ...)
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
@@ -241,7 +251,7 @@ def create_experiment(config: ml_collections.ConfigDict,
   local = replicated.is_fully_addressable
   out_sharding = replicated if local else None
   draw_pools, init = creation.jit_programs(
-      plan, initial_state, platform=mesh.devices.flat[0].platform,
+      traced.plan, initial_state, platform=mesh.devices.flat[0].platform,
       out_shardings=out_sharding)
   seed_data = creation.seed_data(config.seed)
 

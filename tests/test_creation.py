@@ -203,3 +203,49 @@ def test_pooled_restores_jax_after_an_error():
   with pytest.raises(ValueError, match='1 pools for the 0 distributions'):
     with creation.pooled(creation.Plan(), [jnp.zeros(3)]):
       pass
+
+
+def _mixed():
+  """Draws of four distributions, interleaved, one of them bfloat16, and one
+  call that is not pooled (a vmapped initialiser)."""
+  key = jax.random.key(5)
+  draws = jax_initializers.random
+  return {
+      'a': LECUN(key, (3, 3, 4, 8)),
+      'b': jax.nn.initializers.normal(0.01)(key, (7, 5)),
+      'c': LECUN(key, (16, 5)),
+      'd': draws.uniform(key, shape=(3, 4), minval=-0.5, maxval=0.5),
+      'e': LECUN(key, (2, 6), jnp.bfloat16),
+      'f': jax.nn.initializers.normal(0.01)(key, (9,)),
+      'g': jax.vmap(lambda k: LECUN(k, (4, 5)))(jax.random.split(key, 2)),
+      'h': LECUN(key, (4, 4)),
+  }
+
+
+def test_one_trace_serves_what_two_passes_serve():
+  # The reference: shapes, then values built again from the pools.
+  with creation.record() as plan:
+    _mixed()
+  with creation.pooled(plan, creation.draw_pools(plan, DATA)):
+    reference = _mixed()
+  traced = creation.trace_once(lambda: (_mixed(), 'aux'))
+  assert traced.plan.draws == plan.draws and traced.aux == 'aux'
+  values = jax.jit(traced.evaluate)(creation.draw_pools(traced.plan, DATA))
+  assert values.keys() == reference.keys()
+  for name in reference:
+    assert values[name].dtype == reference[name].dtype, name
+    np.testing.assert_array_equal(values[name], reference[name], name)
+
+
+def test_one_trace_builds_once():
+  calls = []
+
+  def build():
+    calls.append(1)
+    return _kernels(), None
+
+  traced = creation.trace_once(build)
+  jax.jit(traced.evaluate)(creation.draw_pools(traced.plan, DATA))
+  assert len(calls) == 1
+  with pytest.raises(ValueError, match='0 pools for the 1 distributions'):
+    traced.evaluate([])

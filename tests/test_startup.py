@@ -197,6 +197,26 @@ def test_creation_compiles_two_programs():
   assert len(programs) == 2, programs
 
 
+def test_creation_builds_the_model_once(monkeypatch):
+  built = []
+  original = models.GalaxyModel.__init__
+
+  def counted(self, *args, **kwargs):
+    built.append(1)
+    original(self, *args, **kwargs)
+
+  monkeypatch.setattr(models.GalaxyModel, '__init__', counted)
+  experiment = experiments.create_experiment(_config(hidden=(5,)))
+  assert len(built) == 1  # Its structure, labels, optimizer and program.
+  jax.block_until_ready(experiment.initial_state())
+  experiment.abstract_state()
+  # The state is the traced program run on the pools: no module built again
+  # (the shape pass and a second build for the values had cost B7 two).
+  assert len(built) == 1
+  models.create('cnn', seed=1)
+  assert len(built) == 2
+
+
 def test_models_create_without_rngs_is_the_eager_pooled_model():
   jitted = models.create('cnn', seed=5)
   build = lambda: models.create('cnn', rngs=creation.CreationRngs(5))

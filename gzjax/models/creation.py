@@ -7,12 +7,15 @@ Every flax initialiser draws its parameter on its own: one random-bit kernel
 and one transform (``erf_inv`` for a truncated normal) per parameter, which
 XLA compiles one by one.  That compile was most of a backbone's creation
 time on a CPU (EfficientNet-B0: 14.5 of 16.4 s on 2 cores; BUILD.md,
-start-up).  Here the initialisers' draws are recorded while the model is
-traced for its shapes (:func:`trace`), drawn once per distribution by a
-small program of their own (:func:`draw_pools`), then served while the
-model is built for its values (:func:`pooled`) as slices of those draws:
-what is left per parameter is a slice and a scale, trivial kernels that
-compile fast unoptimised (:data:`INIT_COMPILER_OPTIONS`).
+start-up).  Here the model is built once, under a trace
+(:func:`trace_once`), its initialisers' draws served as slices of a
+stand-in vector in call order and recorded; a small program of their own
+draws them once per distribution (:func:`draw_pools`), and the traced
+program runs on those pools (:meth:`Traced.evaluate`): what is left per
+parameter is a slice and a scale, trivial kernels that compile fast
+unoptimised (:data:`INIT_COMPILER_OPTIONS`), and no module is built a
+second time.  :func:`record` and :func:`pooled` do the same in two passes
+(shapes, then values) for a model built eagerly, as the tests' reference.
 
 The draws are intercepted where ``jax.nn.initializers`` (and flax's, which
 are the same functions) call ``jax.random``: ``truncated_normal``,
@@ -20,7 +23,7 @@ are the same functions) call ``jax.random``: ``truncated_normal``,
 that are arrays, a key-based transform of its own) is passed through to
 jax unchanged, so an initialiser this module does not know still
 initialises, only without pooling.  Only that module's view of
-``jax.random`` changes, and only inside the two context managers.
+``jax.random`` changes, and only while a model is built here.
 
 Each slice is a sample of the same distribution as the initialiser's own
 draw, and slices are disjoint parts of one draw, so parameters stay
@@ -43,6 +46,7 @@ from typing import Any, Callable, Iterator
 
 from flax import nnx
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 from jax._src import random as jax_random
 from jax._src.interpreters import partial_eval
@@ -264,6 +268,108 @@ def trace(build: Callable[[], Any]) -> tuple[Any, Plan]:
   with record() as plan:
     abstract = nnx.eval_shape(build)
   return abstract, plan
+
+
+# The stand-in vectors :func:`trace_once` traces with, one per dtype whose
+# draws it pools: their shapes only, never allocated, longer than any
+# model's draws (EfficientNet-B7's are 6.3e7).
+_STAND_IN_SIZE = 2**40
+_STAND_IN_DTYPES = tuple(map(np.dtype, (jnp.float32, jnp.bfloat16,
+                                        jnp.float16)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Traced:
+  """A model's creation traced once (:func:`trace_once`).
+
+  ``plan``: the draws it made; ``aux``: what the build returned beside its
+  arrays (a graphdef, labels); :meth:`evaluate` computes the arrays from
+  ``draw_pools(plan, ...)``.
+  """
+  plan: Plan
+  aux: Any
+  _jaxpr: Any  # jax.extend.core.ClosedJaxpr: the stand-ins -> the arrays.
+  _tree: Any
+
+  def evaluate(self, pools: list[jax.Array]) -> Any:
+    """The build's arrays from :func:`draw_pools` of :attr:`plan`: the traced
+    program run again (under the caller's ``jax.jit``), with the draws in
+    call order cut from the pools, no module built."""
+    leaves = jax.extend.core.jaxpr_as_fun(self._jaxpr)(
+        *_in_call_order(self.plan, pools))
+    return jax.tree.unflatten(self._tree, leaves)
+
+
+def _in_call_order(plan: Plan, pools: list[jax.Array]) -> list[jax.Array]:
+  """The pooled draws of ``plan`` as one vector per stand-in dtype, in call
+  order: each draw the next slice of its distribution's pool, as
+  :func:`pooled` serves them.  Consecutive draws of one distribution are one
+  slice, so a model with a single distribution gets its pool as it is."""
+  distributions = [distribution for distribution, _ in
+                   _pooled_distributions(plan)]
+  if len(pools) != len(distributions):
+    raise ValueError(f'{len(pools)} pools for the {len(distributions)}'
+                     ' distributions of the plan: pass draw_pools(plan, ...).')
+  runs: list[list] = []
+  for draw in plan.draws:
+    if draw is None:
+      continue
+    if runs and runs[-1][0] == draw.distribution:
+      runs[-1][1] += draw.size
+    else:
+      runs.append([draw.distribution, draw.size])
+  offsets = [0] * len(pools)
+  parts = {dtype: [] for dtype in _STAND_IN_DTYPES}
+  for distribution, size in runs:
+    index = distributions.index(distribution)
+    parts[distribution[2]].append(jax.lax.slice_in_dim(
+        pools[index], offsets[index], offsets[index] + size))
+    offsets[index] += size
+  return [jnp.zeros((0,), dtype) if not sliced else
+          sliced[0] if len(sliced) == 1 else jnp.concatenate(sliced)
+          for dtype, sliced in parts.items()]
+
+
+def trace_once(build: Callable[[], tuple[Any, Any]]) -> Traced:
+  """Traces ``build() -> (arrays, aux)`` once, as the model's shape pass and
+  its state program in one.
+
+  The initialisers' draws are served, while the one trace runs, as slices
+  of a stand-in vector per dtype (its shape only) in call order, and
+  recorded;
+  :meth:`Traced.evaluate` then runs the recorded program on the real pools,
+  which builds no module a second time (that rebuild was a fifth of
+  EfficientNet-B7's creation: flax's checks as each module sets its
+  fields).  Calls that :func:`pooled` would pass through, and draws of a
+  dtype without a stand-in (float64), are drawn as jax draws them, inside
+  the program.
+  """
+  plan = Plan()
+  seen: dict[str, Any] = {'offsets': dict.fromkeys(_STAND_IN_DTYPES, 0)}
+
+  def draw(kind, real, args, kwargs):
+    asked = _describe(kind, args, kwargs)
+    if asked is None or asked.dtype not in seen['offsets']:
+      plan.draws.append(None)
+      return real(*args, **kwargs)
+    plan.draws.append(asked)
+    start = seen['offsets'][asked.dtype]
+    seen['offsets'][asked.dtype] += asked.size
+    return jax.lax.slice_in_dim(seen['stand_ins'][asked.dtype], start,
+                                start + asked.size).reshape(asked.shape)
+
+  def traced(*stand_ins):
+    seen['stand_ins'] = dict(zip(_STAND_IN_DTYPES, stand_ins))
+    with _intercept(draw):
+      arrays, seen['aux'] = build()
+    leaves, seen['tree'] = jax.tree.flatten(arrays)
+    return leaves
+
+  program = jax.jit(traced).trace(*(
+      jax.ShapeDtypeStruct((_STAND_IN_SIZE,), dtype)
+      for dtype in _STAND_IN_DTYPES))
+  return Traced(plan=plan, aux=seen['aux'], _jaxpr=program.jaxpr,
+                _tree=seen['tree'])
 
 
 class CreationRngs(nnx.Rngs):
