@@ -61,7 +61,9 @@ def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
 def trace_model(config: ml_collections.ConfigDict, task: tasks.Task
                 ) -> tuple[models.GalaxyModel, creation.Plan]:
   """The model without its values (shapes, dtypes, structure) and the draws
-  its initialisers make, which :func:`create_model` serves from pools."""
+  its initialisers make, which :func:`create_model` serves from pools: the
+  two-pass reference that :func:`create_experiment`'s one trace is checked
+  against."""
   return creation.trace(lambda: _build_model(config, task))
 
 
@@ -72,8 +74,10 @@ def create_model(config: ml_collections.ConfigDict, task: tasks.Task,
   """The configured model, with pretrained backbone weights when given.
 
   The initialisers draw slices of one draw per distribution
-  (:mod:`gzjax.models.creation`).  Runs eagerly unless called under
-  ``jax.jit``, as :func:`create_experiment` does.
+  (:mod:`gzjax.models.creation`), as in :func:`create_experiment`, which
+  gets the same numbers from one traced build; this builds the model again
+  for them, eagerly unless called under ``jax.jit`` (the reference the tests
+  compare the engine's creation with, and a model object to inspect).
 
   Args:
     config: the experiment config.
@@ -201,8 +205,10 @@ def create_experiment(config: ml_collections.ConfigDict,
   written straight to the mesh's replicated sharding.  Eager creation ran
   one XLA program per initialiser: EfficientNet-B0 took 15.6 s on 2 CPU
   cores; in one program the initialisers still compiled a kernel each;
-  sliced from pooled draws, B0's creation takes ~2 s, B7's ~4.5 s
-  (BUILD.md, start-up).
+  sliced from pooled draws, B0's creation takes ~1.5 s, B7's ~5 s
+  (BUILD.md, start-up).  The build is traced here, so JAX's settings in
+  force now (default matmul precision, PRNG implementation) are the ones
+  its program keeps.
 
   Args:
     config: the experiment config.

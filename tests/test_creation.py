@@ -249,3 +249,31 @@ def test_one_trace_builds_once():
   assert len(calls) == 1
   with pytest.raises(ValueError, match='0 pools for the 1 distributions'):
     traced.evaluate([])
+
+
+def test_the_replayed_program_type_checks():
+  # Its inputs are as long as the draws it cuts (not the stand-ins' 2**40),
+  # so JAX's own checks accept the replay.
+  traced = creation.trace_once(lambda: (_mixed(), None))
+  pools = creation.draw_pools(traced.plan, DATA)
+  with jax.enable_checks(True):
+    values = jax.jit(traced.evaluate)(pools)
+  np.testing.assert_array_equal(
+      values['h'], jax.jit(traced.evaluate)(pools)['h'])
+
+
+def test_one_trace_pools_float64_under_x64():
+  build = lambda: [LECUN(jax.random.key(1), (4, 3)),  # float64 under x64.
+                   LECUN(jax.random.key(1), (5, 2), jnp.float32)]
+  with jax.enable_x64(True):
+    with creation.record() as plan:
+      build()
+    with creation.pooled(plan, creation.draw_pools(plan, DATA)):
+      reference = build()
+    traced = creation.trace_once(lambda: (build(), None))
+    values = jax.jit(traced.evaluate)(creation.draw_pools(traced.plan, DATA))
+  assert traced.plan.draws == plan.draws
+  assert plan.draws[0].dtype == np.float64
+  for value, expected in zip(values, reference):
+    assert value.dtype == expected.dtype
+    np.testing.assert_array_equal(value, expected)

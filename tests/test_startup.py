@@ -171,6 +171,15 @@ def test_the_initialisers_draw_once_per_distribution():
   # flax's initialisers left to themselves compute it per kernel.
   assert _count_primitive(pooled.jaxpr, 'erf_inv') == 1
   assert _count_primitive(one_by_one.jaxpr, 'erf_inv') == 8
+  # The engine's one trace: the same draws, every one pooled, and its state
+  # program draws nothing (the pools' own program does, once).
+  traced = creation.trace_once(
+      lambda: (nnx.state(experiments._build_model(config, task)), None))
+  assert traced.plan.draws == plan.draws
+  state_program = jax.make_jaxpr(traced.evaluate)(
+      creation.draw_pools(plan, creation.seed_data(config.seed)))
+  for primitive in ('erf_inv', 'random_bits', 'threefry2x32'):
+    assert _count_primitive(state_program.jaxpr, primitive) == 0, primitive
 
 
 def test_creation_compiles_two_programs():
@@ -227,6 +236,12 @@ def test_models_create_without_rngs_is_the_eager_pooled_model():
   a = _named(nnx.state(jitted, nnx.Param))
   b = _named(nnx.state(eager, nnx.Param))
   assert list(a) == list(b) and len(a) == 14
+  # The rest of the state too: batch-norm statistics, random streams.
+  rest_a = jax.tree.leaves(nnx.state(jitted, nnx.Not(nnx.Param)))
+  rest_b = jax.tree.leaves(nnx.state(eager, nnx.Not(nnx.Param)))
+  assert len(rest_a) == len(rest_b) > 0
+  for x, y in zip(rest_a, rest_b):
+    np.testing.assert_array_equal(_raw(x), _raw(y))
   for name in a:  # As in the experiment's creation above.
     np.testing.assert_array_equal(a[name], b[name])
 

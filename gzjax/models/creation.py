@@ -274,8 +274,15 @@ def trace(build: Callable[[], Any]) -> tuple[Any, Plan]:
 # draws it pools: their shapes only, never allocated, longer than any
 # model's draws (EfficientNet-B7's are 6.3e7).
 _STAND_IN_SIZE = 2**40
-_STAND_IN_DTYPES = tuple(map(np.dtype, (jnp.float32, jnp.bfloat16,
-                                        jnp.float16)))
+
+
+def _stand_in_dtypes() -> tuple[np.dtype, ...]:
+  """The float dtypes :func:`trace_once` pools (float64 with x64 on, as
+  :func:`pooled` would)."""
+  dtypes = [jnp.float32, jnp.bfloat16, jnp.float16]
+  if jax.config.jax_enable_x64:
+    dtypes.append(jnp.float64)
+  return tuple(map(np.dtype, dtypes))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -288,21 +295,25 @@ class Traced:
   """
   plan: Plan
   aux: Any
-  _jaxpr: Any  # jax.extend.core.ClosedJaxpr: the stand-ins -> the arrays.
+  _jaxpr: Any  # jax.extend.core.ClosedJaxpr: the draws in call order -> arrays.
   _tree: Any
+  _dtypes: tuple[np.dtype, ...]  # Of the program's inputs, in order.
 
   def evaluate(self, pools: list[jax.Array]) -> Any:
     """The build's arrays from :func:`draw_pools` of :attr:`plan`: the traced
     program run again (under the caller's ``jax.jit``), with the draws in
-    call order cut from the pools, no module built."""
+    call order cut from the pools, no module built.  (``jaxpr_as_fun`` runs
+    it with ``jax_debug_nans`` off; initial values are checked by the first
+    step's loss instead.)"""
     leaves = jax.extend.core.jaxpr_as_fun(self._jaxpr)(
-        *_in_call_order(self.plan, pools))
+        *_in_call_order(self.plan, pools, self._dtypes))
     return jax.tree.unflatten(self._tree, leaves)
 
 
-def _in_call_order(plan: Plan, pools: list[jax.Array]) -> list[jax.Array]:
-  """The pooled draws of ``plan`` as one vector per stand-in dtype, in call
-  order: each draw the next slice of its distribution's pool, as
+def _in_call_order(plan: Plan, pools: list[jax.Array],
+                   dtypes: tuple[np.dtype, ...]) -> list[jax.Array]:
+  """The pooled draws of ``plan`` as one vector per dtype of ``dtypes``, in
+  call order: each draw the next slice of its distribution's pool, as
   :func:`pooled` serves them.  Consecutive draws of one distribution are one
   slice, so a model with a single distribution gets its pool as it is."""
   distributions = [distribution for distribution, _ in
@@ -319,7 +330,7 @@ def _in_call_order(plan: Plan, pools: list[jax.Array]) -> list[jax.Array]:
     else:
       runs.append([draw.distribution, draw.size])
   offsets = [0] * len(pools)
-  parts = {dtype: [] for dtype in _STAND_IN_DTYPES}
+  parts = {dtype: [] for dtype in dtypes}
   for distribution, size in runs:
     index = distributions.index(distribution)
     parts[distribution[2]].append(jax.lax.slice_in_dim(
@@ -336,16 +347,16 @@ def trace_once(build: Callable[[], tuple[Any, Any]]) -> Traced:
 
   The initialisers' draws are served, while the one trace runs, as slices
   of a stand-in vector per dtype (its shape only) in call order, and
-  recorded;
-  :meth:`Traced.evaluate` then runs the recorded program on the real pools,
-  which builds no module a second time (that rebuild was a fifth of
+  recorded; :meth:`Traced.evaluate` then runs the recorded program on the
+  real pools, which builds no module a second time (that rebuild was a fifth of
   EfficientNet-B7's creation: flax's checks as each module sets its
   fields).  Calls that :func:`pooled` would pass through, and draws of a
   dtype without a stand-in (float64), are drawn as jax draws them, inside
   the program.
   """
   plan = Plan()
-  seen: dict[str, Any] = {'offsets': dict.fromkeys(_STAND_IN_DTYPES, 0)}
+  dtypes = _stand_in_dtypes()
+  seen: dict[str, Any] = {'offsets': dict.fromkeys(dtypes, 0)}
 
   def draw(kind, real, args, kwargs):
     asked = _describe(kind, args, kwargs)
@@ -359,17 +370,38 @@ def trace_once(build: Callable[[], tuple[Any, Any]]) -> Traced:
                                 start + asked.size).reshape(asked.shape)
 
   def traced(*stand_ins):
-    seen['stand_ins'] = dict(zip(_STAND_IN_DTYPES, stand_ins))
+    seen['stand_ins'] = dict(zip(dtypes, stand_ins))
     with _intercept(draw):
       arrays, seen['aux'] = build()
     leaves, seen['tree'] = jax.tree.flatten(arrays)
     return leaves
 
   program = jax.jit(traced).trace(*(
-      jax.ShapeDtypeStruct((_STAND_IN_SIZE,), dtype)
-      for dtype in _STAND_IN_DTYPES))
-  return Traced(plan=plan, aux=seen['aux'], _jaxpr=program.jaxpr,
-                _tree=seen['tree'])
+      jax.ShapeDtypeStruct((_STAND_IN_SIZE,), dtype) for dtype in dtypes))
+  # The program as it is run: its inputs as long as the draws it cuts.
+  sized = _with_input_sizes(program.jaxpr, [seen['offsets'][dtype]
+                                            for dtype in dtypes])
+  return Traced(plan=plan, aux=seen['aux'], _jaxpr=sized, _tree=seen['tree'],
+                _dtypes=dtypes)
+
+
+def _with_input_sizes(closed, sizes: list[int]):
+  """``closed`` (vector inputs -> outputs) with its inputs' lengths set to
+  ``sizes``: the same equations (static slices within those lengths), so
+  that it type-checks against the vectors :meth:`Traced.evaluate` passes."""
+  jaxpr = closed.jaxpr
+  swap = {
+      old: jax.extend.core.Var(jax.core.ShapedArray((size,), old.aval.dtype))
+      for old, size in zip(jaxpr.invars, sizes)}
+
+  def renamed(atoms):
+    return [swap.get(atom, atom) if isinstance(atom, jax.extend.core.Var)
+            else atom for atom in atoms]
+
+  return closed.replace(jaxpr=jaxpr.replace(
+      invars=renamed(jaxpr.invars),
+      eqns=[eqn.replace(invars=renamed(eqn.invars)) for eqn in jaxpr.eqns],
+      outvars=renamed(jaxpr.outvars)))
 
 
 class CreationRngs(nnx.Rngs):
@@ -381,7 +413,7 @@ class CreationRngs(nnx.Rngs):
   The initialisers' keys (``rngs.params()``, from the default stream) are
   still drawn in order, so every stream the model keeps (dropout's) is the
   one ``nnx.Rngs(seed)`` gives; the initialisers themselves draw from
-  :func:`pool_key`'s pools (:func:`pooled`).
+  :func:`pool_key`'s pools (:func:`trace_once`, :func:`pooled`).
   """
 
   def __init__(self, seed: int):
@@ -453,8 +485,8 @@ def jit_programs(plan: Plan, build_state: Callable[..., Any], *,
                             Callable[..., Any]]:
   """A model's creation as two jitted programs: ``plan``'s pools from
   :func:`seed_data` (XLA's defaults), and ``build_state(..., pools)``, the
-  state built in :func:`pooled` from them, compiled with
-  :data:`INIT_COMPILER_OPTIONS` for ``platform``."""
+  state from them (:meth:`Traced.evaluate`, or a build in :func:`pooled`),
+  compiled with :data:`INIT_COMPILER_OPTIONS` for ``platform``."""
   return (jax.jit(functools.partial(draw_pools, plan),
                   out_shardings=out_shardings),
           jax.jit(build_state, out_shardings=out_shardings,
