@@ -277,3 +277,29 @@ def test_one_trace_pools_float64_under_x64():
   for value, expected in zip(values, reference):
     assert value.dtype == expected.dtype
     np.testing.assert_array_equal(value, expected)
+
+
+def test_unused_distributions_are_those_no_kept_array_draws_from():
+  traced = creation.trace_once(lambda: (_mixed(), None))
+  names = sorted(_mixed())  # The flat order of the dict's leaves.
+  everything = [distribution for distribution, _ in
+                creation._pooled_distributions(traced.plan)]
+  assert traced.unused_distributions([True] * len(names)) == ()
+  assert set(traced.unused_distributions([False] * len(names))) == set(
+      everything)
+  # Only 'd' (a uniform) and 'g' (not pooled) kept: the other pools unused,
+  # and 'd' is what the full pools give it.
+  keep = [name in ('d', 'g') for name in names]
+  unused = traced.unused_distributions(keep)
+  assert set(unused) == set(everything) - {
+      ('uniform', (-0.5, 0.5), np.dtype(np.float32))}
+  full = jax.jit(traced.evaluate)(creation.draw_pools(traced.plan, DATA))
+  part = jax.jit(traced.evaluate)(
+      creation.draw_pools(traced.plan, DATA, unused=unused))
+  np.testing.assert_array_equal(part['d'], full['d'])
+  np.testing.assert_array_equal(part['g'], full['g'])
+  assert not np.any(np.asarray(part['a']))  # Its pool was not drawn.
+  # 'f' shares its distribution with 'b': keeping 'f' keeps that pool.
+  keep_f = [name == 'f' for name in names]
+  assert ('normal', (), np.dtype(np.float32)) not in (
+      traced.unused_distributions(keep_f))

@@ -269,6 +269,36 @@ def test_pretrained_weights_fill_the_jitted_state(experiment, tmp_path):
           value, np.asarray(fresh_params[path].get_value()))
 
 
+def test_a_pretrained_backbone_leaves_its_pool_undrawn(tmp_path, monkeypatch):
+  # The votes head draws from normal(0.01), the backbone from a truncated
+  # normal: with the whole backbone pretrained, only the head's pool is drawn.
+  donor = models.create('cnn', rngs=nnx.Rngs(11), head='votes')
+  arrays = {k: np.asarray(v) for k, v in
+            weights.named_variables(donor, 'backbone/').items()}
+  weights.save(tmp_path / 'donor.msgpack', arrays)
+  fresh = experiments.create_experiment(_config(head='votes', hidden=()))
+  fresh_params = dict(nnx.to_flat_state(fresh.initial_state().params))
+  drawn = []
+  real_draw = creation._draw
+  monkeypatch.setattr(creation, '_draw', lambda kind, *args: (
+      drawn.append(kind), real_draw(kind, *args))[1])
+  config = _config(head='votes', hidden=(),
+                   pretrained=str(tmp_path / 'donor.msgpack'))
+  state = experiments.create_experiment(config).initial_state()
+  assert drawn == ["normal"]
+  params = nnx.to_flat_state(state.params)
+  assert len(params) == 14
+  for path, variable in params:
+    name = '/'.join(map(str, path))
+    value = np.asarray(variable.get_value())
+    if name.startswith('backbone/'):
+      np.testing.assert_array_equal(value, arrays[name])
+    else:  # The head's draws, from its own pool, as without pretrained.
+      np.testing.assert_array_equal(
+          value, np.asarray(fresh_params[path].get_value()))
+      assert np.abs(value).max() > 0
+
+
 def test_a_second_process_loads_the_step_from_the_cache(tmp_path):
   # The configs follow $XDG_CACHE_HOME, which conftest points at a temporary
   # directory so that tests never write the user's ~/.cache.

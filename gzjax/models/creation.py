@@ -199,10 +199,11 @@ def _pooled_distributions(plan: Plan) -> list[tuple[tuple, int]]:
   return sorted(plan.distributions().items(), key=lambda item: _name(item[0]))
 
 
-def draw_pools(plan: Plan, seed_data: np.ndarray | jax.Array
-               ) -> list[jax.Array]:
+def draw_pools(plan: Plan, seed_data: np.ndarray | jax.Array, *,
+               unused: tuple[tuple, ...] = ()) -> list[jax.Array]:
   """One draw per distribution ``plan`` recorded, as :func:`pooled` takes
-  them.
+  them; zeros for the distributions in ``unused``, whose draws nothing
+  keeps (:meth:`Traced.distributions_used`: a pretrained backbone's).
 
   Each distribution's pool has its own key, ``fold_in(pool_key(seed),
   crc32(its name))``: a model that adds or drops a distribution (another
@@ -214,10 +215,17 @@ def draw_pools(plan: Plan, seed_data: np.ndarray | jax.Array
   B7's 66 M truncated normals run in 0.7 s instead of 3.2 s on 2 cores.
   """
   key = pool_key(seed_data)
-  return [_draw(kind, jax.random.fold_in(key, zlib.crc32(
-      _name((kind, bounds, dtype)).encode()) & 0x7FFFFFFF), bounds, total,
-                dtype)
+  return [jnp.zeros((total,), dtype) if (kind, bounds, dtype) in unused else
+          _draw(kind, jax.random.fold_in(key, zlib.crc32(
+              _name((kind, bounds, dtype)).encode()) & 0x7FFFFFFF), bounds,
+                total, dtype)
           for (kind, bounds, dtype), total in _pooled_distributions(plan)]
+
+
+def pool_shapes(plan: Plan) -> list[jax.ShapeDtypeStruct]:
+  """:func:`draw_pools`'s shapes and dtypes, without tracing it."""
+  return [jax.ShapeDtypeStruct((total,), dtype)
+          for (_, _, dtype), total in _pooled_distributions(plan)]
 
 
 _SAME_MODEL_TWICE = (
@@ -299,6 +307,13 @@ class Traced:
   _tree: Any
   _dtypes: tuple[np.dtype, ...]  # Of the program's inputs, in order.
 
+  @property
+  def abstract(self) -> Any:
+    """The build's arrays as ``jax.ShapeDtypeStruct``s."""
+    return jax.tree.unflatten(self._tree, [
+        jax.ShapeDtypeStruct(aval.shape, aval.dtype)
+        for aval in self._jaxpr.out_avals])
+
   def evaluate(self, pools: list[jax.Array]) -> Any:
     """The build's arrays from :func:`draw_pools` of :attr:`plan`: the traced
     program run again (under the caller's ``jax.jit``), with the draws in
@@ -308,6 +323,46 @@ class Traced:
     leaves = jax.extend.core.jaxpr_as_fun(self._jaxpr)(
         *_in_call_order(self.plan, pools, self._dtypes))
     return jax.tree.unflatten(self._tree, leaves)
+
+  def unused_distributions(self, used: list[bool]) -> tuple[tuple, ...]:
+    """The pooled distributions none of whose draws reach the build's arrays
+    marked ``used`` (flat, in their leaf order), as
+    :func:`draw_pools`'s ``unused``: with a pretrained backbone, the head
+    alone keeps draws, and the backbone's pool need not be drawn
+    (EfficientNet-B7's 63 M truncated normals: 0.8 s on 2 cores).
+
+    Read from the traced program: the equations the used arrays depend on,
+    and the slices of the draws among them.  Any other use of the draws
+    counts as using all of them.
+    """
+    jaxpr = self._jaxpr.jaxpr
+    inputs = dict(zip(jaxpr.invars, self._dtypes))
+    live = {var for var, keep in zip(jaxpr.outvars, used)
+            if keep and isinstance(var, jax.extend.core.Var)}
+    cut: dict[np.dtype, list[tuple[int, int]]] = {d: [] for d in self._dtypes}
+    for eqn in reversed(jaxpr.eqns):
+      if not any(var in live for var in eqn.outvars):
+        continue
+      for var in eqn.invars:
+        if not isinstance(var, jax.extend.core.Var):
+          continue
+        if var in inputs:
+          if eqn.primitive.name != 'slice':
+            return ()
+          cut[inputs[var]].append((eqn.params['start_indices'][0],
+                                   eqn.params['limit_indices'][0]))
+        live.add(var)
+    needed = set()
+    offsets = dict.fromkeys(self._dtypes, 0)
+    for draw in self.plan.draws:
+      if draw is None:
+        continue
+      start = offsets[draw.dtype]
+      offsets[draw.dtype] += draw.size
+      if any(a < start + draw.size and start < b for a, b in cut[draw.dtype]):
+        needed.add(draw.distribution)
+    return tuple(distribution for distribution, _ in
+                 _pooled_distributions(self.plan) if distribution not in needed)
 
 
 def _in_call_order(plan: Plan, pools: list[jax.Array],
@@ -488,6 +543,6 @@ def jit_programs(plan: Plan, build_state: Callable[..., Any], *,
   state from them (:meth:`Traced.evaluate`, or a build in :func:`pooled`),
   compiled with :data:`INIT_COMPILER_OPTIONS` for ``platform``."""
   return (jax.jit(functools.partial(draw_pools, plan),
-                  out_shardings=out_shardings),
+                  static_argnames='unused', out_shardings=out_shardings),
           jax.jit(build_state, out_shardings=out_shardings,
                   compiler_options=INIT_COMPILER_OPTIONS.get(platform)))

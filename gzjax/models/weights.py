@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-from typing import Mapping
+from typing import Any, Mapping
 
 from flax import nnx
 from flax import serialization
@@ -42,6 +42,23 @@ def named_variables(model: nnx.Module, prefix: str = '') -> dict[str, jax.Array]
     if name.startswith(prefix):
       named[name] = variable.get_value()
   return named
+
+
+def assigned(tree: Any, arrays: Mapping[str, Any]) -> list[bool]:
+  """For each leaf of ``tree`` (nnx.States, e.g. a model's ``(params,
+  rest)``; flat, in ``jax.tree`` order), whether :func:`assign` with
+  ``arrays`` writes it: the parameters and batch statistics that ``arrays``
+  names (``assign`` refuses arrays that do not fit them all)."""
+  leaves, treedef = jax.tree.flatten(tree)
+  numbered = jax.tree.unflatten(treedef, range(len(leaves)))
+  written = set()
+  for state in jax.tree.leaves(numbered, is_leaf=lambda x: isinstance(
+      x, nnx.State)):
+    for path, variable in nnx.to_flat_state(state):
+      if (isinstance(variable, (nnx.Param, nnx.BatchStat))
+          and '/'.join(map(str, path)) in arrays):
+        written.add(variable.get_value())
+  return [index in written for index in range(len(leaves))]
 
 
 def assign(
