@@ -246,38 +246,46 @@ def test_models_create_without_rngs_is_the_eager_pooled_model():
     np.testing.assert_array_equal(a[name], b[name])
 
 
-def test_pretrained_weights_fill_the_jitted_state(experiment, tmp_path):
-  fresh = experiment
-  # A "pretrained" backbone: the same architecture from another seed.
-  donor = models.create('cnn', rngs=nnx.Rngs(11), head='sigmoid',
-                        hidden=(16,))
+def _donor_file(tmp_path, head: str, hidden=()) -> dict[str, np.ndarray]:
+  """A "pretrained" backbone: the same architecture from another seed."""
+  donor = models.create('cnn', rngs=nnx.Rngs(11), head=head, hidden=hidden)
   arrays = {k: np.asarray(v) for k, v in
             weights.named_variables(donor, 'backbone/').items()}
   weights.save(tmp_path / 'donor.msgpack', arrays)
-  config = _config(pretrained=str(tmp_path / 'donor.msgpack'))
-  params = nnx.to_flat_state(
-      experiments.create_experiment(config).initial_state().params)
-  fresh_params = dict(nnx.to_flat_state(fresh.initial_state().params))
-  assert len(params) == 16
+  return arrays
+
+
+def _check_pretrained(state, fresh_state, arrays, count: int) -> None:
+  """The backbone is the file's; the head keeps the config seed's
+  initialisation (the fresh experiment's, bit for bit)."""
+  params = nnx.to_flat_state(state.params)
+  fresh_params = dict(nnx.to_flat_state(fresh_state.params))
+  assert len(params) == count
   for path, variable in params:
     name = '/'.join(map(str, path))
     value = np.asarray(variable.get_value())
     if name.startswith('backbone/'):
       np.testing.assert_array_equal(value, arrays[name])
-    else:  # The head keeps the config seed's initialisation.
+    else:
       np.testing.assert_array_equal(
           value, np.asarray(fresh_params[path].get_value()))
+      if name.endswith('kernel'):  # Drawn, not a pool left at zeros.
+        assert np.abs(value).max() > 0, name
+
+
+def test_pretrained_weights_fill_the_jitted_state(experiment, tmp_path):
+  arrays = _donor_file(tmp_path, 'sigmoid', hidden=(16,))
+  config = _config(pretrained=str(tmp_path / 'donor.msgpack'))
+  _check_pretrained(experiments.create_experiment(config).initial_state(),
+                    experiment.initial_state(), arrays, count=16)
 
 
 def test_a_pretrained_backbone_leaves_its_pool_undrawn(tmp_path, monkeypatch):
   # The votes head draws from normal(0.01), the backbone from a truncated
   # normal: with the whole backbone pretrained, only the head's pool is drawn.
-  donor = models.create('cnn', rngs=nnx.Rngs(11), head='votes')
-  arrays = {k: np.asarray(v) for k, v in
-            weights.named_variables(donor, 'backbone/').items()}
-  weights.save(tmp_path / 'donor.msgpack', arrays)
+  arrays = _donor_file(tmp_path, 'votes')
   fresh = experiments.create_experiment(_config(head='votes', hidden=()))
-  fresh_params = dict(nnx.to_flat_state(fresh.initial_state().params))
+  fresh_state = fresh.initial_state()
   drawn = []
   real_draw = creation._draw
   monkeypatch.setattr(creation, '_draw', lambda kind, *args: (
@@ -285,18 +293,8 @@ def test_a_pretrained_backbone_leaves_its_pool_undrawn(tmp_path, monkeypatch):
   config = _config(head='votes', hidden=(),
                    pretrained=str(tmp_path / 'donor.msgpack'))
   state = experiments.create_experiment(config).initial_state()
-  assert drawn == ["normal"]
-  params = nnx.to_flat_state(state.params)
-  assert len(params) == 14
-  for path, variable in params:
-    name = '/'.join(map(str, path))
-    value = np.asarray(variable.get_value())
-    if name.startswith('backbone/'):
-      np.testing.assert_array_equal(value, arrays[name])
-    else:  # The head's draws, from its own pool, as without pretrained.
-      np.testing.assert_array_equal(
-          value, np.asarray(fresh_params[path].get_value()))
-      assert np.abs(value).max() > 0
+  assert drawn == ['normal']
+  _check_pretrained(state, fresh_state, arrays, count=14)
 
 
 def test_a_second_process_loads_the_step_from_the_cache(tmp_path):
