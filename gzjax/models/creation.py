@@ -403,11 +403,10 @@ def trace_once(build: Callable[[], tuple[Any, Any]]) -> Traced:
   The initialisers' draws are served, while the one trace runs, as slices
   of a stand-in vector per dtype (its shape only) in call order, and
   recorded; :meth:`Traced.evaluate` then runs the recorded program on the
-  real pools, which builds no module a second time (that rebuild was a fifth of
-  EfficientNet-B7's creation: flax's checks as each module sets its
-  fields).  Calls that :func:`pooled` would pass through, and draws of a
-  dtype without a stand-in (float64), are drawn as jax draws them, inside
-  the program.
+  real pools, which builds no module a second time (that rebuild was a
+  fifth of EfficientNet-B7's creation: flax's checks as each module sets
+  its fields).  Calls that :func:`pooled` would pass through are drawn as
+  jax draws them, inside the program.
   """
   plan = Plan()
   dtypes = _stand_in_dtypes()
