@@ -303,3 +303,13 @@ def test_unused_distributions_are_those_no_kept_array_draws_from():
   keep_f = [name == 'f' for name in names]
   assert ('normal', (), np.dtype(np.float32)) not in (
       traced.unused_distributions(keep_f))
+
+
+def test_a_draw_inside_a_nested_jit_keeps_every_pool():
+  # The stand-in enters the inner program whole: the slices cannot be read,
+  # so every pool counts as used (drawn), never as left at zeros.
+  traced = creation.trace_once(lambda: (
+      {'a': jax.jit(lambda: LECUN(jax.random.key(0), (3, 4)))(),
+       'b': LECUN(jax.random.key(1), (4, 4))}, None))
+  assert traced.unused_distributions([True, False]) == ()
+  assert len(traced.plan.draws) == 2

@@ -257,7 +257,13 @@ def _donor_file(tmp_path, head: str, hidden=()) -> dict[str, np.ndarray]:
 
 def _check_pretrained(state, fresh_state, arrays, count: int) -> None:
   """The backbone is the file's; the head keeps the config seed's
-  initialisation (the fresh experiment's, bit for bit)."""
+  initialisation (the fresh experiment's, bit for bit), its random streams
+  too."""
+  fresh_rest = dict(nnx.to_flat_state(fresh_state.model_state))
+  for path, variable in nnx.to_flat_state(state.model_state):
+    if path[0] == 'head':
+      np.testing.assert_array_equal(_raw(variable.get_value()),
+                                    _raw(fresh_rest[path].get_value()))
   params = nnx.to_flat_state(state.params)
   fresh_params = dict(nnx.to_flat_state(fresh_state.params))
   assert len(params) == count

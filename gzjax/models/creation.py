@@ -203,7 +203,7 @@ def draw_pools(plan: Plan, seed_data: np.ndarray | jax.Array, *,
                unused: tuple[tuple, ...] = ()) -> list[jax.Array]:
   """One draw per distribution ``plan`` recorded, as :func:`pooled` takes
   them; zeros for the distributions in ``unused``, whose draws nothing
-  keeps (:meth:`Traced.distributions_used`: a pretrained backbone's).
+  keeps (:meth:`Traced.unused_distributions`: a pretrained backbone's).
 
   Each distribution's pool has its own key, ``fold_in(pool_key(seed),
   crc32(its name))``: a model that adds or drops a distribution (another
@@ -337,7 +337,7 @@ class Traced:
     """
     jaxpr = self._jaxpr.jaxpr
     inputs = dict(zip(jaxpr.invars, self._dtypes))
-    live = {var for var, keep in zip(jaxpr.outvars, used)
+    live = {var for var, keep in zip(jaxpr.outvars, used, strict=True)
             if keep and isinstance(var, jax.extend.core.Var)}
     cut: dict[np.dtype, list[tuple[int, int]]] = {d: [] for d in self._dtypes}
     for eqn in reversed(jaxpr.eqns):
