@@ -222,6 +222,17 @@ def draw_pools(plan: Plan, seed_data: np.ndarray | jax.Array, *,
           for (kind, bounds, dtype), total in _pooled_distributions(plan)]
 
 
+def _distributions_of(plan: Plan, pools: list[jax.Array]) -> list[tuple]:
+  """The distributions of ``pools``, in order, which must be
+  ``draw_pools(plan, ...)``."""
+  distributions = [distribution for distribution, _ in
+                   _pooled_distributions(plan)]
+  if len(pools) != len(distributions):
+    raise ValueError(f'{len(pools)} pools for the {len(distributions)}'
+                     ' distributions of the plan: pass draw_pools(plan, ...).')
+  return distributions
+
+
 def pool_shapes(plan: Plan) -> list[jax.ShapeDtypeStruct]:
   """:func:`draw_pools`'s shapes and dtypes, without tracing it."""
   return [jax.ShapeDtypeStruct((total,), dtype)
@@ -242,12 +253,8 @@ def pooled(plan: Plan, pools: list[jax.Array]) -> Iterator[None]:
   The calls inside must be the recorded ones, in the same order (the same
   model built again); a different call is a bug and raises.
   """
-  distributions = _pooled_distributions(plan)
-  if len(pools) != len(distributions):
-    raise ValueError(f'{len(pools)} pools for the {len(distributions)}'
-                     ' distributions of the plan: pass draw_pools(plan, ...).')
-  offsets = {distribution: [pool, 0] for (distribution, _), pool
-             in zip(distributions, pools)}
+  offsets = {distribution: [pool, 0] for distribution, pool
+             in zip(_distributions_of(plan, pools), pools)}
   calls = iter(plan.draws)
   end = 'no more draws'
 
@@ -371,11 +378,7 @@ def _in_call_order(plan: Plan, pools: list[jax.Array],
   call order: each draw the next slice of its distribution's pool, as
   :func:`pooled` serves them.  Consecutive draws of one distribution are one
   slice, so a model with a single distribution gets its pool as it is."""
-  distributions = [distribution for distribution, _ in
-                   _pooled_distributions(plan)]
-  if len(pools) != len(distributions):
-    raise ValueError(f'{len(pools)} pools for the {len(distributions)}'
-                     ' distributions of the plan: pass draw_pools(plan, ...).')
+  distributions = _distributions_of(plan, pools)
   runs: list[list] = []
   for draw in plan.draws:
     if draw is None:

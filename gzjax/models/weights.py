@@ -34,11 +34,16 @@ def _flat_variables(model: nnx.Module):
   return nnx.to_flat_state(nnx.state(model, _WEIGHTS))
 
 
+def _name(path) -> str:
+  """A variable's name in weight files: ``backbone/…/kernel``."""
+  return '/'.join(map(str, path))
+
+
 def named_variables(model: nnx.Module, prefix: str = '') -> dict[str, jax.Array]:
   """``{'backbone/…/kernel': value}`` for parameters and batch statistics."""
   named = {}
   for path, variable in _flat_variables(model):
-    name = '/'.join(map(str, path))
+    name = _name(path)
     if name.startswith(prefix):
       named[name] = variable.get_value()
   return named
@@ -54,9 +59,9 @@ def assigned(tree: Any, arrays: Mapping[str, Any]) -> list[bool]:
   written = set()
   for state in jax.tree.leaves(numbered, is_leaf=lambda x: isinstance(
       x, nnx.State)):
-    for path, variable in nnx.to_flat_state(state):
-      if (isinstance(variable, (nnx.Param, nnx.BatchStat))
-          and '/'.join(map(str, path)) in arrays):
+    for path, variable in nnx.to_flat_state(nnx.filter_state(state,
+                                                             _WEIGHTS)):
+      if _name(path) in arrays:
         written.add(variable.get_value())
   return [index in written for index in range(len(leaves))]
 
@@ -95,7 +100,7 @@ def assign(
     raise WeightMismatchError('\n'.join(parts))
   flat = _flat_variables(model)
   for path, variable in flat:
-    name = '/'.join(map(str, path))
+    name = _name(path)
     if name in arrays:
       dtype = variable.get_value().dtype
       value = arrays[name]
