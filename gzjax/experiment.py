@@ -20,6 +20,7 @@ import optax
 
 from gzjax import distributed
 from gzjax import errors
+from gzjax import heap
 from gzjax import models
 from gzjax import optimizers
 from gzjax import tasks
@@ -273,9 +274,11 @@ def create_experiment(config: ml_collections.ConfigDict,
     # needs neither the file nor its time.
     pretrained = load_pretrained(config) if config.model.pretrained else {}
     unused = unused_pools(pretrained) if pretrained else ()
-    state = init(pretrained, draw_pools(seed_data, unused=unused))
+    with heap.frozen():  # The programs' first calls trace them.
+      state = init(pretrained, draw_pools(seed_data, unused=unused))
     return state if local else distributed.replicate(state, replicated)
 
+  @heap.frozen()
   def abstract_state():
     return jax.tree.map(
         lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,

@@ -56,6 +56,8 @@ import ml_collections
 import numpy as np
 import optax
 
+from gzjax import heap
+
 FOLDER = 'gzjax_programs'
 _MAGIC = b'gzjax-program 1\n'
 HIT_EVENT = '/gzjax/programs/hit'
@@ -187,12 +189,16 @@ class Program:
     return self._chosen
 
   def __call__(self, *args):
-    return self._choice()(*args)
+    if self._chosen is None:  # The first call traces (a step's later ones
+      with heap.frozen():     # must not pay for the freeze).
+        return self._choice()(*args)
+    return self._chosen(*args)
 
   def lower(self, *args) -> jax.stages.Lowered:
     """The program that runs for these arguments, lowered (``.compile()``,
     ``.cost_analysis()``): a kept one is the call of the exported step."""
-    return self._choice().lower(*args)
+    with heap.frozen():
+      return self._choice().lower(*args)
 
   # ------------------------------------------------------------------
 

@@ -3,6 +3,7 @@ same bits as the plain jit, no tracing in a later process, and a new trace
 whenever anything that shapes the program changes."""
 
 import dataclasses
+import gc
 import logging
 import types
 
@@ -105,6 +106,36 @@ def test_a_kept_step_runs_the_plain_jits_bits_and_is_not_traced_again(
   expected_state, _ = plain(expected[0], batch, None)
   _assert_same(state, expected_state)
   assert np.isfinite(float(metrics['loss']))
+
+
+@pytest.mark.parametrize('kept', [True, False])
+def test_a_program_traces_with_the_heap_frozen_and_steps_do_not_freeze_it(
+    kept, request, monkeypatch):
+  if kept:
+    request.getfixturevalue('cache')
+  seen, freezes = [], []
+  compute, freeze = losses.compute, gc.freeze
+  monkeypatch.setattr(losses, 'compute', lambda *a, **k: seen.append(
+      gc.get_freeze_count()) or compute(*a, **k))
+  monkeypatch.setattr(gc, 'freeze', lambda: freezes.append(1) or freeze())
+  experiment = _experiment()
+  batch = _batch(experiment)
+  step = train.make_train_step(experiment)
+  state, _ = step(experiment.initial_state(), batch)
+  # The first call traced the loss with the heap frozen (gzjax.heap) ...
+  assert seen and all(count > 1000 for count in seen), seen
+  assert gc.get_freeze_count() == 0
+  called = len(freezes)
+  for _ in range(3):
+    state, _ = step(state, batch)
+  # ... and the later calls, which do not trace, do not freeze it.
+  assert len(freezes) == called and len(seen) == 1
+  # Lowering (for compiling ahead, or for the FLOP count) traces frozen too.
+  seen.clear()
+  other = _experiment(**{'model.dropout': 0.25})
+  train.make_train_step(other).lower(other.initial_state(), batch)
+  assert seen and all(count > 1000 for count in seen), seen
+  assert gc.get_freeze_count() == 0
 
 
 def test_lower_and_compile_are_the_kept_programs(cache):

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gzjax import errors
+from gzjax import heap
 from gzjax import taxonomy
 from gzjax.models import creation
 from gzjax.models import heads
@@ -156,7 +157,8 @@ def create(
       traced.plan, traced.evaluate, out_shardings=sharding,
       platform=(next(iter(sharding.device_set)) if sharding
                 else jax.devices()[0]).platform)
-  return nnx.merge(traced.aux, init(draw_pools(creation.seed_data(seed))))
+  with heap.frozen():  # The programs' first calls trace them.
+    return nnx.merge(traced.aux, init(draw_pools(creation.seed_data(seed))))
 
 
 def _build(name, *, num_outputs, head, hidden, dropout, dtype, rngs,
