@@ -194,6 +194,7 @@ class Experiment:
         self.mesh, jax.sharding.PartitionSpec(distributed.DATA_AXIS))
 
 
+@heap.frozen()  # It traces the model (gzjax.heap).
 def create_experiment(config: ml_collections.ConfigDict,
                       task: tasks.Task | None = None) -> Experiment:
   """The model, optimizer and initial train state a config describes.

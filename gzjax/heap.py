@@ -1,22 +1,23 @@
-"""Python's garbage collector kept off the imported heap while programs trace.
+"""Python's garbage collector kept off the long-lived heap while programs trace.
 
-Tracing a model allocates hundreds of thousands of short-lived Python objects
-(tracers, equations, flax's module fields, MLIR builders), so CPython's
-collector runs its full (oldest-generation) collection several times during a
-start-up, and each one walks every object the process holds: after importing
-jax, flax, optax and the data libraries, some 240,000 that will never be
-garbage.  On two CPU cores those walks were 0.55 s of EfficientNet-B7's 5 s
-creation and 0.55 / 0.84 s of EfficientNet-B0's / InceptionV3's train-step
-lowering, collecting almost nothing (BUILD.md, start-up).
+Tracing a model allocates millions of Python objects (tracers, equations,
+flax's module fields, MLIR builders), many of which live until the trace
+ends, so CPython's full (oldest-generation) collection runs again and again
+during a start-up, and each one walks every object the process holds: the
+~240,000 of the imported libraries and all that the trace has made so far,
+to free next to nothing.  On two CPU cores those walks were 0.55 s of
+EfficientNet-B7's 5 s creation, 0.55 / 0.84 s of EfficientNet-B0's /
+InceptionV3's train-step lowering and ~3 s of B7's (BUILD.md, start-up).
 
 :func:`frozen` moves the objects that exist when a trace begins into the
-collector's permanent generation (``gc.freeze``) and back when it ends
-(``gc.unfreeze``), so that the collections during the trace walk only what
-the trace made.  Nothing is collected less: cycles among the trace's own
-objects are found as before, and a frozen object that became garbage
-meanwhile is found by the first full collection after the block.  The
-engine uses it where it traces (model creation, a kept program's first call
-or lowering), never around a step's call.
+collector's permanent generation (``gc.freeze``) and defers full collections
+until the block ends, then gives both back (``gc.unfreeze``, the thresholds
+as they were).  The young generations are collected as before, so cycles
+among the trace's short-lived objects are freed as they were (B7's peak
+memory is the same); what the deferred full collections would have found is
+found by the first one after the block.  The engine uses it where it traces
+(model creation, a kept program's first call or lowering), never around a
+step's call.
 """
 
 from __future__ import annotations
@@ -25,10 +26,15 @@ import contextlib
 import gc
 from typing import Iterator
 
+# The oldest generation's threshold inside a block: a full collection waits
+# for this many collections of the middle one (CPython's default is 10).
+_DEFERRED = 1_000_000
+
 
 @contextlib.contextmanager
 def frozen() -> Iterator[None]:
-  """The heap as it is at entry, frozen for the block.
+  """The heap as it is at entry, frozen, and full collections deferred, for
+  the block.
 
   Does nothing when the collector is off or the heap is frozen already (by
   an enclosing block, or by a program that froze its own start-up heap with
@@ -37,8 +43,11 @@ def frozen() -> Iterator[None]:
   if not gc.isenabled() or gc.get_freeze_count():
     yield
     return
+  thresholds = gc.get_threshold()
   gc.freeze()
+  gc.set_threshold(thresholds[0], thresholds[1], _DEFERRED)
   try:
     yield
   finally:
+    gc.set_threshold(*thresholds)
     gc.unfreeze()

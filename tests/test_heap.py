@@ -74,3 +74,34 @@ def test_a_frozen_heap_and_a_disabled_collector_are_left_as_they_were():
       assert gc.get_freeze_count() == 0
   finally:
     gc.enable()
+
+
+def _full_collections(during) -> int:
+  """How many full (oldest-generation) collections ran during ``during()``."""
+  full = []
+  callback = lambda phase, info: full.append(1) if (
+      phase == 'start' and info['generation'] == 2) else None
+  gc.callbacks.append(callback)
+  try:
+    during()
+  finally:
+    gc.callbacks.remove(callback)
+  return len(full)
+
+
+def _trace_like() -> list:
+  """What a trace does to the collector: many objects that live on."""
+  return [{'n': n} for n in range(300_000)]
+
+
+def test_full_collections_wait_for_the_end_of_the_block():
+  thresholds = gc.get_threshold()
+  # Outside a block, 300,000 long-lived objects set off full collections ...
+  assert _full_collections(_trace_like) >= 1
+  with heap.frozen():
+    young = gc.get_threshold()
+    # ... inside, the young generations are collected as before, the
+    # oldest one not until the block ends.
+    assert _full_collections(_trace_like) == 0
+    assert young[:2] == thresholds[:2] and young[2] > 1000
+  assert gc.get_threshold() == thresholds
