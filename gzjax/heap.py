@@ -24,11 +24,17 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import threading
 from typing import Iterator
 
 # The oldest generation's threshold inside a block: a full collection waits
 # for this many collections of the middle one (CPython's default is 10).
 _DEFERRED = 1_000_000
+
+# Blocks may overlap in threads: the first to enter freezes, the last to
+# leave gives the heap back.
+_LOCK = threading.Lock()
+_open = {'blocks': 0, 'thresholds': None}
 
 
 @contextlib.contextmanager
@@ -40,14 +46,18 @@ def frozen() -> Iterator[None]:
   an enclosing block, or by a program that froze its own start-up heap with
   ``gc.freeze()``: that freeze is left as it was).
   """
-  if not gc.isenabled() or gc.get_freeze_count():
-    yield
-    return
-  thresholds = gc.get_threshold()
-  gc.freeze()
-  gc.set_threshold(thresholds[0], thresholds[1], _DEFERRED)
+  with _LOCK:
+    if not _open['blocks'] and gc.isenabled() and not gc.get_freeze_count():
+      _open['thresholds'] = gc.get_threshold()
+      gc.freeze()
+      gc.set_threshold(*_open['thresholds'][:2], _DEFERRED)
+    _open['blocks'] += 1
   try:
     yield
   finally:
-    gc.set_threshold(*thresholds)
-    gc.unfreeze()
+    with _LOCK:
+      _open['blocks'] -= 1
+      if not _open['blocks'] and _open['thresholds'] is not None:
+        gc.set_threshold(*_open['thresholds'])
+        gc.unfreeze()
+        _open['thresholds'] = None

@@ -2,6 +2,7 @@
 is given back, and what is left alone."""
 
 import gc
+import threading
 import weakref
 
 from gzjax import heap
@@ -105,3 +106,32 @@ def test_full_collections_wait_for_the_end_of_the_block():
     assert _full_collections(_trace_like) == 0
     assert young[:2] == thresholds[:2] and young[2] > 1000
   assert gc.get_threshold() == thresholds
+
+
+def test_blocks_in_threads_give_the_heap_back_when_the_last_one_ends():
+  thresholds = gc.get_threshold()
+  first_in, second_in, first_out = (threading.Event() for _ in range(3))
+  seen = {}
+
+  def first():
+    with heap.frozen():
+      first_in.set()
+      second_in.wait(10)
+    first_out.set()
+
+  def second():
+    first_in.wait(10)
+    with heap.frozen():
+      second_in.set()
+      first_out.wait(10)
+      # The first block has ended; this one still holds the heap frozen.
+      seen['inside'] = gc.get_freeze_count(), gc.get_threshold()
+
+  threads = [threading.Thread(target=first), threading.Thread(target=second)]
+  for thread in threads:
+    thread.start()
+  for thread in threads:
+    thread.join(20)
+  count, inside = seen['inside']
+  assert count > 1000 and inside[2] > 1000
+  assert gc.get_freeze_count() == 0 and gc.get_threshold() == thresholds
