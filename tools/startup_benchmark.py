@@ -14,6 +14,9 @@ cache directory, empty before the first process:
   until the state is on the devices;
 * compile: lowering and compiling the train step (``TrainStep.compile``);
 * first step: from the start of creation to the first step's finished state;
+* collector: the seconds Python's garbage collector ran during the creation
+  and during the compile (``gzjax.heap`` keeps its full collections off the
+  imported heap while the engine traces);
 * the second process's compile and creation, with the cache the first one
   filled, the cache hits jax reported in it (0 when the engine has no
   persistent cache), and the traced programs it loaded instead of tracing
@@ -24,6 +27,7 @@ Prints a markdown table.  ``--child`` is the subprocess's entry point.
 
 from __future__ import annotations
 
+import gc
 import json
 import subprocess
 import sys
@@ -58,9 +62,24 @@ CACHE_HIT_EVENT = '/jax/compilation_cache/cache_hits'
 PROGRAM_HIT_EVENT = '/gzjax/programs/hit'  # gzjax.programs.HIT_EVENT
 
 
+class _Collector:
+  """Seconds Python's garbage collector has run since it was made."""
+
+  def __init__(self):
+    self.seconds, self._started = 0.0, []
+    gc.callbacks.append(self._callback)
+
+  def _callback(self, phase, _):
+    if phase == 'start':
+      self._started.append(time.perf_counter())
+    elif self._started:
+      self.seconds += time.perf_counter() - self._started.pop()
+
+
 def measure(model: str, size: int, batch_size: int, cache_dir: str) -> dict:
   """One process's start: seconds to create, compile, finish a first step."""
   hits = []
+  collector = _Collector()
   jax.monitoring.register_event_listener(
       lambda event, **_: hits.append(event)
       if event in (CACHE_HIT_EVENT, PROGRAM_HIT_EVENT) else None)
@@ -68,21 +87,26 @@ def measure(model: str, size: int, batch_size: int, cache_dir: str) -> dict:
   if 'compilation_cache_dir' in config:  # Engines before issue 12 have none.
     config.compilation_cache_dir = cache_dir
     experiments.use_compilation_cache(config.compilation_cache_dir)
-  start = time.perf_counter()
+  start, collected = time.perf_counter(), collector.seconds
   experiment = experiments.create_experiment(config)
   state = jax.block_until_ready(experiment.initial_state())
   created = time.perf_counter()
+  create_gc = collector.seconds - collected
   if _CREATE_ONLY.value:
-    return {'create_s': created - start, 'dtype': config.model.dtype}
+    return {'create_s': created - start, 'create_gc_s': create_gc,
+            'dtype': config.model.dtype}
   batch = train.to_global(benchmark.random_batch(batch_size, size),
                           experiment.batch_sharding)
+  collected = collector.seconds
   step = train.make_train_step(experiment).compile(state, batch)
   compiled = time.perf_counter()
+  compile_gc = collector.seconds - collected
   state, _ = step(state, batch)
   jax.block_until_ready(state)
   finished = time.perf_counter()
   return {'create_s': created - start, 'compile_s': compiled - created,
-          'first_step_s': finished - start,
+          'first_step_s': finished - start, 'create_gc_s': create_gc,
+          'compile_gc_s': compile_gc,
           'cache_hits': hits.count(CACHE_HIT_EVENT),
           'programs_loaded': hits.count(PROGRAM_HIT_EVENT),
           'dtype': config.model.dtype}
@@ -117,10 +141,10 @@ def main(argv):
                              FLAGS.batch_size, _CACHE_DIR.value)))
     return
   lines = ['| model | px | batch | create s | compile s | first step s'
-           ' | warm-cache compile s | warm-cache create s | cache hits'
-           ' | programs loaded |',
+           ' | collector s (create / compile) | warm-cache compile s'
+           ' | warm-cache create s | cache hits | programs loaded |',
            '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |'
-           ' ---: |']
+           ' ---: | ---: |']
   for entry in _MODELS.value:
     name, size = parse_model(entry)
     with tempfile.TemporaryDirectory() as cache_dir:
@@ -130,14 +154,16 @@ def main(argv):
     if 'missing' in cold or 'missing' in warm:
       reason = cold.get('missing') or warm.get('missing')
       lines.append(f'| {name} | {size} | {FLAGS.batch_size} | missing:'
-                   f' {reason} | | | | | | |')
+                   f' {reason} | | | | | | | |')
     elif _CREATE_ONLY.value:
       lines.append(f'| {name} | {size} | {FLAGS.batch_size}'
-                   f' | {cold["create_s"]:.1f} | | | | | | |')
+                   f' | {cold["create_s"]:.1f} | | | {cold["create_gc_s"]:.2f}'
+                   ' | | | | |')
     else:
       lines.append(
           f'| {name} | {size} | {FLAGS.batch_size} | {cold["create_s"]:.1f}'
           f' | {cold["compile_s"]:.1f} | {cold["first_step_s"]:.1f}'
+          f' | {cold["create_gc_s"]:.2f} / {cold["compile_gc_s"]:.2f}'
           f' | {warm["compile_s"]:.1f} | {warm["create_s"]:.1f}'
           f' | {warm["cache_hits"]} | {warm.get("programs_loaded", 0)} |')
     print(lines[-1], file=sys.stderr, flush=True)
