@@ -6,7 +6,7 @@ ends, so CPython's full (oldest-generation) collection runs again and again
 during a start-up, and each one walks every object the process holds: the
 ~240,000 of the imported libraries and all that the trace has made so far,
 to free next to nothing.  On two CPU cores those walks were 0.6-0.9 s of
-EfficientNet-B7's creation and 0.7 / 1.0 / 3.0-3.5 s of EfficientNet-B0's /
+EfficientNet-B7's creation and 0.7 / 1.0 / 2.9-3.7 s of EfficientNet-B0's /
 InceptionV3's / B7's train-step lowering (BUILD.md, start-up: "The collector
 off the long-lived heap").
 
