@@ -339,14 +339,22 @@ def test_a_second_process_loads_the_step_from_the_cache(tmp_path):
       capture_output=True, text=True, cwd=REPO,
       env={**os.environ, 'PYTHONPATH': str(REPO)})
   assert result.returncode == 0, result.stderr[-3000:]
-  row = [line for line in result.stdout.splitlines()
-         if line.startswith('| cnn |')]
-  assert len(row) == 1, result.stdout
-  cells = [cell.strip() for cell in row[0].split('|')[1:-1]]
-  assert cells[:3] == ['cnn', '32', '2']
-  assert all(re.fullmatch(r'\d+\.\d', cell) for cell in cells[3:8]), cells
+  header, _, row = result.stdout.strip().splitlines()
+  cells = dict(zip(
+      (cell.strip() for cell in header.strip('|').split('|')),
+      (cell.strip() for cell in row.strip('|').split('|')), strict=True))
+  assert [cells['model'], cells['px'], cells['batch']] == ['cnn', '32', '2']
+  seconds = ['create s', 'compile s', 'first step s', 'warm-cache compile s',
+             'warm-cache create s']
+  assert all(re.fullmatch(r'\d+\.\d', cells[name]) for name in seconds), cells
+  assert 0 < float(cells['create s']) < float(cells['first step s'])
+  # The collector's seconds during the creation and the compile.
+  create_gc, compile_gc = map(
+      float, cells['collector s (create / compile)'].split(' / '))
+  assert 0 <= create_gc < float(cells['create s'])
+  assert 0 <= compile_gc < float(cells['compile s'])
   # The train step (and the initialisation) compiled in the first process
   # are read back from the cache in the second, which also loads the traced
   # train step instead of tracing it (gzjax.programs).
-  assert int(cells[8]) >= 1, cells
-  assert cells[9] == '1', cells
+  assert int(cells['cache hits']) >= 1, cells
+  assert cells['programs loaded'] == '1', cells

@@ -45,19 +45,3 @@ def test_show_galaxies_says_how_to_build(tmp_path):
   assert 'python -m gzjax.data.build --config=synthetic' in result.stderr
   assert 'Traceback' not in result.stderr
 
-
-def test_startup_benchmark_prints_its_row():
-  out = _run('tools/startup_benchmark.py', '--models=cnn:32', '--batch_size=2',
-             '--timeout=300')
-  header, _, row = out.strip().splitlines()
-  columns = [cell.strip() for cell in header.strip('|').split('|')]
-  cells = dict(zip(columns, (cell.strip() for cell in
-                             row.strip('|').split('|')), strict=True))
-  assert cells['model'] == 'cnn' and cells['px'] == '32'
-  assert 0 < float(cells['create s']) < float(cells['first step s'])
-  create_gc, compile_gc = map(
-      float, cells['collector s (create / compile)'].split(' / '))
-  assert 0 <= create_gc < float(cells['create s'])
-  assert 0 <= compile_gc < float(cells['compile s'])
-  # The second process found the first one's program and executables.
-  assert cells['programs loaded'] == '1' and int(cells['cache hits']) >= 1
