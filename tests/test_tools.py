@@ -44,4 +44,3 @@ def test_show_galaxies_says_how_to_build(tmp_path):
   assert result.returncode != 0
   assert 'python -m gzjax.data.build --config=synthetic' in result.stderr
   assert 'Traceback' not in result.stderr
-
