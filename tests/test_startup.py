@@ -241,13 +241,14 @@ def test_creation_traces_with_the_heap_frozen(monkeypatch):
                       recording(models.GalaxyModel.__init__))
   monkeypatch.setattr(creation.Traced, 'evaluate',
                       recording(creation.Traced.evaluate))
+  monkeypatch.setattr(creation, 'trace_once', recording(creation.trace_once))
   experiment = experiments.create_experiment(_config(hidden=(6,)))
   jax.block_until_ready(experiment.initial_state())
   experiment.abstract_state()
   models.create('cnn', seed=2)
-  # Built twice (the experiment's model, models.create's), the state
-  # program traced three times (initial_state, abstract_state, create).
-  assert len(seen) == 5 and all(count > 1000 for count in seen), seen
+  # Traced and built twice (the experiment's model, models.create's), the
+  # state program traced three times (initial_state, abstract_state, create).
+  assert len(seen) == 7 and all(count > 1000 for count in seen), seen
   assert gc.get_freeze_count() == 0
 
 

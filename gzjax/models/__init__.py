@@ -106,6 +106,7 @@ class GalaxyModel(nnx.Module):
     return self.head(self.backbone(images))
 
 
+@heap.frozen()  # It traces the model (gzjax.heap).
 def create(
     name: str,
     *,
@@ -157,8 +158,7 @@ def create(
       traced.plan, traced.evaluate, out_shardings=sharding,
       platform=(next(iter(sharding.device_set)) if sharding
                 else jax.devices()[0]).platform)
-  with heap.frozen():  # The programs' first calls trace them.
-    return nnx.merge(traced.aux, init(draw_pools(creation.seed_data(seed))))
+  return nnx.merge(traced.aux, init(draw_pools(creation.seed_data(seed))))
 
 
 def _build(name, *, num_outputs, head, hidden, dropout, dtype, rngs,

@@ -53,8 +53,6 @@ from jax._src.interpreters import partial_eval
 from jax._src.nn import initializers as jax_initializers
 import numpy as np
 
-from gzjax import heap
-
 # One interception at a time: the initialisers' module is process-global.
 _LOCK = threading.RLock()
 
@@ -435,9 +433,8 @@ def trace_once(build: Callable[[], tuple[Any, Any]]) -> Traced:
     leaves, seen['tree'] = jax.tree.flatten(arrays)
     return leaves
 
-  with heap.frozen():
-    program = jax.jit(traced).trace(*(
-        jax.ShapeDtypeStruct((_STAND_IN_SIZE,), dtype) for dtype in dtypes))
+  program = jax.jit(traced).trace(*(
+      jax.ShapeDtypeStruct((_STAND_IN_SIZE,), dtype) for dtype in dtypes))
   # The program as it is run: its inputs as long as the draws it cuts.
   sized = _with_input_sizes(program.jaxpr, [seen['offsets'][dtype]
                                             for dtype in dtypes])
