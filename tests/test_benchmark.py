@@ -120,26 +120,40 @@ def test_step_flops_count_the_convolutions():
   assert benchmark.peak_flops('cpu') is None
 
 
-def test_gpu_report_tables_every_measurement_or_why_not(tmp_path):
+def _gpu_report():
   sys.path.insert(0, str(REPO / 'tools'))
   try:
     import gpu_report  # pylint: disable=g-import-not-at-top
   finally:
     sys.path.pop(0)
-  (tmp_path / 'settings.json').write_text(json.dumps(
-      {'cnn': 64, 'b0': 224, 'inception': 299, 'small': 256, 'large': 1024,
-       'b0_batch': 128, 'inception_batch': 64, 'e2e_steps': 200,
-       'steps': '', 'smoke': 0}))
-  (tmp_path / 'status.tsv').write_text(
-      'gzjax_cnn_small\t0\t30\ntorch_cnn_small\t0\t40\n'
-      'keras_cnn_small\t124\t40\ntorch_b0\tskipped: 9 s of the budget left\t0\n')
-  for name, rate in (('gzjax_cnn_small', 1000.0), ('torch_cnn_small', 800.0)):
-    (tmp_path / f'{name}.json').write_text(json.dumps(
+  return gpu_report
+
+
+def _results(folder, status, rates, settings=None):
+  folder.mkdir()
+  (folder / 'settings.json').write_text(json.dumps(settings or {
+      'cnn': 64, 'b0': 224, 'inception': 299, 'small': 256, 'large': 1024,
+      'b0_batch': 128, 'inception_batch': 64, 'e2e_steps': 200,
+      'steps': '', 'smoke': 0}))
+  (folder / 'status.tsv').write_text(
+      ''.join(f'{name}\t{code}\t10\n' for name, code in status))
+  for name, rate in rates.items():
+    (folder / f'{name}.json').write_text(json.dumps(
         {'images_per_s': rate, 'warmup_s': 1.0, 'mode': 'm'}))
-  (tmp_path / 'keras_cnn_small.json').write_text('')
-  (tmp_path / 'keras_cnn_small.err').write_text('compiling\nstill compiling')
+  return folder
+
+
+def test_gpu_report_tables_every_measurement_or_why_not(tmp_path):
+  gpu_report = _gpu_report()
+  results = _results(tmp_path / 'results',
+                     [('gzjax_cnn_small', '0'), ('torch_cnn_small', '0'),
+                      ('keras_cnn_small', '124'),
+                      ('torch_b0', 'skipped: 9 s of the budget left')],
+                     {'gzjax_cnn_small': 1000.0, 'torch_cnn_small': 800.0})
+  (results / 'keras_cnn_small.json').write_text('')
+  (results / 'keras_cnn_small.err').write_text('compiling\nstill compiling')
   cells = {}
-  for line in gpu_report.tables(tmp_path).splitlines():
+  for line in gpu_report.tables(results).splitlines():
     if line.startswith('| ') and not line.startswith(('| measurement',
                                                       '| ---')):
       name, rate, ratio, _ = (cell.strip() for cell in line.split('|')[1:-1])
@@ -148,9 +162,85 @@ def test_gpu_report_tables_every_measurement_or_why_not(tmp_path):
   torch_label = 'PyTorch (torch.compile, bf16 autocast, channels-last)'
   assert cells[torch_label] == ('800', '1.25')
   keras_label = 'Keras 3 on jax (mixed_bfloat16 on GPUs)'
-  assert cells[keras_label][0] == ('missing: timed out after 40 s: still'
+  assert cells[keras_label][0] == ('missing: timed out after 10 s: still'
                                    ' compiling')
   assert cells[f'{torch_label}, timm'][0] == (
       'missing: skipped: 9 s of the budget left')
   assert cells['**inception_v3, 299 px, batch 64**: gzjax'][0] == \
       'missing: not run'
+
+
+def test_gpu_report_joins_two_calls_of_one_lease(tmp_path):
+  gpu_report = _gpu_report()
+  first = _results(tmp_path / 'first',
+                   [('gzjax_b0', '0'), ('torch_b0', '124'),
+                    ('keras_b0', 'skipped: 3 s of the budget left'),
+                    ('gzjax_b0_autotune0', '0')],
+                   {'gzjax_b0': 6000.0, 'gzjax_b0_autotune0': 5000.0})
+  (first / 'startup.md').write_text('start-up table of the first call')
+  second = _results(tmp_path / 'second',
+                    [('torch_b0', '0'), ('keras_b0', '1'),
+                     ('gzjax_b0_autotune0', '124')],
+                    {'torch_b0': 2400.0})
+  text = gpu_report.tables(first, second)
+  rows = [tuple(cell.strip() for cell in line.split('|')[1:-1])
+          for line in text.splitlines()
+          if line.startswith('| ') and not line.startswith(('| measurement',
+                                                            '| ---'))]
+  # B0's rows: from its gzjax row to the next model's.
+  start = next(i for i, row in enumerate(rows) if 'efficientnet_b0' in row[0])
+  cells = {}
+  for name, rate, ratio, _ in rows[start:]:
+    if name.startswith('**') and cells:
+      break
+    cells[name] = (rate, ratio)
+  assert cells['**efficientnet_b0, 224 px, batch 128**: gzjax'] == (
+      '6,000', '1.00')
+  torch_label = 'PyTorch (torch.compile, bf16 autocast, channels-last), timm'
+  assert cells[torch_label] == ('2,400', '2.50')  # The second call's.
+  # The second call's failure replaces the first call's skip ...
+  assert cells['Keras 3 on jax (mixed_bfloat16 on GPUs)'][0] == (
+      'missing: exit status 1 after 10 s')
+  # ... but never a measurement.
+  assert cells['gzjax, --xla_gpu_autotune_level=0 (no kernel autotuning)'] \
+      == ('5,000', '1.20')
+  assert 'start-up table of the first call' in text
+  other = _results(tmp_path / 'other', [], {}, settings={'smoke': 1})
+  try:
+    gpu_report.tables(first, other)
+  except SystemExit as error:
+    assert 'other settings' in str(error) and str(other) in str(error)
+  else:
+    raise AssertionError('folders of other settings were joined')
+
+
+def test_gpu_benchmark_runs_the_rows_asked_for_in_order(tmp_path):
+  # A stand-in python records each measurement's command and XLA_FLAGS.
+  stub = tmp_path / 'python'
+  stub.write_text('#!/bin/sh\necho "$XLA_FLAGS|$*" >> "$OUT/calls"\n'
+                  'echo \'{"images_per_s": 1.0}\'\n')
+  stub.chmod(0o755)
+  out = tmp_path / 'out'
+  env = {'PATH': '/usr/bin:/bin', 'PYTHON': str(stub), 'OUT': str(out),
+         'ROWS': 'gzjax_b0_autotune0,e2e_torch,gzjax_b0'}
+  result = subprocess.run(['bash', 'tools/gpu_benchmark.sh'], env=env,
+                          capture_output=True, text=True, cwd=REPO)
+  assert result.returncode == 0, result.stderr
+  names = [line.split('\t')[0]
+           for line in (out / 'status.tsv').read_text().splitlines()]
+  # The script's order, not ROWS's; the set is rendered for e2e_torch.
+  assert names == ['gzjax_b0', 'gzjax_b0_autotune0', 'e2e_render',
+                   'e2e_torch']
+  calls = [line for line in (out / 'calls').read_text().splitlines()
+           if 'benchmark.py' in line]
+  assert len(calls) == 3
+  assert '--peer=gzjax --model=efficientnet_b0' in calls[0]
+  assert 'autotune' not in calls[0].split('|')[0]
+  assert calls[1].split('|')[0].split() == ['--xla_gpu_autotune_level=0']
+  assert '--peer=torch_e2e' in calls[2]
+  result = subprocess.run(['bash', 'tools/gpu_benchmark.sh'],
+                          env={**env, 'ROWS': 'gzjax_b0,gzjax_b7'},
+                          capture_output=True, text=True, cwd=REPO)
+  assert result.returncode == 2
+  assert result.stderr.count('\n') == 1
+  assert "'gzjax_b7', which is not a measurement" in result.stderr

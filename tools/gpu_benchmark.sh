@@ -2,18 +2,26 @@
 # The GPU tables of BUILD.md in one run of under 8 minutes, from the repo root:
 #
 #   source .wheels/setup.sh && OUT=/path/to/results bash tools/gpu_benchmark.sh
+#   ROWS=keras_cnn_small,torch_cnn_small OUT=... bash tools/gpu_benchmark.sh
 #   SMOKE=1 TIMEOUT_SCALE=4 BUDGET=1200 bash tools/gpu_benchmark.sh  # CPU check
+#
+# ROWS (comma-separated measurement names, below: ROW_NAMES) runs only those,
+# in the script's order: a second call in the same lease measures what the
+# first had no time for, and `tools/gpu_report.py first second` joins both
+# calls' results into one set of tables.
 #
 # Every measurement is its own process (tools/benchmark.py --peer=...: the
 # engine's own step, or a peer) under its own `timeout`, in priority order:
-# gzjax's rows first, then the peers, the end-to-end rows and the rest.  The
-# whole run keeps to $BUDGET seconds (default 450): each timeout is cut to
-# what is left, and a measurement with under 15 s left is skipped and marked
-# so, never started.  Results go to "$OUT" (default ./gpu_results) as they
-# come: <name>.json (the measurement's JSON line), <name>.err (its stderr),
-# status.tsv (name, exit status, seconds), versions.txt, startup.md, and at
-# the end tables.md (tools/gpu_report.py).  Needs no network and no dataset:
-# the step benchmarks use random batches, the end-to-end rows render a small
+# gzjax's rows, then the big backbones' peers (the comparison BUILD.md still
+# lacks), B0 without autotuning, the end-to-end rows, the seed CNN's peers,
+# start-up, survey prediction, the batch-1024 peers.  The whole run keeps to
+# $BUDGET seconds (default 450): each timeout is cut to what is left, and a
+# measurement with under 15 s left is skipped and marked so, never started.
+# Results go to "$OUT" (default ./gpu_results) as they come: <name>.json
+# (the measurement's JSON line), <name>.err (its stderr), status.tsv (name,
+# exit status, seconds), versions.txt, startup.md, and at the end tables.md
+# (tools/gpu_report.py).  Needs no network and no dataset: the step
+# benchmarks use random batches, the end-to-end rows render a small
 # synthetic Galaxy Zoo set.
 set -u
 cd "$(dirname "$0")/.."
@@ -22,8 +30,28 @@ BUDGET="${BUDGET:-450}"
 SCALE="${TIMEOUT_SCALE:-1}"  # Multiplies every timeout (a slow smoke host).
 PY="${PYTHON:-python3}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+ROW_NAMES=(gzjax_cnn_small gzjax_b0 gzjax_inception gzjax_cnn_large
+  torch_b0 keras_b0 torch_inception keras_inception gzjax_b0_autotune0
+  e2e_gzjax e2e_torch keras_cnn_small torch_cnn_small startup predict
+  keras_cnn_large torch_cnn_large)
+ROWS="${ROWS:-}"
+for row in ${ROWS//,/ }; do
+  if [[ " ${ROW_NAMES[*]} " != *" $row "* ]]; then
+    echo "gpu_benchmark.sh: ROWS names '$row', which is not a measurement;" \
+      "use names from: ${ROW_NAMES[*]}" >&2
+    exit 2
+  fi
+done
 mkdir -p "$OUT"
 START=$(date +%s)
+
+# selected NAME: whether ROWS (unset: every row) asks for NAME; the
+# end-to-end rows' synthetic set is rendered when either of them is asked.
+selected() {
+  [[ -z "$ROWS" ]] && return 0
+  [[ $1 == e2e_render ]] && { selected e2e_gzjax || selected e2e_torch; return; }
+  [[ ",$ROWS," == *",$1,"* ]]
+}
 
 if [[ "${SMOKE:-0}" == 1 ]]; then
   CNN=32; B0=32; INCEPTION=75; SMALL=8; LARGE=16; B0_BATCH=4; INC_BATCH=2
@@ -40,6 +68,7 @@ fi
 measure() {
   local name=$1 limit=$2 left
   shift 2
+  selected "$name" || return 0
   limit=$(( limit * SCALE ))
   left=$(( BUDGET - ($(date +%s) - START) ))
   (( limit > left )) && limit=$left
@@ -94,9 +123,19 @@ EOF
 
 # gzjax's rows: every one must be measured.
 peer gzjax_cnn_small 40 gzjax cnn $CNN $SMALL
-peer gzjax_b0 90 gzjax efficientnet_b0 $B0 $B0_BATCH
+peer gzjax_b0 120 gzjax efficientnet_b0 $B0 $B0_BATCH
 peer gzjax_inception 90 gzjax inception_v3 $INCEPTION $INC_BATCH
 peer gzjax_cnn_large 30 gzjax cnn $CNN $LARGE
+# The big backbones' peers: torch.compile's and Keras's warm-ups took over
+# 60-90 s for these on an H200 (2026-11-28), hence their longer timeouts.
+peer torch_b0 150 torch efficientnet_b0 $B0 $B0_BATCH "${TORCH[@]}"
+peer keras_b0 150 keras_jax efficientnet_b0 $B0 $B0_BATCH
+peer torch_inception 150 torch inception_v3 $INCEPTION $INC_BATCH "${TORCH[@]}"
+peer keras_inception 150 keras_jax inception_v3 $INCEPTION $INC_BATCH
+# B0's compile without XLA's kernel autotuning (most of its 81.6 s warm-up
+# on the H200), and what that costs its step.
+XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_autotune_level=0" \
+  peer gzjax_b0_autotune0 90 gzjax efficientnet_b0 $B0 $B0_BATCH
 # What a user feels: input pipeline + augmentation + step.
 E2E_DIR=$(mktemp -d)
 measure e2e_render 40 "$PY" -c "import sys; sys.path.insert(0, 'tools')
@@ -107,11 +146,9 @@ peer e2e_gzjax 60 gzjax_e2e cnn $CNN $SMALL --e2e_steps=$E2E_STEPS \
 peer e2e_torch 60 torch_e2e cnn $CNN $SMALL --e2e_steps=$E2E_STEPS \
   --peer_data_dir="$E2E_DIR" --workers="$(nproc)" "${TORCH[@]}"
 rm -rf "$E2E_DIR"
-# The peers, the cheapest first, so that a short budget drops the slowest.
+# The seed CNN's peers, the cheapest first.
 peer keras_cnn_small 40 keras_jax cnn $CNN $SMALL
 peer torch_cnn_small 60 torch cnn $CNN $SMALL "${TORCH[@]}"
-peer keras_b0 60 keras_jax efficientnet_b0 $B0 $B0_BATCH
-peer keras_inception 60 keras_jax inception_v3 $INCEPTION $INC_BATCH
 # Start-up: creation, cold compile, first step, warm-cache compile.
 measure startup 80 "$PY" tools/startup_benchmark.py "${STARTUP[@]}" \
   --timeout=$(( 35 * SCALE ))
@@ -124,8 +161,6 @@ if [[ "${SMOKE:-0}" != 1 ]]; then
     --predict_models=cnn,efficientnet_b0 --worker_counts=8 --rss_counts=
   rm -rf "$PREDICT_DIR"
 fi
-peer torch_b0 100 torch efficientnet_b0 $B0 $B0_BATCH "${TORCH[@]}"
-peer torch_inception 100 torch inception_v3 $INCEPTION $INC_BATCH "${TORCH[@]}"
 peer keras_cnn_large 30 keras_jax cnn $CNN $LARGE
 peer torch_cnn_large 40 torch cnn $CNN $LARGE "${TORCH[@]}"
 
