@@ -143,6 +143,14 @@ def _results(folder, status, rates, settings=None):
   return folder
 
 
+def _table_rows(text):
+  """(measurement, images/s, ratio, notes) of each row of a report."""
+  return [tuple(cell.strip() for cell in line.split('|')[1:-1])
+          for line in text.splitlines()
+          if line.startswith('| ') and not line.startswith(('| measurement',
+                                                            '| ---'))]
+
+
 def test_gpu_report_tables_every_measurement_or_why_not(tmp_path):
   gpu_report = _gpu_report()
   results = _results(tmp_path / 'results',
@@ -153,11 +161,8 @@ def test_gpu_report_tables_every_measurement_or_why_not(tmp_path):
   (results / 'keras_cnn_small.json').write_text('')
   (results / 'keras_cnn_small.err').write_text('compiling\nstill compiling')
   cells = {}
-  for line in gpu_report.tables(results).splitlines():
-    if line.startswith('| ') and not line.startswith(('| measurement',
-                                                      '| ---')):
-      name, rate, ratio, _ = (cell.strip() for cell in line.split('|')[1:-1])
-      cells.setdefault(name, (rate, ratio))
+  for name, rate, ratio, _ in _table_rows(gpu_report.tables(results)):
+    cells.setdefault(name, (rate, ratio))
   assert cells['**cnn, 64 px, batch 256**: gzjax'] == ('1,000', '1.00')
   torch_label = 'PyTorch (torch.compile, bf16 autocast, channels-last)'
   assert cells[torch_label] == ('800', '1.25')
@@ -183,10 +188,7 @@ def test_gpu_report_joins_two_calls_of_one_lease(tmp_path):
                      ('gzjax_b0_autotune0', '124')],
                     {'torch_b0': 2400.0})
   text = gpu_report.tables(first, second)
-  rows = [tuple(cell.strip() for cell in line.split('|')[1:-1])
-          for line in text.splitlines()
-          if line.startswith('| ') and not line.startswith(('| measurement',
-                                                            '| ---'))]
+  rows = _table_rows(text)
   # B0's rows: from its gzjax row to the next model's.
   start = next(i for i, row in enumerate(rows) if 'efficientnet_b0' in row[0])
   cells = {}
