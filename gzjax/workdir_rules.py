@@ -26,6 +26,12 @@ STATE_KEYS = (
     ('optimizer.trainable_blocks', None),
 )
 
+# Config keys of what the model sees (gzjax.models.weights.preprocessing_of):
+# a checkpoint trained, resumed or evaluated under other values sees other
+# images than it learned from, and its numbers are silently worse.
+PREPROCESSING_KEYS = ('input.image_size', 'input.crop_size',
+                      'input.normalization.mean', 'input.normalization.std')
+
 
 def writable_workdir(workdir: str | pathlib.Path) -> pathlib.Path:
   """Creates ``workdir`` and checks it can be written, in one clear line."""
@@ -54,31 +60,56 @@ def _value(config, key: str):
   return node
 
 
-def check_resumable(config: ml_collections.ConfigDict,
-                    workdir: pathlib.Path) -> None:
-  """Raises CheckpointError, naming each difference, when the workdir's
-  checkpoints were saved under a config that gives another state."""
-  saved_path = workdir / 'config.json'
-  if not saved_path.is_file():
-    return
-  saved = json.loads(saved_path.read_text())
+def _differences(saved, config, keys) -> list[str]:
+  """``key: checkpoint has A, config has B`` for each of ``keys`` (key, how
+  its value compares) whose saved value differs; a key the saved config
+  lacks (an older run) is not compared."""
   differences = []
-  for key, meaning in STATE_KEYS:
-    old = _value(saved, key)
-    new = _value(config, key)
+  for key, meaning in keys:
+    old, new = _value(saved, key), _value(config, key)
+    if old is None:
+      continue
     if isinstance(old, list):
       old = tuple(old)
     if isinstance(new, list):
       new = tuple(new)
-    if old is None:
-      continue
     if (meaning or (lambda v: v))(old) != (meaning or (lambda v: v))(new):
       differences.append(f'{key}: checkpoint has {old!r}, config has {new!r}')
+  return differences
+
+
+def check_resumable(config: ml_collections.ConfigDict,
+                    workdir: pathlib.Path) -> None:
+  """Raises CheckpointError, naming each difference, when the workdir's
+  checkpoints were saved under a config that gives another state, or that
+  prepares the images otherwise (size, crop, normalisation)."""
+  saved_path = workdir / 'config.json'
+  if not saved_path.is_file():
+    return
+  try:
+    saved = json.loads(saved_path.read_text())
+    if not isinstance(saved, dict):
+      raise ValueError('not a JSON object')
+  except (ValueError, UnicodeDecodeError) as error:
+    raise errors.CheckpointError(
+        f'{saved_path} is not the JSON config a run writes ({error}), so it'
+        ' cannot say which model the checkpoints in'
+        f' {workdir} are of. Restore it from a copy, or train into a new'
+        ' --workdir.') from None
+  differences = _differences(saved, config, STATE_KEYS)
   if differences:
     raise errors.CheckpointError(
         f'The checkpoints in {workdir} are of another model ('
         + '; '.join(differences) + '). Train into a new --workdir, or set'
         ' these values back to resume.')
+  differences = _differences(saved, config,
+                             [(key, None) for key in PREPROCESSING_KEYS])
+  if differences:
+    raise errors.CheckpointError(
+        f'The checkpoints in {workdir} were trained on images prepared'
+        ' otherwise (' + '; '.join(differences) + '). Set these values back'
+        ' to resume, evaluate or predict with them, or train into a new'
+        ' --workdir.')
 
 
 def write_atomically(path: pathlib.Path, text: str) -> None:

@@ -64,6 +64,50 @@ def test_resume_with_another_model_names_the_difference_and_changes_nothing(
     evaluate.evaluate(config, workdir)
 
 
+def test_other_preprocessing_is_refused_for_resume_evaluate_and_predict(
+    trained, tmp_path):
+  workdir = _copy(trained, tmp_path)
+  before = _snapshot(workdir)
+  # A finished run resumed at other sizes trained no step but rewrote its
+  # config.json to sizes its weights never saw; evaluate scored silently.
+  config = _config(trained[0], **{'input.crop_size': 40,
+                                  'input.normalization.std': (0.5, 0.5, 0.25)})
+  # evaluate.restore: what --images and survey prediction restore through.
+  for attempt in (lambda: train.train_and_evaluate(config, workdir),
+                  lambda: evaluate.evaluate(config, workdir),
+                  lambda: evaluate.restore(config, workdir)):
+    with pytest.raises(errors.CheckpointError) as info:
+      attempt()
+    assert str(info.value) == (
+        f'The checkpoints in {workdir} were trained on images prepared'
+        ' otherwise (input.crop_size: checkpoint has 48, config has 40;'
+        ' input.normalization.std: checkpoint has (0.5, 0.5, 0.5), config'
+        ' has (0.5, 0.5, 0.25)). Set these values back to resume, evaluate or'
+        ' predict with them, or train into a new --workdir.')
+    assert _snapshot(workdir) == before
+  # The same values, as JSON gives them back (lists), are the same.
+  workdir_rules.check_resumable(_config(trained[0]), workdir)
+
+
+@pytest.mark.parametrize('text', ['{garbage', '[1, 2]', ''])
+def test_a_damaged_config_json_is_named_and_kept(trained, tmp_path, text):
+  workdir = _copy(trained, tmp_path)
+  (workdir / 'config.json').write_text(text)
+  before = _snapshot(workdir)
+  for attempt in (
+      lambda: train.train_and_evaluate(_config(trained[0]), workdir),
+      lambda: evaluate.evaluate(_config(trained[0]), workdir)):
+    with pytest.raises(errors.CheckpointError) as info:
+      attempt()
+    message = str(info.value)
+    assert message.startswith(f'{workdir}/config.json is not the JSON config'
+                              ' a run writes (')
+    assert message.endswith('Restore it from a copy, or train into a new'
+                            ' --workdir.')
+    assert '\n' not in message
+    assert _snapshot(workdir) == before
+
+
 def test_damaged_latest_checkpoint_falls_back_and_metrics_are_not_doubled(
     trained, tmp_path, capsys):
   workdir = _copy(trained, tmp_path)
