@@ -46,8 +46,10 @@ import numpy as np
 from PIL import Image
 
 from gzjax import config_checks
+from gzjax import errors
 from gzjax import evaluate as evaluate_lib
 from gzjax import losses
+from gzjax import metric_writer
 from gzjax import metrics
 from gzjax import tasks
 from gzjax import train
@@ -200,6 +202,34 @@ def score(columns, outputs: np.ndarray,
   return result
 
 
+def metric_names(columns) -> list[str]:
+  """The scalars a validation of these columns logs, as ``best_metric``
+  names them (``validation/<column>/<metric>``): those of :func:`score` on
+  two made-up rows, so that the list cannot drift from what is logged."""
+  outputs = np.full((2, sum(c.num_outputs for c in columns)), 0.5,
+                    np.float32)
+  targets = {}
+  for column in columns:
+    targets[f'{column.name}/mask'] = np.ones(2, bool)
+    targets[f'{column.name}/value'] = (
+        np.ones((2, column.num_outputs), np.float32) if column.kind == 'votes'
+        else np.array([0, 1]))
+  return sorted(metric_writer.flat_scalars(
+      'validation/', score(columns, outputs, targets)))
+
+
+def check_best_metric(config: ml_collections.ConfigDict, columns) -> None:
+  """Refuses a ``config.best_metric`` that no validation of ``columns``
+  logs: the run would keep no best checkpoint, and say so only when an
+  evaluation asks for it."""
+  if config.best_metric and config.best_metric not in metric_names(columns):
+    raise errors.ConfigError(
+        f'config.best_metric={config.best_metric!r} is not a metric of'
+        f' the label columns {[c.name for c in columns]}: set it to \'\' (no'
+        ' best checkpoint) or one of '
+        + ', '.join(metric_names(columns)) + '.')
+
+
 def _column_summary(column, values: Mapping[str, Any]) -> str:
   if column.kind == 'binary':
     return (f'{column.name} accuracy {values["accuracy"]:.4f}, F1'
@@ -216,10 +246,13 @@ def _column_summary(column, values: Mapping[str, Any]) -> str:
 
 
 def _record_labels(workdir: pathlib.Path, table: labels_lib.LabelTable):
-  """Writes labels.json; a resumed run must have the same columns/classes."""
+  """Writes labels.json; a resumed run must have the same columns/classes.
+  One left by an attempt that saved no checkpoint (it failed before its
+  first) protects nothing: it is replaced."""
   path = workdir / 'labels.json'
   manifest = table.manifest()
-  if path.is_file():
+  saved = workdir / 'checkpoints'
+  if path.is_file() and saved.is_dir() and any(saved.iterdir()):
     recorded = json.loads(path.read_text())
     if recorded['columns'] != json.loads(json.dumps(manifest['columns'])):
       raise labels_lib.LabelError(
@@ -243,6 +276,7 @@ def run(config: ml_collections.ConfigDict,
   config_checks.check(config)
   workdir = pathlib.Path(workdir)
   table = labels_lib.read(config.labels)
+  check_best_metric(config, table.columns)
   _record_labels(workdir, table)
   task = make_task(table.columns)
   result = train.train_and_evaluate(

@@ -473,3 +473,47 @@ def test_a_label_catalogue_refuses_the_decoded_cache(catalogue, tmp_path):
                      " Zoo splits only; set it to '' for a label catalogue"):
     finetune.run(config, tmp_path / 'run')
   assert not list((tmp_path / 'run').glob('checkpoints/*'))
+
+
+def test_best_metric_names_are_those_a_validation_logs(trained):
+  config, workdir, _ = trained
+  logged = json.loads(
+      (workdir / 'metrics.jsonl').read_text().splitlines()[-1])
+  columns = labels.read(config.labels).columns
+  assert finetune.metric_names(columns) == sorted(
+      key for key in logged if key.startswith('validation/'))
+  assert 'validation/shape/per_class/merger/f1' in logged
+
+
+def test_a_misspelt_best_metric_is_refused_before_anything_is_written(
+    catalogue, tmp_path):
+  config = tiny_config(catalogue, split_column='split')
+  config.best_metric = 'validation/spiral/rocauc'
+  with pytest.raises(errors.ConfigError) as info:
+    finetune.run(config, tmp_path / 'run')
+  message = str(info.value)
+  assert message.startswith(
+      "config.best_metric='validation/spiral/rocauc' is not a metric of the"
+      " label columns ['morphology', 'shape', 'size', 'spiral']: set it to"
+      " '' (no best checkpoint) or one of validation/morphology/count,")
+  assert message.endswith('validation/spiral/roc_auc.')
+  assert not (tmp_path / 'run').exists()
+
+
+def test_labels_json_of_an_attempt_that_saved_nothing_is_replaced(
+    catalogue, tmp_path):
+  table = labels.read(finetune_data.labels_config(catalogue))
+  workdir = tmp_path / 'run'
+  (workdir / 'checkpoints').mkdir(parents=True)  # Empty: a failed attempt.
+  (workdir / 'labels.json').write_text(json.dumps(
+      {'source': 'old.csv', 'columns': [{'name': 'other'}]}))
+  finetune._record_labels(workdir, table)  # pylint: disable=protected-access
+  assert json.loads((workdir / 'labels.json').read_text()) == json.loads(
+      json.dumps(table.manifest()))
+  # Once a checkpoint exists, other columns are refused and the file kept.
+  (workdir / 'labels.json').write_text(json.dumps(
+      {'source': 'old.csv', 'columns': [{'name': 'other'}]}))
+  (workdir / 'checkpoints' / '4').mkdir()
+  with pytest.raises(labels.LabelError, match='records other columns'):
+    finetune._record_labels(workdir, table)  # pylint: disable=protected-access
+  assert 'old.csv' in (workdir / 'labels.json').read_text()
