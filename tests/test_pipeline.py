@@ -10,7 +10,10 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from gzjax import errors
+from gzjax.data import catalog
 from gzjax.data import fields
+from gzjax.data import labels
 from gzjax.data import pipeline
 
 _NUM_RECORDS = 10
@@ -483,3 +486,162 @@ def test_crop_larger_than_source_is_a_config_error(records):
 def test_batch_size_must_divide_by_process_count(records, create):
   with pytest.raises(ValueError, match='batch_size=5'):
     create(records, _config(batch_size=5), process_index=0, process_count=2)
+
+
+# --- Images wider than 8 bits, and naming a bad image ------------------------
+
+
+def _encoded(pixels: np.ndarray, fmt: str) -> bytes:
+  buffer = io.BytesIO()
+  Image.fromarray(pixels).save(buffer, fmt)
+  return buffer.getvalue()
+
+
+@pytest.fixture(scope='module')
+def real_grey(kaggle_sample) -> np.ndarray:
+  """A real 424 px cut-out as 8-bit grey levels."""
+  path = kaggle_sample / 'images_training_rev1' / '100053.jpg'
+  with Image.open(path) as image:
+    return np.asarray(image.convert('L'))
+
+
+@pytest.mark.parametrize('fmt', ['PNG', 'TIFF'])
+def test_16_bit_images_scale_by_their_bit_depth(real_grey, records, fmt):
+  """Pillow's convert('RGB') clips 16-bit levels: the image came out near
+  white (mean 238 for a real cut-out whose mean is 8-14)."""
+  wide = _encoded(real_grey.astype(np.uint16) * 257, fmt)
+  with Image.open(io.BytesIO(wide)) as image:
+    assert image.mode == 'I;16'  # What the pipeline must scale.
+
+  decoded = pipeline.decode_and_crop(wide, 424, 424)
+
+  assert decoded.shape == (424, 424, 3)
+  for channel in range(3):
+    assert np.abs(decoded[..., channel].astype(int) - real_grey).max() <= 1
+  # Training, evaluation and prediction decode it alike (`open_drafted`).
+  crop = 207
+  config = _config(crop_size=crop, image_size=32, batch_size=2)
+  grey = _encoded(real_grey, 'PNG')
+  both = [dict(records[0], image=wide), dict(records[1], image=grey)]
+  batch = next(iter(pipeline.create_eval_iterator(
+      both, config, process_index=0, process_count=1)))
+  np.testing.assert_allclose(batch['image'][0], batch['image'][1],
+                             atol=2 / 255 + 1e-6)
+  assert abs(batch['image'][0].mean() - (real_grey.mean() / 255 * 2 - 1)
+             ) < 0.2
+
+
+@pytest.mark.parametrize('dtype, mode', [(np.float32, 'F'), (np.int32, 'I')])
+def test_images_without_a_range_to_scale_are_refused_naming_them(
+    real_grey, records, dtype, mode):
+  encoded = _encoded(real_grey.astype(dtype) * 257, 'TIFF')
+  kind = {'F': '32-bit floating-point',
+          'I': 'signed or 32-bit integer'}[mode]
+  broken = [records[0], dict(records[1], image=encoded)]
+
+  with pytest.raises(errors.DataError) as info:
+    list(pipeline.create_eval_iterator(
+        broken, _config(batch_size=2), process_index=0, process_count=1))
+
+  assert str(info.value) == (
+      f'galaxy_id 1001: the TIFF image has {kind} pixels (Pillow mode'
+      f" '{mode}'), which have no range to scale to 8 bits; save it as an 8-"
+      ' or 16-bit PNG, TIFF or JPEG.')
+
+
+def _label_source(tmp_path, images: dict[str, bytes]) -> labels.LabelSource:
+  """A label catalogue of `images` ({id: encoded}), every row for training."""
+  (tmp_path / 'img').mkdir()
+  lines = ['id,path,spiral,split']
+  for galaxy, encoded in images.items():
+    (tmp_path / 'img' / f'{galaxy}.jpg').write_bytes(encoded)
+    lines.append(f'{galaxy},img/{galaxy}.jpg,1,train')
+  (tmp_path / 'labels.csv').write_text('\n'.join(lines) + '\n')
+  config = labels.default_config()
+  config.catalog = str(tmp_path / 'labels.csv')
+  config.path_column = 'path'
+  config.split_column = 'split'
+  config.columns = {'spiral': 'binary'}
+  return labels.LabelSource(labels.read(config), 'train')
+
+
+@pytest.mark.parametrize('image, problem', [
+    (lambda jpeg: jpeg[:3000],
+     'cannot decode the image (image file is truncated (0 bytes not'
+     ' processed)); replace the file with a readable JPEG or PNG, or leave'
+     ' the image out.'),
+    (lambda jpeg: b'',
+     'cannot decode the image (the file is empty); replace the file with a'
+     ' readable JPEG or PNG, or leave the image out.'),
+    (lambda jpeg: b'not a jpeg',
+     'cannot decode the image (cannot identify image file); replace the file'
+     ' with a readable JPEG or PNG, or leave the image out.'),
+    (lambda jpeg: _jpeg(np.zeros((16, 16, 3), np.uint8)),
+     'crop_size=207 exceeds the 16x16 source image; use images of at least'
+     ' 207 px a side or a smaller config.input.crop_size.'),
+], ids=['truncated', 'empty', 'not_an_image', 'too_small'])
+def test_a_bad_catalogue_image_in_training_names_its_row_id_and_path(
+    kaggle_sample, tmp_path, image, problem):
+  """Found when its batch comes, the image is named as the user knows it:
+  the catalogue's row, the id and the path, not the internal row index."""
+  jpeg = (kaggle_sample / 'images_training_rev1' / '100053.jpg').read_bytes()
+  source = _label_source(tmp_path, {'100053': jpeg, '101997': image(jpeg)})
+  config = _config(crop_size=207, batch_size=2, shuffle=False)
+  iterator = pipeline.create_train_iterator(source, config, process_index=0,
+                                            process_count=1)
+
+  with pytest.raises(errors.GzjaxError) as info:
+    next(iterator)
+
+  catalogue = tmp_path / 'labels.csv'
+  assert str(info.value) == (
+      f"{catalogue}: row 2 (id '101997'), image {tmp_path}/img/101997.jpg:"
+      f' {problem}')
+
+
+def test_a_bad_first_image_is_named_when_the_iterator_is_made(records):
+  """The crop check reads the first record's header: an empty file there is
+  the same one line, not Pillow's error from inside the library."""
+  broken = [dict(records[0], image=b'')] + records[1:]
+
+  with pytest.raises(errors.DataError) as info:
+    pipeline.create_train_iterator(broken, _config(), process_index=0,
+                                   process_count=1)
+
+  assert str(info.value) == (
+      'galaxy_id 1000: cannot decode the image (the file is empty); the built'
+      ' dataset is damaged: rebuild it (python -m gzjax.data.build).')
+
+
+def test_a_built_datasets_bad_image_names_its_galaxy_id_without_addresses(
+    records):
+  broken = list(records)
+  broken[3] = dict(records[3], image=b'not a jpeg')
+
+  with pytest.raises(errors.DataError) as info:
+    list(pipeline.create_eval_iterator(broken, _config(), process_index=0,
+                                       process_count=1))
+
+  assert str(info.value) == (
+      'galaxy_id 1003: cannot decode the image (cannot identify image file);'
+      ' the built dataset is damaged: rebuild it (python -m'
+      ' gzjax.data.build).')
+
+
+def test_a_small_image_in_an_image_folder_names_its_file(kaggle_sample,
+                                                         tmp_path):
+  images = kaggle_sample / 'images_training_rev1'
+  (tmp_path / '100053.jpg').write_bytes((images / '100053.jpg').read_bytes())
+  (tmp_path / '100054.png').write_bytes(
+      _encoded(np.zeros((100, 100), np.uint16), 'PNG'))
+  source = catalog.ImageFolder(tmp_path)
+
+  with pytest.raises(errors.ConfigError) as info:
+    list(pipeline.create_eval_iterator(
+        source, _config(crop_size=207, batch_size=2), process_index=0,
+        process_count=1))
+
+  assert str(info.value) == (
+      f'{tmp_path}/100054.png (GalaxyID 100054): crop_size=207 exceeds the'
+      ' 100x100 source image; use images of at least 207 px a side or a'
+      ' smaller config.input.crop_size.')

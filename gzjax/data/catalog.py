@@ -304,9 +304,11 @@ class ImageFolder:
 
   def __getitem__(self, index: int) -> dict[str, Any]:
     galaxy_id = int(self._ids[index])
+    path = self._paths[galaxy_id]
     return {
-        'image': self._paths[galaxy_id].read_bytes(),
+        'image': path.read_bytes(),
         'galaxy_id': galaxy_id,
+        fields.IMAGE_SOURCE: f'{path} (GalaxyID {galaxy_id})',
         **fields.no_labels(votes_fill=np.nan),
     }
 

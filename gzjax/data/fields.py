@@ -20,6 +20,10 @@ LABEL_7CLASS = 'label_7class'
 EXAMPLE_MASK = 'example_mask'  # False: a padding example of the last batch.
 STREAM_POSITION = 'stream_position'  # (epoch, index): seeds augmentation.
 TARGETS = 'targets'  # A label catalogue's columns (gzjax.finetune), a dict.
+# Optional, a string: where the image comes from (a catalogue's file, row, id
+# and image path), for messages about it; records of a built dataset have
+# none, their galaxy_id is the GalaxyID.  Never batched.
+IMAGE_SOURCE = 'image_source'
 
 NUM_VOTES = taxonomy.NUM_ANSWERS
 

@@ -19,8 +19,9 @@ the Kaggle builder's stable hash of the id
 (:func:`gzjax.data.galaxy_zoo.is_validation`).
 
 Records for the existing grain pipelines: the image bytes, ``galaxy_id`` =
-the row number (the string ids stay in the table), empty Kaggle fields, and
-``targets``: per column its value(s) and mask.
+the row number (the string ids stay in the table), ``image_source`` naming
+the table, row, id and image path for messages about a bad image, empty
+Kaggle fields, and ``targets``: per column its value(s) and mask.
 """
 
 from __future__ import annotations
@@ -343,15 +344,18 @@ class LabelSource(Sequence):
   def __getitem__(self, index) -> dict[str, Any]:
     row = int(self._rows[index])
     path = self._table.paths[row]
+    # galaxy_id is the row: the pipeline's messages name the image by this.
+    where = (f'{self._table.source}: row {row + 1} (id'
+             f' {self._table.ids[row]!r}), image {path}')
     try:
       image = pathlib.Path(path).read_bytes()
     except OSError as error:
-      raise LabelError(f'{self._table.source}: row {row + 1} (id'
-                       f' {self._table.ids[row]!r}): cannot read {path}'
-                       f' ({error}).') from None
+      raise LabelError(f'{where}: cannot read it'
+                       f' ({error.strerror or error}).') from None
     return {
         'image': image,
         'galaxy_id': row,
+        fields.IMAGE_SOURCE: where,
         **fields.no_labels(),
         'targets': self._table.record_targets(row),
     }

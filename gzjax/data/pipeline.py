@@ -39,6 +39,8 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
+import re
+import struct
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import grain
@@ -236,30 +238,94 @@ def output_to_source_affine(
   )  # fmt: skip
 
 
+def _open_fitting(encoded: bytes, crop_size: int) -> Image.Image:
+  """Opens an encoded image (its header only) and checks the crop fits."""
+  image = Image.open(io.BytesIO(encoded))
+  width, height = image.size
+  if crop_size > min(width, height):
+    raise errors.ConfigError(
+        f'crop_size={crop_size} exceeds the {width}x{height} source image;'
+        f' use images of at least {crop_size} px a side or a smaller'
+        ' config.input.crop_size.'
+    )
+  return image
+
+
+# The modes Pillow gives to images wider than 8 bits: 'I;16*' holds 16-bit
+# samples, 'I' (32-bit signed) and 'F' (32-bit float) many source depths.
+_WIDE_MODES = ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I', 'F')
+# TIFF tags: bits per sample and sample format (1 unsigned, 2 signed int).
+_TIFF_BITS, _TIFF_SAMPLE_FORMAT = 258, 339
+
+
+def _declared_bits(image: Image.Image) -> int | None:
+  """The unsigned integer depth the file declares for a wide-mode image, or
+  None (float, signed, or a format that does not say)."""
+  if image.mode == 'F':
+    return None
+  if image.format == 'TIFF':
+    bits = max(np.atleast_1d(image.tag_v2.get(_TIFF_BITS, 16)).tolist())
+    sample_format = np.atleast_1d(
+        image.tag_v2.get(_TIFF_SAMPLE_FORMAT, 1)).tolist()
+    return int(bits) if set(sample_format) == {1} else None
+  # 'I;16' always holds 16 bits; older Pillow opened 16-bit PNG as 'I'.
+  return 16 if image.mode.startswith('I;16') or image.format == 'PNG' else None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+  """The image as 8-bit RGB, scaling wider samples by their own bit depth.
+
+  Pillow's ``convert('RGB')`` clips 16-bit grey levels to 255 instead of
+  scaling them, turning a 16-bit cut-out near white.  Integer samples of
+  9-16 bits (16-bit PNG, 12- or 16-bit TIFF) become ``value >> (bits - 8)``:
+  the file's full range maps onto 0-255, as an image viewer shows it, without
+  stretching each image by its own pixels (which would hide real brightness
+  differences between galaxies).  32-bit integer and floating-point images
+  declare no range (their values are often raw fluxes), so they are refused
+  rather than guessed.
+
+  Raises:
+    DataError: for a 32-bit integer, signed or floating-point image.
+  """
+  if image.mode not in _WIDE_MODES:
+    return image.convert('RGB')
+  bits = _declared_bits(image)
+  if bits is None or not 8 < bits <= 16:
+    kind = {'F': '32-bit floating-point'}.get(
+        image.mode, f'{bits}-bit integer' if bits else 'signed or 32-bit'
+        ' integer')
+    raise errors.DataError(
+        f'the {image.format} image has {kind} pixels (Pillow mode'
+        f' {image.mode!r}), which have no range to scale to 8 bits; save it'
+        ' as an 8- or 16-bit PNG, TIFF or JPEG.'
+    )
+  pixels = np.asarray(image).astype(np.int64) >> (bits - 8)
+  return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8),
+                         'L').convert('RGB')
+
+
 def open_drafted(
-    jpeg: bytes, crop_size: int, pixels_per_output: float
+    encoded: bytes, crop_size: int, pixels_per_output: float
 ) -> tuple[Image.Image, tuple[int, int], int]:
-  """Decodes a JPEG at the smallest DCT scale keeping the needed detail.
+  """Decodes an image, a JPEG at the smallest DCT scale keeping the detail.
 
   Scaling in the DCT (1/1, 1/2, 1/4, 1/8, `Image.draft`) is cheaper than
   decoding in full and, unlike skipping pixels in a bilinear warp, averages
   rather than aliases; the largest reduction that still leaves one decoded
   pixel per output pixel, for `pixels_per_output` source pixels per output
-  pixel, loses nothing the output could show.
+  pixel, loses nothing the output could show.  Other formats decode in full
+  (reduction 1).  Every decode path (training, its cache, evaluation and
+  prediction) comes here, so all see the same 8-bit pixels (`to_rgb`).
 
   Returns:
-    (the RGB image, the source (width, height), the reduction factor).
+    (the 8-bit RGB image, the source (width, height), the reduction factor).
 
   Raises:
-    ValueError: if `crop_size` exceeds the source image.
+    ConfigError: if `crop_size` exceeds the source image.
+    DataError: if the pixels cannot be scaled to 8 bits (`to_rgb`).
   """
-  image = Image.open(io.BytesIO(jpeg))
+  image = _open_fitting(encoded, crop_size)
   source_size = image.size
-  if crop_size > min(source_size):
-    raise errors.ConfigError(
-        f'crop_size={crop_size} exceeds the {source_size[0]}x{source_size[1]}'
-        ' source image.'
-    )
   image.draft(
       'RGB',
       tuple(math.ceil(side / pixels_per_output) for side in source_size),
@@ -269,7 +335,7 @@ def open_drafted(
       _DRAFT_FACTORS,
       key=lambda factor: abs(factor * image.width - source_size[0]),
   )
-  return image.convert('RGB'), source_size, reduction
+  return to_rgb(image), source_size, reduction
 
 
 def decode_and_crop(
@@ -278,10 +344,10 @@ def decode_and_crop(
     output_size: int,
     warp: Warp | None = None,
 ) -> np.ndarray:
-  """Decodes a JPEG into the warped centre crop with a single interpolation.
+  """Decodes an image into the warped centre crop with one interpolation.
 
   Args:
-    jpeg: the encoded image.
+    jpeg: the encoded image (JPEG, or any format Pillow reads).
     crop_size: side of the centred square to keep, in source pixels.
     output_size: side of the returned square image.
     warp: geometric augmentation; None for the plain crop and resize.
@@ -291,7 +357,8 @@ def decode_and_crop(
     outside the source image are black, like the sky around a galaxy.
 
   Raises:
-    ValueError: if `crop_size` exceeds the source image.
+    ConfigError: if `crop_size` exceeds the source image.
+    DataError: if the pixels cannot be scaled to 8 bits (`to_rgb`).
   """
   warp = warp or Warp()
   # The warp views a region of crop_size / zoom source pixels.
@@ -319,15 +386,49 @@ def decode_and_crop(
   return np.asarray(warped)
 
 
+# What Pillow raises for an empty, truncated or corrupt file.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error,
+                  Image.DecompressionBombError)
+
+
+def describe_image(record: Mapping[str, Any]) -> str:
+  """Where a record's image comes from, for messages: the catalogue's file,
+  row, id and image path when the record carries them (`fields.IMAGE_SOURCE`),
+  else its galaxy_id (a built dataset's GalaxyID)."""
+  return record.get(fields.IMAGE_SOURCE) or (
+      f'galaxy_id {int(record[fields.GALAXY_ID])}')
+
+
+def decode_error_text(error: BaseException) -> str:
+  """Pillow's message on one line, without the object address it names
+  (``<_io.BytesIO object at 0x…>``), which means nothing to a user."""
+  text = ' '.join(str(error).split())
+  return re.sub(r'\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>', '',
+                text) or type(error).__name__
+
+
 def decode_image(record: Mapping[str, Any], decode: Callable[[bytes], T]) -> T:
-  """Returns `decode(record['image'])`, naming the galaxy when it fails."""
+  """Returns `decode(record['image'])`; a failure names the image.
+
+  A grain worker meets a bad image only when its batch comes, so the message
+  must say which image it is (`describe_image`), what is wrong and what to
+  do; the record's index in its source would mean nothing to the user.
+  """
   try:
-    return decode(record['image'])
-  except (OSError, SyntaxError) as error:  # What PIL raises for bad data.
+    return decode(record[fields.IMAGE])
+  except errors.GzjaxError as error:  # Says what to do; add which image.
+    raise type(error)(f'{describe_image(record)}: {error}') from None
+  except _DECODE_ERRORS as error:
+    problem = ('the file is empty' if not len(record[fields.IMAGE])
+               else decode_error_text(error))
+    fix = ('replace the file with a readable JPEG or PNG, or leave the image'
+           ' out' if fields.IMAGE_SOURCE in record else
+           'the built dataset is damaged: rebuild it (python -m'
+           ' gzjax.data.build)')
     raise errors.DataError(
-        f'galaxy_id {int(record["galaxy_id"])}: cannot decode its JPEG image'
-        f' ({error}).'
-    ) from error
+        f'{describe_image(record)}: cannot decode the image ({problem});'
+        f' {fix}.'
+    ) from None
 
 
 def _decode_and_crop_image(
@@ -411,7 +512,8 @@ def eval_image(
   reads, recognised by content) work; only JPEG uses the DCT draft scale.
 
   Raises:
-    ValueError: if ``config.crop_size`` exceeds the image.
+    ConfigError: if ``config.crop_size`` exceeds the image.
+    DataError: if its pixels cannot be scaled to 8 bits (``to_rgb``).
     OSError: if the image cannot be decoded (PIL's error).
   """
   image = decode_and_crop(encoded, config.crop_size, config.image_size)
@@ -456,17 +558,13 @@ def _check_crop_fits(
 ) -> None:
   """Fails at construction, not in a worker, when the crop cannot fit.
 
-  Only the first record's JPEG header is read; `decode_and_crop` still checks
+  Only the first record's header is read; `decode_and_crop` still checks
   every record.
   """
   if not len(source):
     raise errors.DataError('The source has no records.')
-  width, height = Image.open(io.BytesIO(source[0]['image'])).size
-  if config.crop_size > min(width, height):
-    raise errors.ConfigError(
-        f'crop_size={config.crop_size} exceeds the {width}x{height} source'
-        ' images.'
-    )
+  decode_image(source[0], lambda encoded: _open_fitting(encoded,
+                                                       config.crop_size))
 
 
 def _to_iter_dataset(
