@@ -337,7 +337,13 @@ def predict(config: ml_collections.ConfigDict,
 
 def _write_csv(path: pathlib.Path, ids: np.ndarray, outputs: np.ndarray,
                task: tasks.Task) -> None:
-  """Writes rows by GalaxyID, atomically: never a partial CSV by that name."""
+  """Writes rows by GalaxyID, atomically: never a partial CSV by that name.
+
+  Through ``gzjax.predict.write_output``, the one writer of ``--output``
+  files: a folder or device there, or a path that cannot be written, is one
+  line, with no ``.tmp`` left and the old file kept.
+  """
+  from gzjax import predict as predict_lib  # pylint: disable=g-import-not-at-top
   order = np.argsort(ids, kind='stable')
   ids, outputs = ids[order], outputs[order]
   if task.is_classification:
@@ -349,7 +355,5 @@ def _write_csv(path: pathlib.Path, ids: np.ndarray, outputs: np.ndarray,
     header = ['GalaxyID', *taxonomy.ANSWERS]
     rows = [[str(int(g)), *(f'{p:.6f}' for p in row)]
             for g, row in zip(ids, outputs)]
-  path.parent.mkdir(parents=True, exist_ok=True)
-  temporary = path.with_name(path.name + '.tmp')
-  temporary.write_text('\n'.join(','.join(r) for r in [header, *rows]) + '\n')
-  os.replace(temporary, path)
+  predict_lib.write_output(
+      path, ('\n'.join(','.join(r) for r in [header, *rows]) + '\n').encode())

@@ -19,7 +19,10 @@ not grow with the catalogue:
   computed from the same batches and the result is identical to an
   uninterrupted run.  ``_RUN.json``, written first, records the run's
   settings; a rerun with other settings (another checkpoint, catalogue,
-  shard size, format, crop…) is refused instead of mixing outputs.
+  shard size, format, crop…) is refused instead of mixing outputs, and so
+  is a folder holding ``part-*`` files (or a manifest) but no ``_RUN.json``:
+  a shard is counted as done only if this run, or the recorded run it
+  resumes, wrote it.
 * An image that cannot be read or decoded does not stop the run: it is
   listed, with the reason, in ``errors.csv`` (per shard while running) and
   counted at the end.  ``strict`` turns the first one into an error.
@@ -50,6 +53,7 @@ catalogue's task (``gzjax.finetune``), the columns named from its labels
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -67,6 +71,7 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from gzjax import config_checks
@@ -153,10 +158,54 @@ def _errors_name(name: str) -> str:
   return name.rsplit('.', 1)[0] + '.errors.csv'
 
 
-def _write_atomically(path: pathlib.Path, data: bytes) -> None:
+def _why(error: OSError) -> str:
+  """An OSError as a few words: its reason and the file it names."""
+  reason = error.strerror or type(error).__name__
+  return f'{reason} ({error.filename})' if error.filename else reason
+
+
+def _write_atomically(path: pathlib.Path, data: bytes,
+                      fix: str = 'free space or choose an --output_dir you'
+                      ' can write to, and rerun (finished shards are'
+                      ' kept).') -> None:
+  """``data`` as ``path`` via a ``.tmp`` file and ``os.replace``.
+
+  A failure (read-only folder, full disk) is one line naming ``path`` and
+  ending with ``fix``; the ``.tmp`` file is removed and whatever was at
+  ``path`` is left as it was.
+  """
   temporary = path.with_name(path.name + '.tmp')
-  temporary.write_bytes(data)
-  os.replace(temporary, path)
+  try:
+    temporary.write_bytes(data)
+    os.replace(temporary, path)
+  except OSError as error:
+    with contextlib.suppress(OSError):  # Never there, or not ours to remove.
+      temporary.unlink(missing_ok=True)
+    raise PredictionError(f'Cannot write {path}: {_why(error)}; {fix}'
+                          ) from None
+
+
+def write_output(path: str | pathlib.Path, data: bytes) -> None:
+  """The user's ``--output`` file, written atomically.
+
+  A folder, device or pipe of that name is refused before anything is
+  written (``os.replace`` would put a regular file in place of a device
+  such as /dev/full, and fails on a folder); a folder that cannot be
+  created or written is one line.  On failure an existing file is kept.
+  """
+  path = pathlib.Path(path)
+  if path.exists() and not path.is_file():
+    kind = 'a folder' if path.is_dir() else 'not a regular file'
+    raise PredictionError(
+        f'--output={path} is {kind}: name a new file, or a regular file to'
+        ' replace.')
+  fix = 'choose an --output you can write to (the old file, if any, is kept).'
+  try:
+    path.parent.mkdir(parents=True, exist_ok=True)
+  except OSError as error:
+    raise PredictionError(f'Cannot create the folder of --output={path}:'
+                          f' {_why(error)}; {fix}') from None
+  _write_atomically(path, data, fix)
 
 
 def _csv_bytes(header: Sequence[str], rows) -> bytes:
@@ -250,9 +299,7 @@ def write_table(path: str | pathlib.Path, columns: dict[str, Any]) -> None:
   """One file of prediction columns, CSV or Parquet by its suffix, written
   atomically (never a partial file by that name)."""
   path = pathlib.Path(path)
-  fmt = table_format(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  _write_atomically(path, _encode_shard(columns, fmt))
+  write_output(path, _encode_shard(columns, table_format(path)))
 
 
 def read_shards(output_dir: str | pathlib.Path) -> pa.Table:
@@ -363,20 +410,78 @@ def _differences(old: Any, new: Any, prefix: str = '') -> list[str]:
   return [] if old == new else [f'{prefix[:-1]}: {old!r} then, {new!r} now']
 
 
+def _is_run_file(name: str) -> bool:
+  """A name this module writes in an output folder (besides _RUN.json)."""
+  return name.startswith('part-') or name in (SUCCESS_FILE, ERRORS_FILE)
+
+
+def _refuse_strays(output_dir: pathlib.Path) -> None:
+  """Refuses a folder without _RUN.json that holds shards or a manifest.
+
+  Finished shards are recognised by their names alone, so such files (a
+  run whose _RUN.json was deleted, a user's own) would be taken as this
+  run's output and counted as done.
+  """
+  if not output_dir.is_dir():
+    return
+  strays = sorted(p.name for p in output_dir.iterdir() if _is_run_file(p.name))
+  if strays:
+    shown = ', '.join(strays[:5]) + (
+        f' and {len(strays) - 5} more' if len(strays) > 5 else '')
+    raise PredictionError(
+        f'--output_dir={output_dir} holds {shown} but no {RUN_FILE}, so'
+        ' they are not known to be this run\'s shards: choose an empty or'
+        ' new --output_dir, or remove them.')
+
+
 def _check_run(output_dir: pathlib.Path, settings: dict[str, Any]) -> None:
-  """Records the settings, or refuses a resume with different ones."""
+  """Records the settings, or refuses a resume with different ones or a
+  folder holding run files of no recorded run."""
   path = output_dir / RUN_FILE
   if jax.process_index() == 0 and not path.exists():
-    output_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomically(path, json.dumps(settings, indent=2).encode())
+    _refuse_strays(output_dir)
+    try:
+      output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+      raise PredictionError(
+          f'Cannot create --output_dir={output_dir}: {_why(error)}; choose'
+          ' a folder you can write to.') from None
+    _write_atomically(path, json.dumps(settings, indent=2).encode(),
+                      'choose an --output_dir you can write to.')
   _barrier('gzjax_predict_run_file')
-  recorded = json.loads(path.read_text())
+  try:
+    recorded = json.loads(path.read_text())
+  except (OSError, ValueError) as error:
+    raise PredictionError(
+        f'{path} cannot be read as a run\'s settings ({error}): give a new'
+        ' --output_dir, or delete that one to start again.') from None
   differences = _differences(recorded, json.loads(json.dumps(settings)))
   if differences:
     raise PredictionError(
         f'{output_dir} holds predictions of another run ('
         + '; '.join(differences) + '): give a new --output_dir, or delete'
         ' that one to start again.')
+
+
+def _check_unique_ids(catalog: catalogs.Catalog) -> None:
+  """Refuses a catalogue in which two rows have one id, naming both rows.
+
+  Each output row is known only by its id.  Vectorised (a hash encoding, and
+  on a repeat one sort of integer codes): about a second for 5 million rows.
+  """
+  encoded = pc.dictionary_encode(catalog._ids)  # pylint: disable=protected-access
+  if len(encoded.dictionary) == len(encoded):
+    return
+  codes = encoded.indices.to_numpy(zero_copy_only=False)
+  distinct, first = np.unique(codes, return_index=True)
+  first_row = np.empty(len(distinct), np.int64)
+  first_row[distinct] = first
+  repeat = int(np.argmax(first_row[codes] != np.arange(len(codes))))
+  earlier = int(first_row[codes[repeat]])
+  raise catalogs.CatalogError(
+      f'{catalog.source}: rows {earlier + 1} and {repeat + 1} both have the'
+      f' id {catalog.id(repeat)!r}; ids must be unique (each names one'
+      ' prediction): fix the catalogue.')
 
 
 def _batch_size(config: ml_collections.ConfigDict) -> int:
@@ -410,6 +515,7 @@ def predict_catalog(config: ml_collections.ConfigDict,
     exists and the manifest is written.
   """
   config_checks.check(config)
+  _check_unique_ids(catalog)
   process_index = (jax.process_index() if process_index is None
                    else process_index)
   process_count = (jax.process_count() if process_count is None

@@ -333,3 +333,134 @@ def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_output(
         name
   assert pq.read_table(output / 'part-00002.parquet').num_rows == 20
   assert not list(output.glob('*.tmp'))
+
+
+def _files(folder: pathlib.Path) -> dict[str, bytes]:
+  return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_part_files_without_a_run_record_are_refused_not_counted(
+    survey, uninterrupted, tmp_path):
+  # A user's folder with a junk part file: the run once printed "Wrote 7
+  # predictions in 1 shards" and wrote _SUCCESS.json over it.
+  own = tmp_path / 'own'
+  own.mkdir()
+  (own / 'part-00000.parquet').write_bytes(b'no')
+  (own / 'notes.txt').write_text('mine')
+  # A finished run whose _RUN.json was deleted.
+  old = tmp_path / 'old'
+  old.mkdir()
+  for name, data in _files(uninterrupted[0]).items():
+    if name != '_RUN.json':
+      (old / name).write_bytes(data)
+  for folder, shown in (
+      (own, 'part-00000.parquet'),
+      (old, '_SUCCESS.json, errors.csv, part-00000.parquet,'
+       ' part-00001.errors.csv, part-00001.parquet and 2 more')):
+    before = _files(folder)
+    with pytest.raises(predict.PredictionError) as error:
+      predict.predict_catalog(
+          survey['config'], survey['workdir'], _catalog(survey),
+          predict.Options(folder, shard_size=SHARD_SIZE))
+    assert str(error.value) == (
+        f'--output_dir={folder} holds {shown} but no _RUN.json, so they are'
+        " not known to be this run's shards: choose an empty or new"
+        ' --output_dir, or remove them.')
+    assert _files(folder) == before
+
+
+def test_an_unreadable_run_record_is_one_line(survey, tmp_path):
+  (tmp_path / '_RUN.json').write_text('{"catalog": ')
+  with pytest.raises(predict.PredictionError) as error:
+    predict.predict_catalog(survey['config'], survey['workdir'],
+                            _catalog(survey), predict.Options(tmp_path))
+  assert str(error.value) == (
+      f'{tmp_path / "_RUN.json"} cannot be read as a run\'s settings'
+      ' (Expecting value: line 1 column 13 (char 12)): give a new'
+      ' --output_dir, or delete that one to start again.')
+  assert [p.name for p in tmp_path.iterdir()] == ['_RUN.json']
+
+
+def test_repeated_ids_in_a_catalogue_are_refused_naming_both_rows(
+    survey, tmp_path):
+  image = survey['root'] / survey['rows'][0][1]
+  table = tmp_path / 'repeated.csv'
+  table.write_text('id,path\n' + ''.join(
+      f'{i},{image}\n' for i in ('B', 'A1', 'C', 'A1', 'B')))
+  with pytest.raises(catalogs.CatalogError) as error:
+    predict.predict_catalog(survey['config'], survey['workdir'],
+                            catalogs.from_table(table),
+                            predict.Options(tmp_path / 'out'))
+  # The first row that repeats an earlier id, and that earlier row.
+  assert str(error.value) == (
+      f"{table}: rows 2 and 4 both have the id 'A1'; ids must be unique"
+      ' (each names one prediction): fix the catalogue.')
+  assert not (tmp_path / 'out').exists()
+
+
+def test_an_output_dir_that_cannot_be_created_is_one_line(survey, tmp_path):
+  (tmp_path / 'file').write_text('not a folder')
+  for output_dir, reason in ((tmp_path / 'file' / 'out', 'Not a directory'),
+                             (tmp_path / 'file', 'File exists')):
+    with pytest.raises(predict.PredictionError) as error:
+      predict.predict_catalog(survey['config'], survey['workdir'],
+                              _catalog(survey), predict.Options(output_dir))
+    assert str(error.value).startswith(
+        f'Cannot create --output_dir={output_dir}: {reason} (')
+    assert str(error.value).endswith('; choose a folder you can write to.')
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['file']
+  assert (tmp_path / 'file').read_text() == 'not a folder'
+
+
+_VOTES = np.full((2, 37), 0.25, np.float32)
+
+
+def test_an_output_that_is_a_folder_or_a_device_is_refused(tmp_path):
+  (tmp_path / 'folder.csv').mkdir()
+  os.mkfifo(tmp_path / 'pipe.csv')
+  (tmp_path / 'full.csv').symlink_to('/dev/full')
+  for name, kind in (('folder.csv', 'a folder'),
+                     ('pipe.csv', 'not a regular file'),
+                     ('full.csv', 'not a regular file')):
+    with pytest.raises(predict.PredictionError) as error:
+      evaluate._write_csv(tmp_path / name, np.array([7, 3]), _VOTES,  # pylint: disable=protected-access
+                          tasks.TASKS['votes'])
+    assert str(error.value) == (
+        f'--output={tmp_path / name} is {kind}: name a new file, or a regular'
+        ' file to replace.')
+  with pytest.raises(predict.PredictionError, match='is a folder'):
+    predict.write_table(tmp_path / 'folder.csv', {'id': ['a']})
+  assert sorted(p.name for p in tmp_path.iterdir()) == [
+      'folder.csv', 'full.csv', 'pipe.csv']
+  assert (tmp_path / 'folder.csv').is_dir()
+  assert (tmp_path / 'pipe.csv').is_fifo()
+  assert (tmp_path / 'full.csv').is_symlink()
+  assert pathlib.Path('/dev/full').is_char_device()
+
+
+def test_an_output_that_cannot_be_written_keeps_the_old_file(tmp_path,
+                                                             monkeypatch):
+  output = tmp_path / 'predictions.csv'
+  output.write_text('old\n')
+  (tmp_path / 'file').write_text('not a folder')
+  with pytest.raises(predict.PredictionError) as error:
+    evaluate._write_csv(tmp_path / 'file' / 'p.csv', np.array([7, 3]),  # pylint: disable=protected-access
+                        _VOTES, tasks.TASKS['votes'])
+  assert str(error.value) == (
+      f'Cannot create the folder of --output={tmp_path / "file" / "p.csv"}:'
+      f' File exists ({tmp_path / "file"}); choose an --output you can write'
+      ' to (the old file, if any, is kept).')
+
+  def full_disk(*args):
+    raise OSError(28, 'No space left on device')
+
+  monkeypatch.setattr(predict.os, 'replace', full_disk)
+  with pytest.raises(predict.PredictionError) as error:
+    evaluate._write_csv(output, np.array([7, 3]), _VOTES,  # pylint: disable=protected-access
+                        tasks.TASKS['votes'])
+  assert str(error.value) == (
+      f'Cannot write {output}: No space left on device; choose an --output'
+      ' you can write to (the old file, if any, is kept).')
+  assert output.read_text() == 'old\n'
+  assert sorted(p.name for p in tmp_path.iterdir()) == [
+      'file', 'predictions.csv']
