@@ -15,7 +15,6 @@ workdirs when asked.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 from typing import Any, Callable, Mapping, Sequence
 

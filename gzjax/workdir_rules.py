@@ -27,10 +27,13 @@ STATE_KEYS = (
 )
 
 # Config keys of what the model sees (gzjax.models.weights.preprocessing_of):
-# a checkpoint trained, resumed or evaluated under other values sees other
-# images than it learned from, and its numbers are silently worse.
-PREPROCESSING_KEYS = ('input.image_size', 'input.crop_size',
-                      'input.normalization.mean', 'input.normalization.std')
+# a checkpoint resumed, evaluated or asked to predict under other values is
+# shown images unlike those it learned from, and scores silently worse.  Not
+# input.crop_size: it counts the source's pixels, so that cutouts of another
+# pixel scale (Kaggle's 424 px against a survey's) need another crop for the
+# same field of view.
+PREPROCESSING_KEYS = ('input.image_size', 'input.normalization.mean',
+                      'input.normalization.std')
 
 
 def writable_workdir(workdir: str | pathlib.Path) -> pathlib.Path:

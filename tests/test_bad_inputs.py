@@ -70,7 +70,7 @@ def test_other_preprocessing_is_refused_for_resume_evaluate_and_predict(
   before = _snapshot(workdir)
   # A finished run resumed at other sizes trained no step but rewrote its
   # config.json to sizes its weights never saw; evaluate scored silently.
-  config = _config(trained[0], **{'input.crop_size': 40,
+  config = _config(trained[0], **{'input.image_size': 48,
                                   'input.normalization.std': (0.5, 0.5, 0.25)})
   # evaluate.restore: what --images and survey prediction restore through.
   for attempt in (lambda: train.train_and_evaluate(config, workdir),
@@ -80,13 +80,15 @@ def test_other_preprocessing_is_refused_for_resume_evaluate_and_predict(
       attempt()
     assert str(info.value) == (
         f'The checkpoints in {workdir} were trained on images prepared'
-        ' otherwise (input.crop_size: checkpoint has 48, config has 40;'
+        ' otherwise (input.image_size: checkpoint has 32, config has 48;'
         ' input.normalization.std: checkpoint has (0.5, 0.5, 0.5), config'
         ' has (0.5, 0.5, 0.25)). Set these values back to resume, evaluate or'
         ' predict with them, or train into a new --workdir.')
     assert _snapshot(workdir) == before
-  # The same values, as JSON gives them back (lists), are the same.
-  workdir_rules.check_resumable(_config(trained[0]), workdir)
+  # The same values, as JSON gives them back (lists), are the same; the
+  # crop counts source pixels (another survey's cutouts need another).
+  workdir_rules.check_resumable(
+      _config(trained[0], **{'input.crop_size': 207}), workdir)
 
 
 @pytest.mark.parametrize('text', ['{garbage', '[1, 2]', ''])
