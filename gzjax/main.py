@@ -22,6 +22,7 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import os
+import signal
 import sys
 
 from absl import app
@@ -220,7 +221,18 @@ def main(argv):
   except errors.GzjaxError as error:
     # What the user can fix, in one line; anything else keeps its traceback.
     print(f'gzjax: {error}', file=sys.stderr)
-    sys.exit(1)
+    sys.exit(getattr(error, 'exit_code', 1))  # preemption.Stopped: 128+sig.
+  except KeyboardInterrupt:  # A second Ctrl-C in training, or any other mode.
+    print(f'gzjax: interrupted (Ctrl-C) in --mode={_MODE.value}; run the'
+          f' same command again to {_RERUN[_MODE.value]}.', file=sys.stderr)
+    sys.exit(128 + signal.SIGINT)
+
+
+# What running an interrupted mode again does.
+_RERUN = {'train': 'resume from the newest checkpoint',
+          'evaluate': 'evaluate',
+          'predict': 'predict (survey prediction resumes at its first'
+                     ' unwritten shard)'}
 
 
 if __name__ == '__main__':

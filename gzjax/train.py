@@ -11,6 +11,7 @@ and checkpoints.  The experiment it trains is built in
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import pathlib
 import time
@@ -32,6 +33,7 @@ from gzjax import metric_writer
 from gzjax import models
 from gzjax import optimizers
 from gzjax import plots
+from gzjax import preemption
 from gzjax import programs
 from gzjax import progress as progress_bars
 from gzjax import tasks
@@ -255,6 +257,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   progress = progress_bars.bar(total=config.num_train_steps,
                                initial=start_step, unit='step',
                                disable=jax.process_index() != 0)
+  # SIGTERM (a scheduler's pre-emption) or Ctrl-C: save this step, stop.
+  watch = contextlib.ExitStack()
+  stop = watch.enter_context(preemption.watch())
   try:
     for step in range(start_step + 1, config.num_train_steps + 1):
       batch = to_global(next(train_iterator), experiment.batch_sharding)
@@ -262,10 +267,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       pending.append(step_metrics)
       progress.update()
       is_last = step == config.num_train_steps
-      log = step % config.log_every_steps == 0 or is_last
+      stopping = stop.requested(step)
+      log = step % config.log_every_steps == 0 or is_last or stopping
       validate = (config.eval_every_steps and
                   step % config.eval_every_steps == 0) or is_last
-      save = step % config.checkpoint_every_steps == 0 or is_last
+      save = step % config.checkpoint_every_steps == 0 or is_last or stopping
       if not (log or validate or save):
         continue
       means = _check_finite(pending, window_start, last_good, workdir)
@@ -291,8 +297,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
               step, state, data_state,
               metric_writer.flat_scalars('validation/', validation))
         last_good = step
+      if stopping and not is_last:  # A finished run just ends.
+        raise stop.stopped(
+            step, str(pathlib.Path(checkpointer.latest.directory) / str(step)))
       window_time = time.perf_counter()
   finally:
+    watch.close()
     progress.close()
     checkpointer.wait()
     checkpointer.close()
