@@ -20,9 +20,13 @@ to ``WORKDIR/damaged_checkpoints/`` and falls back to the next older step.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
+import os
 import pathlib
+import re
 import shutil
 import time
 from typing import Any
@@ -79,15 +83,20 @@ class Checkpointer:
                               data=ocp.args.JsonSave(data))
 
   def save(self, step: int, state: Any, data: Any) -> None:
-    """Saves ``step`` to the latest checkpoints."""
-    self.latest.save(step, args=self._args(state, data))
+    """Saves ``step`` to the latest checkpoints (in the background: a
+    failed write is raised by the next save or :meth:`wait`)."""
+    _check_room(self.latest, state)
+    with _writing(self.latest):
+      self.latest.save(step, args=self._args(state, data))
 
   def save_if_best(self, step: int, state: Any, data: Any,
                    metrics: dict[str, float]) -> None:
     """Offers ``step`` to the best-checkpoint manager, which keeps one."""
     if self.best is not None and self.best_metric in metrics:
-      self.best.save(step, args=self._args(state, data),
-                     metrics={self.best_metric: metrics[self.best_metric]})
+      _check_room(self.best, state)
+      with _writing(self.best):
+        self.best.save(step, args=self._args(state, data),
+                       metrics={self.best_metric: metrics[self.best_metric]})
 
   def latest_step(self) -> int | None:
     return self.latest.latest_step()
@@ -195,14 +204,91 @@ class Checkpointer:
 
   def wait(self) -> None:
     """Blocks until asynchronous saves are on disk."""
-    self.latest.wait_until_finished()
-    if self.best is not None:
-      self.best.wait_until_finished()
+    for manager in (self.latest, self.best):
+      if manager is not None:
+        with _writing(manager):
+          manager.wait_until_finished()
 
   def close(self) -> None:
-    self.latest.close()
-    if self.best is not None:
-      self.best.close()
+    """Waits for the saves and closes both managers, both even when a save
+    failed (whose error, one line, is raised after)."""
+    failures = []
+    for manager in (self.latest, self.best):
+      if manager is not None:
+        try:
+          with _writing(manager):
+            manager.close()
+        except errors.CheckpointError as error:
+          failures.append(error)
+    if failures:
+      raise failures[0]
+
+
+def _check_room(manager: ocp.CheckpointManager, state: Any) -> None:
+  """Refuses, in one line, a save the filesystem has no room for, before
+  Orbax starts one that would fail in each of its writing threads (a
+  traceback apiece) and leave a partial step behind."""
+  needed = sum(leaf.nbytes for leaf in jax.tree.leaves(state)
+               if hasattr(leaf, 'nbytes'))
+  free = shutil.disk_usage(manager.directory).free
+  if free < needed:
+    raise errors.CheckpointError(
+        f'Cannot save a checkpoint in {manager.directory}: it needs'
+        f' {needed / 1e6:,.1f} MB and the filesystem has'
+        f' {free / 1e6:,.1f} MB free. Free space there (or choose another'
+        ' --workdir) and run the same command again: it resumes from the'
+        ' newest complete checkpoint.')
+
+
+# TensorStore's text for a failed write: the file, and the OS's error code.
+_FAILED_FILE = re.compile(r'Failed writing: "([^"]+)"')
+_OS_ERROR = re.compile(r"os_error_code='?(\d+)")
+
+
+@contextlib.contextmanager
+def _writing(manager: ocp.CheckpointManager):
+  """A save that the filesystem refused (full, read-only, a file-size limit)
+  as one line naming the folder, the file and the OS's reason; Orbax's own
+  is a traceback per writing thread.  Other errors pass unchanged."""
+  try:
+    yield
+  except (OSError, ValueError, RuntimeError) as error:
+    text = '\n'.join(str(e) for e in _chain(error))
+    code = _OS_ERROR.search(text)
+    if isinstance(error, OSError) and error.errno:
+      reason = os.strerror(error.errno)
+    elif code:
+      reason = os.strerror(int(code.group(1)))
+    else:
+      raise
+    where = _FAILED_FILE.search(text)
+    raise errors.CheckpointError(
+        f'Cannot save a checkpoint in {manager.directory}: {reason}'
+        + (f' (writing {where.group(1)})' if where else '')
+        + '. Free space there (or choose another --workdir) and run the'
+        ' same command again: it resumes from the newest complete'
+        ' checkpoint.') from None
+
+
+class _ReportedWrites(logging.Filter):
+  """Drops asyncio's "exception was never retrieved" for Orbax's failed
+  writes, logged as their tasks are collected (at exit, after the run's one
+  line): :func:`_writing` reports them."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    error = record.exc_info[1] if record.exc_info else None
+    return not (error is not None and 'never retrieved' in record.getMessage()
+                and 'OCDBT' in str(error))
+
+
+logging.getLogger('asyncio').addFilter(_ReportedWrites())
+
+
+def _chain(error: BaseException):
+  """The error and its causes, outermost first."""
+  while error is not None:
+    yield error
+    error = error.__cause__ or error.__context__
 
 
 def _renamed_fields(template: Any, folder: pathlib.Path) -> dict[str, str]:

@@ -304,11 +304,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   finally:
     watch.close()
     progress.close()
-    checkpointer.wait()
-    checkpointer.close()
     writer.close()
     if hasattr(train_iterator, 'close'):
       train_iterator.close()
+    # Last: it waits for the saves, and raises a failed one's line.
+    checkpointer.close()
   if jax.process_index() == 0:
     plots.learning_curves(workdir / 'metrics.jsonl',
                           workdir / 'plots' / 'learning_curves.png')

@@ -5,9 +5,13 @@ One tiny run (40 synthetic galaxies at 64 px, 6 steps, checkpoints at 3 and
 """
 
 import json
+import os
 import pathlib
 import shutil
+import subprocess
+import sys
 
+import jax
 from PIL import Image
 import pytest
 
@@ -19,6 +23,8 @@ from gzjax import experiment as experiments
 from gzjax import train
 from gzjax import workdir_rules
 from gzjax.data import galaxy_zoo
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope='module')
@@ -242,3 +248,93 @@ def test_an_image_folder_takes_jpeg_and_png_in_any_case_and_lists_the_rest(
       ' GalaxyID',
       f'  {folder}/notes.txt: not a .jpg, .jpeg or .png file']
   assert not (tmp_path / 'predictions.csv').exists()
+
+
+def test_a_full_disk_is_one_line_before_orbax_writes(trained, tmp_path,
+                                                       monkeypatch):
+  workdir = _copy(trained, tmp_path)
+  before = _snapshot(workdir)
+  free = 300_000
+  monkeypatch.setattr(checkpoint.shutil, 'disk_usage',
+                      lambda path: shutil._ntuple_diskusage(10**9, 0, free))  # pylint: disable=protected-access
+  config = _config(trained[0], num_train_steps=9)
+  state = experiments.create_experiment(config).abstract_state()
+  needed = sum(leaf.size * leaf.dtype.itemsize
+               for leaf in jax.tree.leaves(state))
+  with pytest.raises(errors.CheckpointError) as info:
+    train.train_and_evaluate(config, workdir)
+  assert str(info.value) == (
+      f'Cannot save a checkpoint in {workdir.resolve()}/checkpoints: it needs'
+      f' {needed / 1e6:,.1f} MB and the filesystem has 0.3 MB free. Free'
+      ' space there (or choose another --workdir) and run the same command'
+      ' again: it resumes from the newest complete checkpoint.')
+  # Steps 7-9 trained, nothing saved: the checkpoints are as they were.
+  assert checkpoint.Checkpointer(workdir).steps() == [3, 6]
+  assert not list((workdir / 'checkpoints').glob('*tmp*'))
+  assert {k: v for k, v in _snapshot(workdir).items()
+          if k.startswith(('checkpoints/', 'best/'))} == {
+              k: v for k, v in before.items()
+              if k.startswith(('checkpoints/', 'best/'))}
+
+
+_LIMITED = '''
+import resource, runpy, signal, sys
+# Writes past 1 MB fail (EFBIG) instead of killing the process (SIGXFSZ).
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, 1_000_000))
+sys.argv = ['gzjax.main'] + sys.argv[1:]
+runpy.run_module('gzjax.main', run_name='__main__')
+'''
+
+
+def test_a_write_the_filesystem_refuses_mid_save_is_one_line(trained,
+                                                             tmp_path):
+  # Room is not the problem here (a file-size limit, as a quota would be):
+  # Orbax's writers fail in the background and the next wait raises.
+  workdir = _copy(trained, tmp_path)
+  shutil.rmtree(workdir / 'checkpoints')
+  shutil.rmtree(workdir / 'best')
+  (workdir / 'metrics.jsonl').unlink()
+  result = subprocess.run(
+      [sys.executable, '-c', _LIMITED, '--config=configs/quickstart.py',
+       f'--workdir={workdir}', f'--config.data_dir={trained[0]}',
+       '--config.input.crop_size=48', '--config.input.image_size=32',
+       '--config.input.batch_size=8', '--config.num_train_steps=3',
+       '--config.checkpoint_every_steps=3', '--config.eval_every_steps=0',
+       '--config.compilation_cache_dir='],
+      cwd=REPO, capture_output=True, text=True,
+      env={**os.environ, 'PYTHONPATH': str(REPO)})
+  assert result.returncode == 1, result.stderr[-3000:]
+  # Orbax's writing threads log their failures as they happen; the run's
+  # line comes last (asyncio's reports at exit of the same failures are
+  # dropped), and it is the only one.
+  lines = result.stderr.strip().splitlines()
+  assert [line for line in lines if line.startswith('gzjax:')] == lines[-1:]
+  last = lines[-1]
+  assert last.startswith(f'gzjax: Cannot save a checkpoint in'
+                         f' {workdir.resolve()}/checkpoints: File too large'
+                         f' (writing {workdir.resolve()}/checkpoints/3.'), last
+  assert last.endswith('Free space there (or choose another --workdir) and'
+                       ' run the same command again: it resumes from the'
+                       ' newest complete checkpoint.')
+  assert checkpoint.Checkpointer(workdir).steps() == []
+
+
+def test_asyncio_does_not_report_again_the_writes_a_checkpoint_error_named():
+  import logging  # pylint: disable=g-import-not-at-top
+
+  def record(message, error):
+    return logging.LogRecord(
+        'asyncio', logging.ERROR, __file__, 1, message, (), (
+            (type(error), error, None) if error else None))
+
+  failed = ValueError('RESOURCE_EXHAUSTED: Error writing "params.x/0" in'
+                      ' OCDBT database at local file "/w/checkpoints/5"')
+  asyncio_logger = logging.getLogger('asyncio')
+  assert not asyncio_logger.filter(
+      record('Task exception was never retrieved', failed))
+  # Anything else asyncio reports still shows.
+  assert asyncio_logger.filter(
+      record('Task exception was never retrieved', ValueError('other')))
+  assert asyncio_logger.filter(record('Executing <Task> took 0.2 s', failed))
+  assert asyncio_logger.filter(record('plain', None))
