@@ -29,8 +29,12 @@ from gzjax import optimizers
 from gzjax.data import cache
 from gzjax.models import heads
 
-# Keys whose value is a mapping with free keys: checked as one value.
-MAPPING_KEYS = ('optimizer.boundaries', 'labels.columns')
+# Keys whose value is a mapping with free keys, checked as one value, and
+# an example of one as a --config.KEY= override writes it.
+MAPPING_KEYS = {
+    'optimizer.boundaries': '{1000: 0.1, 2000: 0.01}',
+    'labels.columns': "{'spiral': 'binary'}",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,7 +215,8 @@ RULES: dict[str, Rule] = {
                 or (kind.startswith('votes:') and len(kind) > 6))
             for name, kind in v.items()),
         '{column: kind} with kind binary, multiclass, regression or'
-        ' votes:<answer column>,<answer column>,...'),
+        ' votes:<answer column>,<answer column>[,...], e.g.'
+        f" {MAPPING_KEYS['labels.columns']}"),
     'labels.split_column': TEXT,
     'labels.validation_percent': number(0.0, 100.0, low_open=True,
                                         high_open=True),
@@ -253,8 +258,18 @@ def leaves(config: ml_collections.ConfigDict,
 
 
 def _fail(key: str, value: Any, allowed: str) -> errors.ConfigError:
+  if isinstance(value, ml_collections.ConfigDict):
+    value = value.to_dict()  # Its repr is YAML, over several lines.
   return errors.ConfigError(
       f'config.{key}={value!r} is not allowed: use {allowed}.')
+
+
+def mapping_override_message(key: str, text: str) -> str:
+  """One line for a ``--config.KEY=TEXT`` of a :data:`MAPPING_KEYS` key that
+  does not parse as a dict (ml_collections names an ``ast`` node object)."""
+  example = MAPPING_KEYS[key]
+  return (f'--config.{key}={text}: expected a dict such as {example};'
+          f' quote it for the shell: --config.{key}="{example}".')
 
 
 def check(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -436,7 +436,10 @@ class CatalogImages(Sequence):
   Every image is checked when opened, as ``gzjax.data.catalog.ImageFolder``
   does: a file that cannot be read, is not a complete JPEG or PNG (by its
   suffix) or is smaller than the centre crop is listed in one error;
-  nothing is skipped.
+  nothing is skipped.  A record names its file and id
+  (``fields.IMAGE_SOURCE``): an image that fails later, in a batch (changed
+  since, or broken past its header), is then named as the user knows it,
+  not as a built dataset's damaged galaxy_id.
   """
 
   def __init__(self, catalog, crop_size: int):
@@ -454,8 +457,15 @@ class CatalogImages(Sequence):
     return len(self._catalog)
 
   def __getitem__(self, index: int) -> dict[str, Any]:
-    return {'image': pathlib.Path(self._catalog.path(index)).read_bytes(),
-            'galaxy_id': int(index), **fields.no_labels()}
+    path = self._catalog.path(index)
+    where = f'{path} (id {self._catalog.id(index)})'
+    try:
+      image = pathlib.Path(path).read_bytes()
+    except OSError as error:  # Gone or unreadable since the check.
+      raise errors.DataError(f'{where}: cannot read it'
+                             f' ({error.strerror or error}).') from None
+    return {'image': image, 'galaxy_id': int(index),
+            fields.IMAGE_SOURCE: where, **fields.no_labels()}
 
 
 def _image_problem(path: str, crop_size: int) -> str | None:

@@ -103,12 +103,16 @@ def _config_path(argv: list[str]) -> str | None:
   return None
 
 
-def _override_keys(argv: list[str]) -> list[str]:
-  keys = []
-  for arg in argv:
+def _overrides(argv: list[str]) -> list[tuple[str, str]]:
+  """(key, value as written) of each ``--config.KEY=VALUE`` in ``argv``."""
+  pairs = []
+  for index, arg in enumerate(argv):
     if arg.startswith('--config.'):
-      keys.append(arg[len('--config.'):].split('=', 1)[0])
-  return keys
+      key, equals, text = arg[len('--config.'):].partition('=')
+      if not equals and index + 1 < len(argv):  # --config.KEY VALUE
+        text = argv[index + 1]
+      pairs.append((key, text))
+  return pairs
 
 
 def _has_key(config, key: str) -> bool:
@@ -145,7 +149,12 @@ def parse_flags(argv: list[str]) -> list[str]:
   try:
     return flags.FLAGS(argv)
   except flags.Error as error:
-    _exit_with(f'{error}\nPass --helpshort to see the flags.')
+    from gzjax import config_checks  # pylint: disable=g-import-not-at-top
+    for key, text in _overrides(argv):
+      if (key in config_checks.MAPPING_KEYS
+          and str(error).startswith(f'flag --config.{key}=')):
+        _exit_with(config_checks.mapping_override_message(key, text))
+    _exit_with(f'{error}; pass --helpshort to see the flags.')
   except (KeyError, AttributeError):
     # ml_collections applies the overrides while it parses --config, so the
     # config is not available from the flag: load the file again.
@@ -154,7 +163,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     spec.loader.exec_module(module)
     config = module.get_config()
     from gzjax import config_checks  # pylint: disable=g-import-not-at-top
-    for key in _override_keys(argv):
+    for key, _ in _overrides(argv):
       if not _has_key(config, key):
         _exit_with(config_checks.unknown_key_message(config, key))
     raise  # Not a misspelt key: a bug, with its traceback.

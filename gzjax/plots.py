@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from gzjax import taxonomy
+from gzjax.data import pipeline
 
 # Answers worth a line under a thumbnail: the leading answer of each main
 # question is shown when the question was reached by enough volunteers.
@@ -83,7 +84,7 @@ def galaxy_grid(
     axis.axis('off')
   for index, (axis, record) in enumerate(zip(axes.ravel(), records)):
     with Image.open(io.BytesIO(record['image'])) as image:
-      axis.imshow(np.asarray(image.convert('RGB')))
+      axis.imshow(np.asarray(pipeline.to_rgb(image)))  # The model's pixels.
     label3 = int(record['label_3class'])
     label7 = int(record['label_7class'])
     lines = [

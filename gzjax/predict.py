@@ -61,7 +61,6 @@ import json
 import math
 import os
 import pathlib
-import re
 import sys
 from typing import Any, Sequence
 
@@ -352,9 +351,9 @@ class _DecodeBatch(grain.transforms.Map):
 
 
 def _reason(error: BaseException) -> str:
-  """One line, the same on every run (no object addresses)."""
-  text = ' '.join(str(error).split()) or type(error).__name__
-  text = re.sub(r'<_io\.BytesIO object at 0x[0-9a-fA-F]+>', 'the file', text)
+  """One line, the same on every run (no object addresses), as the training
+  pipeline words a bad image (``pipeline.decode_error_text``)."""
+  text = pipeline.decode_error_text(error)
   if isinstance(error, FileNotFoundError):
     return 'no such file'
   if 'crop_size' in text and 'exceeds' in text:

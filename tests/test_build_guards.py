@@ -2,12 +2,15 @@
 they were built and clean up after killed builds (40-row Kaggle copies)."""
 
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
 from gzjax import errors
 from gzjax.data import galaxy_zoo
 from gzjax.data import splits
+from tests.conftest import REPO
 from tests.conftest import tiny_config
 from tests.test_build_kaggle import _break_images
 from tests.test_build_kaggle import _manual_copy
@@ -131,3 +134,73 @@ def test_building_on_first_use_gives_the_build_command(kaggle_sample,
       f' --config=kaggle --manual_dir={manual} --data_dir={tmp_path / "data"}'
       ' --skip_bad_images to leave them out.')
   assert 'rebuild with' not in message
+
+
+def test_training_with_another_download_refuses_the_built_dataset(
+    kaggle_sample, tmp_path):
+  """config.manual_dir is checked against an existing dataset as the build
+  command checks it: a run used to train silently on the old 30 rows.  The
+  options the build command chose (--skip_bad_images) are kept."""
+  manual = _manual(kaggle_sample, tmp_path / 'a', 30)
+  data_dir = tmp_path / 'data'
+  galaxy_zoo.prepare('kaggle', data_dir, manual_dir=manual,
+                     skip_bad_images=True)
+  before = _snapshot(data_dir)
+  bigger = _manual(kaggle_sample, tmp_path / 'b', 40)
+  config = tiny_config(data_dir, dataset='galaxy_zoo/kaggle',
+                       manual_dir=str(bigger))
+  with pytest.raises(errors.DataError) as info:
+    splits.open_split(config, 'train')
+  message = str(info.value)
+  assert '\n' not in message
+  assert message.startswith(
+      f'galaxy_zoo/kaggle in {data_dir} was built from another download or'
+      ' with other options (solutions_rows 30 -> 40; solutions_sha256 ')
+  assert message.endswith(
+      '; train_images 30 -> 40). Rebuild it from config.manual_dir with'
+      ' python -m gzjax.data.build --config=kaggle'
+      f' --manual_dir={bigger} --data_dir={data_dir} --overwrite (the old one'
+      ' stays until the new one is complete), choose another'
+      ' config.data_dir, or leave config.manual_dir empty to use the dataset'
+      ' as it is.')
+  assert 'skip_bad_images' not in message
+  assert _snapshot(data_dir) == before
+  # The download it was built from (a moved copy too) opens it; so does
+  # no manual_dir at all.
+  moved = tmp_path / 'moved'
+  manual.rename(moved)
+  for manual_dir in (str(moved), ''):
+    config = tiny_config(data_dir, dataset='galaxy_zoo/kaggle',
+                         manual_dir=manual_dir)
+    assert sum(len(splits.open_split(config, split))
+               for split in ('train', 'validation')) == 30
+  assert _snapshot(data_dir) == before
+
+
+def test_main_refuses_a_dataset_of_another_download_in_one_line(
+    kaggle_sample, tmp_path):
+  """The reviewer's case: 30 rows built, the whole sample named."""
+  manual = _manual(kaggle_sample, tmp_path / 'a', 30)
+  data_dir = tmp_path / 'data'
+  galaxy_zoo.prepare('kaggle', data_dir, manual_dir=manual)
+  before = _snapshot(data_dir)
+  result = subprocess.run(
+      [sys.executable, '-m', 'gzjax.main', '--config=configs/quickstart.py',
+       f'--workdir={tmp_path / "work"}', '--config.dataset=galaxy_zoo/kaggle',
+       f'--config.data_dir={data_dir}', f'--config.manual_dir={kaggle_sample}'],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 1
+  [line] = result.stderr.strip().splitlines()
+  assert line.startswith(
+      f'gzjax: galaxy_zoo/kaggle in {data_dir} was built from another'
+      " download or with other options (solutions_csv"
+      " 'training_solutions_rev1.csv' -> 'training_solutions_partial.csv';"
+      ' solutions_rows 30 -> 600; ')
+  assert line.endswith(
+      f'train_images 30 -> 4850). Rebuild it from config.manual_dir with'
+      ' python -m gzjax.data.build --config=kaggle'
+      f' --manual_dir={kaggle_sample} --data_dir={data_dir} --overwrite (the'
+      ' old one stays until the new one is complete), choose another'
+      ' config.data_dir, or leave config.manual_dir empty to use the dataset'
+      ' as it is.')
+  assert _snapshot(data_dir) == before

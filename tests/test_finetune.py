@@ -12,6 +12,7 @@ from gzjax import config as base
 from gzjax import experiment as experiments
 from gzjax import errors
 from gzjax import finetune
+from gzjax.data import catalog as catalogs
 from gzjax.data import galaxy_zoo
 from gzjax.data import labels
 from gzjax.models import weights
@@ -96,9 +97,9 @@ def test_read_masks_missing_cells_and_orders_classes(catalogue):
 
 
 @pytest.mark.parametrize('column,cell,message', [
-    ('spiral', 'maybe', "row 3, column 'spiral': 'maybe' is not a binary"),
-    ('size', 'big', "row 3, column 'size': 'big' is not a number"),
-    ('smooth', '-2', "row 3, column 'smooth': a vote count of -2 is"),
+    ('spiral', 'maybe', "line 4, column 'spiral': 'maybe' is not a binary"),
+    ('size', 'big', "line 4, column 'size': 'big' is not a number"),
+    ('smooth', '-2', "line 4, column 'smooth': a vote count of -2 is"),
 ])
 def test_bad_cells_name_row_column_value(catalogue, tmp_path, column, cell,
                                          message):
@@ -112,6 +113,67 @@ def test_bad_cells_name_row_column_value(catalogue, tmp_path, column, cell,
   (tmp_path / 'img').symlink_to(catalogue.parent / 'img')
   with pytest.raises(labels.LabelError, match=message):
     labels.read(finetune_data.labels_config(bad))
+
+
+def _edited(catalogue, tmp_path, row, column, cell, *, blank_lines=()):
+  """A copy of the catalogue with one cell of data row ``row`` (0-based)
+  changed and empty lines inserted before the given file lines."""
+  lines = catalogue.read_text().splitlines()
+  header = lines[0].split(',')
+  cells = lines[row + 1].split(',')
+  cells[header.index(column)] = cell
+  lines[row + 1] = ','.join(cells)
+  for line in sorted(blank_lines, reverse=True):
+    lines.insert(line - 1, '')
+  bad = tmp_path / 'labels.csv'
+  bad.write_text('\n'.join(lines) + '\n')
+  if not (tmp_path / 'img').exists():
+    (tmp_path / 'img').symlink_to(catalogue.parent / 'img')
+  return bad
+
+
+def test_label_errors_name_the_file_line_as_the_kaggle_builder_does(
+    catalogue, tmp_path):
+  """A CSV's row is named by its line in the file, the header being line 1
+  (an editor's number, and the Kaggle builder's), even after blank lines the
+  reader skips; a Parquet table, which has no lines, by its row from 1."""
+  import pyarrow.csv as pa_csv  # pylint: disable=g-import-not-at-top
+  import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+  bad = _edited(catalogue, tmp_path, 5, 'spiral', 'maybe', blank_lines=(3,))
+  with pytest.raises(labels.LabelError) as info:
+    labels.read(finetune_data.labels_config(bad))
+  assert str(info.value) == (
+      f"{bad}, line 8, column 'spiral': 'maybe' is not a binary label; write"
+      ' 0 or 1 (or leave it empty when unknown).')
+  table = pa_csv.read_csv(bad, convert_options=pa_csv.ConvertOptions(
+      column_types={'id': 'string', 'spiral': 'string'}))
+  parquet = tmp_path / 'labels.parquet'
+  pq.write_table(table, parquet)
+  with pytest.raises(labels.LabelError) as info:
+    labels.read(finetune_data.labels_config(parquet))
+  assert str(info.value).startswith(
+      f"{parquet}, row 6, column 'spiral': 'maybe' is not a binary label;")
+  # A missing image, and one unreadable when its record is read, the same.
+  missing = _edited(catalogue, tmp_path, 2, 'path', 'img/none.jpg')
+  with pytest.raises(labels.LabelError) as info:
+    labels.read(finetune_data.labels_config(missing))
+  assert str(info.value) == (
+      f"{missing}, line 4 (id 'g002'): no image at {tmp_path}/img/none.jpg.")
+
+
+def test_fractional_vote_counts_are_refused(catalogue, tmp_path):
+  """Vote counts are whole numbers of volunteers: 2.5 is a mistake (a
+  fraction, or a column shifted), not a count to weigh the loss by."""
+  bad = _edited(catalogue, tmp_path, 4, 'featured', '2.5')
+  with pytest.raises(labels.LabelError) as info:
+    labels.read(finetune_data.labels_config(bad))
+  assert str(info.value) == (
+      f"{bad}, line 6, column 'featured': a vote count of 2.5 is not a whole"
+      ' number; write how many volunteers gave the answer (or leave it empty'
+      ' when unknown).')
+  whole = _edited(catalogue, tmp_path, 4, 'featured', '2.0')
+  assert labels.read(finetune_data.labels_config(whole)).targets[
+      'morphology']['value'][4, 1] == 2
 
 
 def test_an_unusable_label_table_is_a_label_error_naming_it(tmp_path):
@@ -463,6 +525,33 @@ def test_prediction_column_names_that_clash_are_refused():
                      match="two columns named 'shape_predicted'"):
     finetune.make_task([labels.Column('shape', 'multiclass',
                                       classes=('bar', 'predicted'))])
+
+
+def test_a_catalogue_image_that_fails_in_a_batch_is_named_by_path_and_id(
+    tmp_path):
+  """Predicting a catalogue's rows: an image broken past the check at open
+  (or changed since) is named by its file and id with what to do, not as a
+  built dataset's damaged galaxy_id (the row) to rebuild."""
+  from gzjax.data import pipeline  # pylint: disable=g-import-not-at-top
+  catalogue = finetune_data.write_catalogue(tmp_path)
+  table = labels.read(finetune_data.labels_config(catalogue))
+  source = finetune.CatalogImages(
+      catalogs.Catalog(table.ids, table.paths, source=table.source), 36)
+  config = tiny_config(catalogue).input
+  broken = tmp_path / 'img' / 'g005.jpg'
+  broken.write_bytes(b'not an image')
+  with pytest.raises(errors.DataError) as info:
+    list(pipeline.create_eval_iterator(source, config, process_index=0,
+                                       process_count=1))
+  assert str(info.value) == (
+      f'{broken} (id g005): cannot decode the image (cannot identify image'
+      ' file); replace the file with a readable JPEG or PNG, or leave the'
+      ' image out.')
+  broken.unlink()
+  with pytest.raises(errors.DataError) as info:
+    source[5]
+  assert str(info.value) == (
+      f'{broken} (id g005): cannot read it (No such file or directory).')
 
 
 def test_a_label_catalogue_refuses_the_decoded_cache(catalogue, tmp_path):

@@ -595,7 +595,7 @@ def test_a_bad_catalogue_image_in_training_names_its_row_id_and_path(
 
   catalogue = tmp_path / 'labels.csv'
   assert str(info.value) == (
-      f"{catalogue}: row 2 (id '101997'), image {tmp_path}/img/101997.jpg:"
+      f"{catalogue}, line 3 (id '101997'), image {tmp_path}/img/101997.jpg:"
       f' {problem}')
 
 

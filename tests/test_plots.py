@@ -1,6 +1,9 @@
-"""Figures: the text under each galaxy thumbnail."""
+"""Figures: the text under each galaxy thumbnail, the thumbnails' pixels."""
+
+import io
 
 import numpy as np
+from PIL import Image
 
 from gzjax import plots
 from gzjax import taxonomy
@@ -20,3 +23,18 @@ def test_describe_votes_shows_reached_questions_with_conditional_values():
   # Q11 is unknown; Q6 is a root.
   assert lines == ['features or disk 0.70', 'edge-on: no 0.90',
                    'bar: no 1.00', 'spiral: no 1.00', 'odd: no 1.00']
+
+
+def test_a_16_bit_thumbnail_is_scaled_by_its_bit_depth_not_clipped(tmp_path):
+  """A 16-bit grey level of 16384 is 64 of 255, as the model sees it
+  (pipeline.to_rgb); Pillow's convert('RGB') clipped it to white."""
+  buffer = io.BytesIO()
+  Image.fromarray(np.full((64, 64), 16384, np.uint16)).save(buffer, 'PNG')
+  record = {'image': buffer.getvalue(), 'galaxy_id': 1,
+            'votes': np.full(37, np.nan, np.float32),
+            'votes_mask': np.zeros(37, bool), 'label_3class': -1,
+            'label_7class': -1}
+  path = plots.galaxy_grid([record], tmp_path / 'grid.png', columns=1)
+  pixels = np.asarray(Image.open(path).convert('RGB')).astype(int)
+  grey = (np.abs(pixels - 64) <= 2).all(-1)
+  assert grey.sum() > 5000, grey.sum()  # The thumbnail, not text edges.

@@ -3,6 +3,7 @@
 import copy
 import csv
 import dataclasses
+import io
 import json
 import os
 import pathlib
@@ -466,3 +467,20 @@ def test_an_output_that_cannot_be_written_keeps_the_old_file(tmp_path,
   assert output.read_text() == 'old\n'
   assert sorted(p.name for p in tmp_path.iterdir()) == [
       'file', 'predictions.csv']
+
+
+def test_an_errors_csv_reason_is_one_line_without_object_addresses():
+  """The reason a survey row failed is worded as the training pipeline
+  words it (pipeline.decode_error_text): Pillow's address of its BytesIO
+  would differ on every run and mean nothing to the reader."""
+  try:
+    Image.open(io.BytesIO(b'not an image'))
+  except Image.UnidentifiedImageError as error:
+    unidentified = error
+  assert 'BytesIO object at 0x' in str(unidentified)
+  assert predict._reason(unidentified) == (  # pylint: disable=protected-access
+      'cannot decode the image (UnidentifiedImageError: cannot identify image'
+      ' file)')
+  assert predict._reason(OSError('image file is\ntruncated')) == (  # pylint: disable=protected-access
+      'cannot decode the image (OSError: image file is truncated)')
+  assert predict._reason(FileNotFoundError('x')) == 'no such file'  # pylint: disable=protected-access

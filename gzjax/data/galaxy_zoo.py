@@ -413,6 +413,9 @@ def data_source(
 
 
 RECORD = 'gzjax_build.json'
+# What the build command's user does about a dataset of another download.
+_OVERWRITE_HINT = ('Pass --overwrite to replace it (the old one stays until the'
+                   ' new one is complete), or choose another --data_dir')
 STAGING_PREFIX = '.gzjax_build-'
 OLD_SUFFIX = '.gzjax_old-'
 
@@ -497,9 +500,11 @@ def build_source(config: str, manual_dir: pathlib.Path | None,
   }
 
 
-def _differences(recorded: dict, requested: dict) -> list[str]:
+def _differences(recorded: dict, requested: dict,
+                 sections: tuple[str, ...] = ('source', 'options')
+                 ) -> list[str]:
   differences = []
-  for section in ('source', 'options'):
+  for section in sections:
     old, new = recorded.get(section, {}), requested[section]
     for key in sorted(set(old) | set(new)):
       if old.get(key) != new.get(key):
@@ -519,6 +524,8 @@ def prepare(
     manual_dir: str | pathlib.Path | None = None,
     overwrite: bool = False,
     skip_hint: str | None = None,
+    overwrite_hint: str | None = None,
+    options_chosen: bool = True,
     **options,
 ) -> GalaxyZoo:
   """Builds (or finds) a dataset on disk; returns a builder that reads it.
@@ -535,6 +542,13 @@ def prepare(
   Args:
     skip_hint: how the user asks to skip bad images, for the messages
       (default: the build command's flag).
+    overwrite_hint: how the user replaces an existing dataset of another
+      download, or avoids it, for the refusal (default: the build
+      command's --overwrite or another --data_dir).
+    options_chosen: False when the caller has no say in ``options`` (a
+      training run building on first use): an existing dataset is then
+      checked against the download only, and the options it was built with
+      (the build command's --skip_bad_images, say) are kept.
 
   Raises:
     kaggle.DataError: bad input, with the file, line, column or GalaxyID;
@@ -555,14 +569,14 @@ def prepare(
   existing = builder(config, data_dir, **options)
   if existing.is_prepared():
     existing.record = read_record(existing)
-    differences = (_differences(existing.record, requested)
+    sections = ('source', 'options') if options_chosen else ('source',)
+    differences = (_differences(existing.record, requested, sections)
                    if existing.record is not None else [])
     if not overwrite and differences:
       raise kaggle.DataError(
           f'{NAME}/{config} in {data_dir} was built from another download or'
-          f' with other options ({"; ".join(differences)}). Pass --overwrite'
-          ' to replace it (the old one stays until the new one is complete),'
-          ' or choose another --data_dir.')
+          f' with other options ({"; ".join(differences)}).'
+          f' {overwrite_hint or _OVERWRITE_HINT}.')
     if not overwrite:
       return existing
   staging = data_dir / f'{STAGING_PREFIX}{os.getpid()}-{config}'

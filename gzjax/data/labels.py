@@ -12,7 +12,10 @@ and label columns, each declared in ``config.labels.columns`` with a kind:
 
 An empty cell (or NaN) is *missing*: masked out of the loss and the metrics,
 never read as 0 or as a class.  A cell that is neither a valid value nor
-empty is an error naming its file, row, column and value.
+empty is an error naming its file, line, column and value.  A CSV's rows are
+named by their line in the file (the header is line 1), as the Kaggle
+builder names them; a Parquet table's, which has no lines, as ``row N``
+(the first is row 1).
 
 The split is the ``split_column`` (``train``/``validation``) when set, else
 the Kaggle builder's stable hash of the id
@@ -26,6 +29,7 @@ Kaggle fields, and ``targets``: per column its value(s) and mask.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import math
 import pathlib
@@ -113,6 +117,34 @@ def parse_columns(columns: Mapping[str, str]) -> list[Column]:
   return parsed
 
 
+class Rows:
+  """Where a catalogue's data row is, for messages: ``<file>, line N`` for a
+  CSV (the header is line 1, as the Kaggle builder counts, so the number
+  is the one an editor shows) or ``<file>, row N`` for Parquet.
+
+  The lines are counted once, on first use, by the csv module rather than
+  taken as row + 2: blank lines, which the table reader skips, would shift
+  every number after them.
+  """
+
+  def __init__(self, path: pathlib.Path):
+    self._path = path
+    self._lines: list[int] | None = None
+
+  def __call__(self, row: int) -> str:
+    if self._path.suffix.lower() != '.csv':
+      return f'{self._path}, row {row + 1}'
+    if self._lines is None:
+      with self._path.open(encoding='utf-8', errors='replace',
+                           newline='') as f:
+        reader = csv.reader(f)
+        next(reader, None)  # The header.
+        self._lines = [reader.line_num for cells in reader if cells]
+    if row < len(self._lines):
+      return f'{self._path}, line {self._lines[row]}'
+    return f'{self._path}, data row {row + 1}'  # Read otherwise than csv.
+
+
 def _cells(table: pa.Table, name: str, path: pathlib.Path, what: str) -> list:
   if name not in table.column_names:
     raise LabelError(
@@ -185,6 +217,8 @@ class LabelTable:
   columns: list[Column]
   # name -> {'value': [N] or [N, answers], 'mask': [N]}
   targets: dict[str, dict[str, np.ndarray]]
+  # A row's place in the file, for messages.
+  where: Rows
 
   def __len__(self) -> int:
     return len(self.ids)
@@ -216,8 +250,8 @@ def read(config: ml_collections.ConfigDict,
   """Reads and validates ``config.labels``' catalogue (relative to ``base``)."""
   path = pathlib.Path(base) / pathlib.Path(config.catalog).expanduser()
   table = catalogs.read_table(path, 'label catalogue', error=LabelError)
-  where_of = lambda column: (lambda row: f'{path}: row {row + 1}, column'
-                             f' {column!r}')
+  rows = Rows(path)
+  where_of = lambda column: (lambda row: f'{rows(row)}, column {column!r}')
   ids = [None if _is_missing(i) else str(i).strip()
          for i in _cells(table, config.id_column, path, 'the id column')]
   if None in ids:
@@ -248,8 +282,8 @@ def read(config: ml_collections.ConfigDict,
   missing = next((r for r, p in enumerate(paths)
                   if not pathlib.Path(p).is_file()), None)
   if missing is not None:
-    raise LabelError(f'{path}: row {missing + 1} (id {ids[missing]!r}): no'
-                     f' image at {paths[missing]}.')
+    raise LabelError(f'{rows(missing)} (id {ids[missing]!r}): no image at'
+                     f' {paths[missing]}.')
   columns, targets = [], {}
   for column in parse_columns(config.columns):
     if column.kind == 'binary':
@@ -280,13 +314,23 @@ def read(config: ml_collections.ConfigDict,
         if len(negative):
           raise LabelError(f'{where_of(answer)(negative[0])}: a vote count of'
                            f' {counts[negative[0], a]:g} is negative.')
+        # Counts of volunteers: the Dirichlet-multinomial loss would take a
+        # fraction, and silently weigh a question by it.
+        fractional = np.flatnonzero(counts[:, a] % 1)
+        if len(fractional):
+          raise LabelError(
+              f'{where_of(answer)(fractional[0])}: a vote count of'
+              f' {counts[fractional[0], a]:g} is not a whole number; write'
+              ' how many volunteers gave the answer (or leave it empty when'
+              ' unknown).')
       # A question is known when every answer's count is, with some votes.
       value, mask = counts, known.all(1) & (counts.sum(1) > 0)
       counts[~mask] = 0
     columns.append(column)
     targets[column.name] = {'value': value, 'mask': mask}
   is_validation = _split(table, config, ids, path, where_of)
-  table_ = LabelTable(str(path), ids, paths, is_validation, columns, targets)
+  table_ = LabelTable(str(path), ids, paths, is_validation, columns, targets,
+                      rows)
   if config.max_train_labels:
     # The labelled training rows with the smallest id hashes: a subset as
     # good as random, the same on every machine whatever the file's order
@@ -345,8 +389,8 @@ class LabelSource(Sequence):
     row = int(self._rows[index])
     path = self._table.paths[row]
     # galaxy_id is the row: the pipeline's messages name the image by this.
-    where = (f'{self._table.source}: row {row + 1} (id'
-             f' {self._table.ids[row]!r}), image {path}')
+    where = (f'{self._table.where(row)} (id {self._table.ids[row]!r}),'
+             f' image {path}')
     try:
       image = pathlib.Path(path).read_bytes()
     except OSError as error:

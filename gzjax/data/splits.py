@@ -21,24 +21,35 @@ def dataset_config_name(config: ml_collections.ConfigDict) -> str:
 def open_split(config: ml_collections.ConfigDict, split: str):
   """The records of ``split``; builds the synthetic dataset when missing.
 
-  A missing Kaggle dataset is built when ``config.manual_dir`` is set, else
-  the error names the exact build command.
+  With ``config.manual_dir`` set, a missing Kaggle dataset is built from it
+  and an existing one is checked against it as the build command checks
+  (``galaxy_zoo.prepare``): one built from another download is refused,
+  not silently trained on.  Without it, a missing dataset's error names the
+  exact build command.
   """
   name = dataset_config_name(config)
+  if name == 'kaggle' and config.manual_dir:
+    # gzjax.main has neither --skip_bad_images nor --overwrite: name the
+    # command that does.
+    command = ('python -m gzjax.data.build --config=kaggle'
+               f' --manual_dir={config.manual_dir}'
+               f' --data_dir={config.data_dir}')
+    galaxy_zoo.prepare(
+        'kaggle', config.data_dir, manual_dir=config.manual_dir,
+        options_chosen=False,
+        skip_hint=f'build it yourself with {command} --skip_bad_images',
+        overwrite_hint=(
+            f'Rebuild it from config.manual_dir with {command} --overwrite'
+            ' (the old one stays until the new one is complete), choose'
+            ' another config.data_dir, or leave config.manual_dir empty to'
+            ' use the dataset as it is'))
+    return galaxy_zoo.data_source(name, config.data_dir, split)
   try:
     return galaxy_zoo.data_source(name, config.data_dir, split)
   except galaxy_zoo.DatasetNotBuiltError:
-    if name == 'synthetic':
-      galaxy_zoo.prepare('synthetic', config.data_dir, **config.synthetic)
-    elif config.manual_dir:
-      # gzjax.main has no --skip_bad_images: name the command that does.
-      galaxy_zoo.prepare(
-          'kaggle', config.data_dir, manual_dir=config.manual_dir,
-          skip_hint=('build it yourself with python -m gzjax.data.build'
-                     f' --config=kaggle --manual_dir={config.manual_dir}'
-                     f' --data_dir={config.data_dir} --skip_bad_images'))
-    else:
+    if name != 'synthetic':
       raise
+    galaxy_zoo.prepare('synthetic', config.data_dir, **config.synthetic)
   return galaxy_zoo.data_source(name, config.data_dir, split)
 
 
