@@ -308,8 +308,10 @@ def predict(config: ml_collections.ConfigDict,
   Returns:
     The CSV's path.
   """
+  from gzjax import predict as predict_lib  # pylint: disable=g-import-not-at-top
   config_checks.check(config)
   workdirs = [pathlib.Path(w) for w in workdirs]
+  output = predict_lib.check_output(output or workdirs[0] / 'predictions.csv')
   for workdir in workdirs:
     check_checkpoint_folder(workdir, checkpoint)
   source = (catalogs.ImageFolder(images) if images
@@ -327,7 +329,6 @@ def predict(config: ml_collections.ConfigDict,
     ids = result['galaxy_id'] if ids is None else ids
     total = result['outputs'] if total is None else total + result['outputs']
   mean = np.clip(total / len(workdirs), 0.0, 1.0)
-  output = pathlib.Path(output or workdirs[0] / 'predictions.csv')
   if jax.process_index() == 0:
     _write_csv(output, ids, mean, task)
     print(f'Wrote {len(ids)} predictions to {output}')

@@ -408,7 +408,7 @@ def predict(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
   from gzjax import predict as predict_lib  # pylint: disable=g-import-not-at-top
   config_checks.check(config)
   workdir = pathlib.Path(workdir)
-  output = pathlib.Path(output or workdir / 'predictions.csv')
+  output = predict_lib.check_output(output or workdir / 'predictions.csv')
   predict_lib.table_format(output)
   evaluate_lib.check_checkpoint_folder(workdir, checkpoint)
   task = recorded_task(config, workdir)

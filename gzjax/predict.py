@@ -184,6 +184,18 @@ def _write_atomically(path: pathlib.Path, data: bytes,
                           ) from None
 
 
+def check_output(path: str | pathlib.Path) -> pathlib.Path:
+  """Refuses an ``--output`` that is a folder, device or pipe; callers check
+  before predicting too, so that the refusal does not come after the work."""
+  path = pathlib.Path(path)
+  if path.exists() and not path.is_file():
+    kind = 'a folder' if path.is_dir() else 'not a regular file'
+    raise PredictionError(
+        f'--output={path} is {kind}: name a new file, or a regular file to'
+        ' replace.')
+  return path
+
+
 def write_output(path: str | pathlib.Path, data: bytes) -> None:
   """The user's ``--output`` file, written atomically.
 
@@ -192,12 +204,7 @@ def write_output(path: str | pathlib.Path, data: bytes) -> None:
   such as /dev/full, and fails on a folder); a folder that cannot be
   created or written is one line.  On failure an existing file is kept.
   """
-  path = pathlib.Path(path)
-  if path.exists() and not path.is_file():
-    kind = 'a folder' if path.is_dir() else 'not a regular file'
-    raise PredictionError(
-        f'--output={path} is {kind}: name a new file, or a regular file to'
-        ' replace.')
+  path = check_output(path)
   fix = 'choose an --output you can write to (the old file, if any, is kept).'
   try:
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -441,6 +441,24 @@ def test_an_output_that_is_a_folder_or_a_device_is_refused(tmp_path):
   assert pathlib.Path('/dev/full').is_char_device()
 
 
+def test_a_bad_output_is_refused_before_any_prediction(tmp_path):
+  # An empty workdir: had the prediction started, its missing checkpoint
+  # would be the error.
+  from gzjax import finetune  # pylint: disable=g-import-not-at-top
+  (tmp_path / 'folder.csv').mkdir()
+  (tmp_path / 'work').mkdir()
+  expected = (f'--output={tmp_path / "folder.csv"} is a folder: name a new'
+              ' file, or a regular file to replace.')
+  with pytest.raises(predict.PredictionError) as error:
+    evaluate.predict(tiny_config('/nonexistent'), [tmp_path / 'work'],
+                     output=tmp_path / 'folder.csv')
+  assert str(error.value) == expected
+  with pytest.raises(predict.PredictionError) as error:
+    finetune.predict(tiny_config('/nonexistent'), tmp_path / 'work',
+                     output=tmp_path / 'folder.csv')
+  assert str(error.value) == expected
+
+
 def test_an_output_that_cannot_be_written_keeps_the_old_file(tmp_path,
                                                              monkeypatch):
   output = tmp_path / 'predictions.csv'
