@@ -337,23 +337,31 @@ def predict(config: ml_collections.ConfigDict,
 
 def _write_csv(path: pathlib.Path, ids: np.ndarray, outputs: np.ndarray,
                task: tasks.Task) -> None:
-  """Writes rows by GalaxyID, atomically: never a partial CSV by that name.
+  """Writes rows by GalaxyID, atomically: never a partial file by that name.
 
-  Through ``gzjax.predict.write_output``, the one writer of ``--output``
-  files: a folder or device there, or a path that cannot be written, is one
-  line, with no ``.tmp`` left and the old file kept.
+  CSV for a .csv ``path`` (the Kaggle submission's text), Parquet for
+  .parquet, as ``gzjax.predict.table_format`` and the fine-tuning path
+  name them: a file named .parquet holding CSV text would be read by no
+  Parquet reader.  Through ``gzjax.predict.write_output``, the one writer of
+  ``--output`` files: a folder or device there, or a path that cannot be
+  written, is one line, with no ``.tmp`` left and the old file kept.
   """
   from gzjax import predict as predict_lib  # pylint: disable=g-import-not-at-top
   order = np.argsort(ids, kind='stable')
   ids, outputs = ids[order], outputs[order]
-  if task.is_classification:
-    header = ['GalaxyID', *task.class_names, 'predicted']
-    rows = [[str(int(g)), *(f'{p:.6f}' for p in row),
-             task.class_names[int(np.argmax(row))]]
-            for g, row in zip(ids, outputs)]
-  else:
-    header = ['GalaxyID', *taxonomy.ANSWERS]
-    rows = [[str(int(g)), *(f'{p:.6f}' for p in row)]
-            for g, row in zip(ids, outputs)]
+  names = task.class_names if task.is_classification else taxonomy.ANSWERS
+  columns = {'GalaxyID': np.asarray(ids, np.int64),
+             **{name: outputs[:, k] for k, name in enumerate(names)}}
+  if task.is_classification:  # Then the most probable class.
+    columns['predicted'] = [names[k] for k in np.argmax(outputs, axis=1)]
+  if predict_lib.table_format(path) == 'parquet':
+    predict_lib.write_table(path, columns)
+    return
+  # The Kaggle submission's text: 6 decimals, as it has always been.
+  rows = [[str(int(g)), *(f'{p:.6f}' for p in row)]
+          for g, row in zip(ids, outputs)]
+  for row, name in zip(rows, columns.get('predicted', ())):
+    row.append(name)
+  header = list(columns)
   predict_lib.write_output(
       path, ('\n'.join(','.join(r) for r in [header, *rows]) + '\n').encode())

@@ -184,32 +184,41 @@ def _write_atomically(path: pathlib.Path, data: bytes,
                           ) from None
 
 
-def check_output(path: str | pathlib.Path) -> pathlib.Path:
-  """Refuses an ``--output`` that is a folder, device or pipe; callers check
-  before predicting too, so that the refusal does not come after the work."""
+def check_output(path: str | pathlib.Path, flag: str = '--output', *,
+                 table: bool = True) -> pathlib.Path:
+  """Refuses an output file that is a folder, device or pipe, or (``table``,
+  a prediction file) is named neither .csv nor .parquet; callers check
+  before predicting too, so that the refusal does not come after the work.
+
+  ``flag`` names the option in the message (``--out`` of
+  ``gzjax.tools.export_encoder``).
+  """
   path = pathlib.Path(path)
   if path.exists() and not path.is_file():
     kind = 'a folder' if path.is_dir() else 'not a regular file'
     raise PredictionError(
-        f'--output={path} is {kind}: name a new file, or a regular file to'
+        f'{flag}={path} is {kind}: name a new file, or a regular file to'
         ' replace.')
+  if table:
+    table_format(path)
   return path
 
 
-def write_output(path: str | pathlib.Path, data: bytes) -> None:
-  """The user's ``--output`` file, written atomically.
+def write_output(path: str | pathlib.Path, data: bytes,
+                 flag: str = '--output') -> None:
+  """The user's output file (``flag`` names its option), written atomically.
 
   A folder, device or pipe of that name is refused before anything is
   written (``os.replace`` would put a regular file in place of a device
   such as /dev/full, and fails on a folder); a folder that cannot be
   created or written is one line.  On failure an existing file is kept.
   """
-  path = check_output(path)
-  fix = 'choose an --output you can write to (the old file, if any, is kept).'
+  path = check_output(path, flag, table=False)
+  fix = f'choose an {flag} you can write to (the old file, if any, is kept).'
   try:
     path.parent.mkdir(parents=True, exist_ok=True)
   except OSError as error:
-    raise PredictionError(f'Cannot create the folder of --output={path}:'
+    raise PredictionError(f'Cannot create the folder of {flag}={path}:'
                           f' {_why(error)}; {fix}') from None
   _write_atomically(path, data, fix)
 
@@ -237,8 +246,13 @@ def _float_text(value: float) -> str:
 
 def output_columns(ids: Sequence[str], outputs: np.ndarray,
                    task: tasks.Task) -> dict[str, Any]:
-  """The shard's columns, in order, for ``outputs`` of ``task``."""
-  outputs = np.asarray(outputs, np.float32).reshape(len(ids), -1)
+  """The shard's columns, in order, for ``outputs`` of ``task``.
+
+  The width is the task's, not inferred: a shard whose every image was
+  unreadable has no rows, and still its columns.
+  """
+  outputs = np.asarray(outputs, np.float32).reshape(len(ids),
+                                                    task.num_outputs)
   columns: dict[str, Any] = {'id': list(ids)}
   if task.columns is not None:  # A label catalogue's (gzjax.finetune).
     columns.update(task.columns(outputs))
@@ -272,9 +286,11 @@ def output_columns(ids: Sequence[str], outputs: np.ndarray,
 
 def _encode_shard(columns: dict[str, Any], fmt: str) -> bytes:
   if fmt == 'parquet':
+    # The list columns (id, class names) are text: typed so, an empty
+    # shard's have the type of the others' (not Arrow's null).
     table = pa.table({
-        name: (pa.array(values, pa.string()) if name == 'id' else
-               pa.array(values))
+        name: (pa.array(values, pa.string()) if isinstance(values, list)
+               else pa.array(values))
         for name, values in columns.items()
     })
     buffer = io.BytesIO()
@@ -470,7 +486,9 @@ def _check_run(output_dir: pathlib.Path, settings: dict[str, Any]) -> None:
 
 
 def _check_unique_ids(catalog: catalogs.Catalog) -> None:
-  """Refuses a catalogue in which two rows have one id, naming both rows.
+  """Refuses a catalogue in which two rows have one id, naming both rows as
+  label-catalogue messages do (``labels.Rows``: a CSV's file lines, the
+  header being line 1; a Parquet table's rows from 1).
 
   Each output row is known only by its id.  Vectorised (a hash encoding, and
   on a repeat one sort of integer codes): about a second for 5 million rows.
@@ -484,9 +502,11 @@ def _check_unique_ids(catalog: catalogs.Catalog) -> None:
   first_row[distinct] = first
   repeat = int(np.argmax(first_row[codes] != np.arange(len(codes))))
   earlier = int(first_row[codes[repeat]])
+  where = labels_lib.Rows(pathlib.Path(catalog.source))
+  second = where(repeat).removeprefix(f'{catalog.source}, ')
   raise catalogs.CatalogError(
-      f'{catalog.source}: rows {earlier + 1} and {repeat + 1} both have the'
-      f' id {catalog.id(repeat)!r}; ids must be unique (each names one'
+      f'{where(earlier)} and {second} both have the id'
+      f' {catalog.id(repeat)!r}; ids must be unique (each names one'
       ' prediction): fix the catalogue.')
 
 
@@ -683,12 +703,17 @@ def finalize(output_dir: pathlib.Path, catalog: catalogs.Catalog,
   }
   _write_atomically(output_dir / SUCCESS_FILE,
                     json.dumps(manifest, indent=2).encode())
-  line = f'Wrote {rows} predictions in {total_shards} shards to {output_dir}'
+  line = (f'Wrote {_counted(rows, "prediction")} in'
+          f' {_counted(total_shards, "shard")} to {output_dir}')
   if all_errors:
-    line += (f'; {len(all_errors)} images could not be read (listed in'
-             f' {output_dir / ERRORS_FILE})')
+    line += (f'; {_counted(len(all_errors), "image")} could not be read'
+             f' (listed in {output_dir / ERRORS_FILE})')
   print(line + '.', file=sys.stderr)
   return Summary(output_dir, True, 0, rows, len(all_errors))
+
+
+def _counted(count: int, noun: str) -> str:
+  return f'{count} {noun}{"" if count == 1 else "s"}'
 
 
 def run(config: ml_collections.ConfigDict, workdirs: Sequence[str], *,

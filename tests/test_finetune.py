@@ -4,6 +4,10 @@ kind end to end through the engine's loop, and the encoder round trip."""
 import copy
 import hashlib
 import json
+import os
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -249,6 +253,85 @@ def test_encoder_round_trip_and_preprocessing_check(trained, tmp_path):
   with pytest.raises(weights.WeightMismatchError,
                      match=r'input.image_size=32 but the config has 48'):
     experiments.create_model(fresh, task)
+
+
+@pytest.fixture(scope='module')
+def votes_run(tmp_path_factory):
+  """A votes run's workdir: a checkpoint of the initial state and its
+  config.json (any fixed weights serve to export)."""
+  from tests.conftest import tiny_config  # pylint: disable=g-import-not-at-top
+  from tests.test_survey_predict import _save_checkpoint  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path_factory.mktemp('votes_run')
+  _save_checkpoint(workdir, tiny_config('/nonexistent'))
+  return workdir
+
+
+def test_export_refuses_a_bad_out_checkpoint_or_config_in_one_line(
+    votes_run, tmp_path):
+  """--out is checked as gzjax.main's --output is: a device such as
+  /dev/full was once replaced by a regular file (and success printed), a
+  folder or an unwritable path was a traceback; --checkpoint=bogus exported
+  the latest; a damaged config.json was a JSONDecodeError."""
+  (tmp_path / 'folder').mkdir()
+  (tmp_path / 'full.msgpack').symlink_to('/dev/full')
+  os.mkfifo(tmp_path / 'pipe.msgpack')
+  cases = [
+      (tmp_path / 'folder', 'latest', f'--out={tmp_path / "folder"} is a'
+       ' folder: name a new file, or a regular file to replace.'),
+      (tmp_path / 'full.msgpack', 'latest', f'--out={tmp_path}/full.msgpack'
+       ' is not a regular file: name a new file, or a regular file to'
+       ' replace.'),
+      (tmp_path / 'pipe.msgpack', 'latest', f'--out={tmp_path}/pipe.msgpack'
+       ' is not a regular file: name a new file, or a regular file to'
+       ' replace.'),
+      ('/proc/gzjax-encoder.msgpack', 'latest', 'Cannot write'
+       ' /proc/gzjax-encoder.msgpack: No such file or directory'
+       ' (/proc/gzjax-encoder.msgpack.tmp); choose an --out you can write to'
+       ' (the old file, if any, is kept).'),
+      (tmp_path / 'e.msgpack', 'bogus',
+       '--checkpoint=bogus: use latest, best or a step number.'),
+  ]
+  for out, checkpoint, message in cases:
+    with pytest.raises(errors.GzjaxError) as error:
+      export_encoder.export(votes_run, out, checkpoint)
+    assert str(error.value) == message
+  damaged = tmp_path / 'damaged'
+  (damaged / 'checkpoints').mkdir(parents=True)
+  (damaged / 'config.json').write_text('{"task": ')
+  with pytest.raises(errors.CheckpointError) as error:
+    export_encoder.export(damaged, tmp_path / 'e.msgpack')
+  assert str(error.value) == (
+      f'{damaged / "config.json"} is not the JSON config a run writes'
+      ' (Expecting value: line 1 column 10 (char 9)), so it cannot say which'
+      f' model the checkpoints in {damaged} are of. Restore it from a copy,'
+      ' or train into a new --workdir.')
+  assert sorted(p.name for p in tmp_path.iterdir()) == [
+      'damaged', 'folder', 'full.msgpack', 'pipe.msgpack']
+  assert not any((tmp_path / 'folder').iterdir())
+  assert (tmp_path / 'full.msgpack').is_symlink()
+  assert pathlib.Path('/dev/full').is_char_device()
+
+
+def test_export_through_the_command_line_prints_one_line(votes_run,
+                                                         tmp_path):
+  """Success is the one line on stdout (no Orbax INFO line on stderr); a
+  refusal is the one line on stderr, exit status 2."""
+  def export(*flags_):
+    return subprocess.run(
+        [sys.executable, '-m', 'gzjax.tools.export_encoder',
+         f'--workdir={votes_run}', *flags_], capture_output=True, text=True,
+        check=False, cwd=pathlib.Path(__file__).resolve().parents[1])
+
+  out = tmp_path / 'encoder.msgpack'
+  done = export(f'--out={out}')
+  assert (done.returncode, done.stderr) == (0, '')
+  assert done.stdout == f'{out}: 12 backbone arrays\n'
+  assert set(weights.load(out)) > {weights.PREPROCESSING_KEY}
+  refused = export(f'--out={tmp_path}', '--checkpoint=3')
+  assert (refused.returncode, refused.stdout) == (2, '')
+  assert refused.stderr == (f'export_encoder: --out={tmp_path} is a folder:'
+                            ' name a new file, or a regular file to'
+                            ' replace.\n')
 
 
 # ------------------------------------------- evaluate and predict a run ---

@@ -14,6 +14,8 @@ import time
 
 from absl import flags
 import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -386,18 +388,24 @@ def test_an_unreadable_run_record_is_one_line(survey, tmp_path):
 
 def test_repeated_ids_in_a_catalogue_are_refused_naming_both_rows(
     survey, tmp_path):
+  """Named as label-catalogue messages name rows (labels.Rows): a CSV's file
+  lines, the header being line 1; a Parquet table's rows from 1."""
   image = survey['root'] / survey['rows'][0][1]
   table = tmp_path / 'repeated.csv'
   table.write_text('id,path\n' + ''.join(
       f'{i},{image}\n' for i in ('B', 'A1', 'C', 'A1', 'B')))
-  with pytest.raises(catalogs.CatalogError) as error:
-    predict.predict_catalog(survey['config'], survey['workdir'],
-                            catalogs.from_table(table),
-                            predict.Options(tmp_path / 'out'))
-  # The first row that repeats an earlier id, and that earlier row.
-  assert str(error.value) == (
-      f"{table}: rows 2 and 4 both have the id 'A1'; ids must be unique"
-      ' (each names one prediction): fix the catalogue.')
+  parquet = tmp_path / 'repeated.parquet'
+  pq.write_table(pa_csv.read_csv(table), parquet)
+  for path, rows in ((table, 'line 3 and line 5'),
+                     (parquet, 'row 2 and row 4')):
+    with pytest.raises(catalogs.CatalogError) as error:
+      predict.predict_catalog(survey['config'], survey['workdir'],
+                              catalogs.from_table(path),
+                              predict.Options(tmp_path / 'out'))
+    # The first row that repeats an earlier id, and that earlier row.
+    assert str(error.value) == (
+        f"{path}, {rows} both have the id 'A1'; ids must be unique"
+        ' (each names one prediction): fix the catalogue.')
   assert not (tmp_path / 'out').exists()
 
 
@@ -502,3 +510,103 @@ def test_an_errors_csv_reason_is_one_line_without_object_addresses():
   assert predict._reason(OSError('image file is\ntruncated')) == (  # pylint: disable=protected-access
       'cannot decode the image (OSError: image file is truncated)')
   assert predict._reason(FileNotFoundError('x')) == 'no such file'  # pylint: disable=protected-access
+
+
+def test_a_shard_of_only_unreadable_images_is_written_empty_and_counted(
+    survey, tmp_path, capsys):
+  """Its file has no rows and the columns of the others; the run carries on,
+  the manifest counts it, and a rerun resumes past it.  (It once raised
+  "cannot reshape array of size 0" on every run.)"""
+  good = survey['rows'][1]
+  table = tmp_path / 'catalogue.csv'
+  table.write_text(f'objid,file\n1,nope/1.png\n{good[0]},'
+                   f'{survey["root"] / good[1]}\n2,nope/2.png\n')
+  for fmt in ('parquet', 'csv'):
+    output = tmp_path / fmt
+    options = predict.Options(output, shard_size=1, format=fmt,
+                              progress_interval=0)
+    catalog = catalogs.from_table(table, id_column='objid',
+                                  path_column='file')
+    summary = predict.predict_catalog(survey['config'], survey['workdir'],
+                                      catalog, options)
+    assert (summary.complete, summary.shards_written, summary.rows,
+            summary.errors) == (True, 3, 1, 2)
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f'Wrote 1 prediction in 3 shards to {output}; 2 images could not be'
+        f' read (listed in {output / "errors.csv"}).')
+    manifest = json.loads((output / '_SUCCESS.json').read_text())
+    assert [(s['file'], s['rows'], s['errors'])
+            for s in manifest['shards']] == [
+                (f'part-00000.{fmt}', 0, 1), (f'part-00001.{fmt}', 1, 0),
+                (f'part-00002.{fmt}', 0, 1)]
+    assert (manifest['rows'], manifest['errors']) == (1, 2)
+    assert [e[0] for e in predict.read_errors(output / 'errors.csv')] == [
+        '1', '2']
+    if fmt == 'parquet':
+      empty, full = (pq.read_table(output / f'part-0000{k}.parquet')
+                     for k in (0, 1))
+      assert (empty.num_rows, full.num_rows) == (0, 1)
+      assert empty.schema == full.schema
+      assert empty.schema.field('name_3class').type == pa.string()
+    else:
+      header = (output / 'part-00001.csv').read_text().splitlines()[0]
+      assert (output / 'part-00000.csv').read_text() == header + '\n'
+    assert predict.read_shards(output).column('id').to_pylist() == [good[0]]
+    # Resumed: only the missing empty shard is predicted again.
+    (output / f'part-00002.{fmt}').unlink()
+    (output / '_SUCCESS.json').unlink()
+    again = predict.predict_catalog(survey['config'], survey['workdir'],
+                                    catalog, options)
+    assert (again.complete, again.shards_written, again.rows,
+            again.errors) == (True, 1, 1, 2)
+
+
+def test_empty_output_columns_keep_each_task_s_columns_and_types():
+  for name in ('votes', '3class'):
+    task = tasks.TASKS[name]
+    one = predict.output_columns(['a'], np.full((1, task.num_outputs), 0.5),
+                                 task)
+    none = predict.output_columns([], np.zeros((0, task.num_outputs)), task)
+    assert list(none) == list(one)
+    schemas = [pq.read_schema(io.BytesIO(predict._encode_shard(c, 'parquet')))  # pylint: disable=protected-access
+               for c in (one, none)]
+    assert schemas[0] == schemas[1], name
+
+
+def test_a_votes_prediction_file_is_written_as_its_suffix_says(tmp_path):
+  """.csv is the Kaggle text (unchanged), .parquet real Parquet (it was CSV
+  text under that name), anything else refused before any prediction."""
+  ids = np.array([7, 3])
+  evaluate._write_csv(tmp_path / 'p.csv', ids, _VOTES, tasks.TASKS['votes'])  # pylint: disable=protected-access
+  lines = (tmp_path / 'p.csv').read_text().splitlines()
+  assert lines[0] == 'GalaxyID,' + ','.join(taxonomy.ANSWERS)
+  assert lines[1] == '3,' + ','.join(['0.250000'] * 37)
+  evaluate._write_csv(tmp_path / 'p.parquet', ids, _VOTES,  # pylint: disable=protected-access
+                      tasks.TASKS['votes'])
+  table = pq.read_table(tmp_path / 'p.parquet')
+  assert table.column_names == ['GalaxyID', *taxonomy.ANSWERS]
+  assert table.schema.field('GalaxyID').type == pa.int64()
+  assert table.column('GalaxyID').to_pylist() == [3, 7]
+  np.testing.assert_array_equal(table.column('Class1.1').to_numpy(),
+                                [0.25, 0.25])
+  three = np.array([[0.2, 0.7, 0.1], [0.6, 0.3, 0.1]], np.float32)
+  evaluate._write_csv(tmp_path / 'c.parquet', ids, three,  # pylint: disable=protected-access
+                      tasks.TASKS['3class'])
+  table = pq.read_table(tmp_path / 'c.parquet')
+  assert table.column_names == ['GalaxyID', *taxonomy.THREE_CLASS_NAMES,
+                                'predicted']
+  assert table.column('predicted').to_pylist() == [
+      taxonomy.THREE_CLASS_NAMES[0], taxonomy.THREE_CLASS_NAMES[1]]
+  (tmp_path / 'work').mkdir()
+  for name in ('p.txt', 'p'):
+    # An empty workdir: had the prediction started, its missing checkpoint
+    # would be the error.
+    with pytest.raises(predict.PredictionError) as error:
+      evaluate.predict(tiny_config('/nonexistent'), [tmp_path / 'work'],
+                       output=tmp_path / name)
+    assert str(error.value) == (
+        f'--output={tmp_path / name}: name a .csv or .parquet file.')
+    with pytest.raises(predict.PredictionError):
+      evaluate._write_csv(tmp_path / name, ids, _VOTES, tasks.TASKS['votes'])  # pylint: disable=protected-access
+  assert sorted(p.name for p in tmp_path.iterdir()) == [
+      'c.parquet', 'p.csv', 'p.parquet', 'work']

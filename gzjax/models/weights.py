@@ -110,15 +110,21 @@ def assign(
   nnx.update(model, nnx.from_flat_state(flat))
 
 
+def encode(arrays: Mapping[str, np.ndarray]) -> bytes:
+  """The mapping as the bytes of a weight file (msgpack), for a caller that
+  writes them itself (``gzjax.tools.export_encoder``, through the checks of
+  ``gzjax.predict.write_output``)."""
+  return serialization.msgpack_serialize(
+      {name: np.asarray(value) for name, value in arrays.items()}
+  )
+
+
 def save(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> None:
   """Writes the mapping as msgpack, atomically (temporary file, rename)."""
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  payload = serialization.msgpack_serialize(
-      {name: np.asarray(value) for name, value in arrays.items()}
-  )
   temporary = path.with_name(path.name + '.tmp')
-  temporary.write_bytes(payload)
+  temporary.write_bytes(encode(arrays))
   os.replace(temporary, path)
 
 

@@ -11,6 +11,11 @@ image and crop size and the input normalisation.  A config that loads it
 values named.  The run's ``config.json`` rebuilds the model; a fine-tuning
 run's ``labels.json`` its task.  The EMA of the parameters is exported when
 the run kept one, as evaluation uses it.
+
+``--out`` is checked and written as ``gzjax.main``'s ``--output`` is
+(``gzjax.predict.check_output`` and ``write_output``): a folder, device or
+pipe there is refused before the checkpoint is read, a path that cannot be
+written is one line, and an existing file is replaced atomically or kept.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 import ml_collections
 
 from gzjax import errors
@@ -38,24 +44,43 @@ def _define_flags() -> None:
 
 
 def run_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
+  from gzjax import workdir_rules  # pylint: disable=g-import-not-at-top
   path = pathlib.Path(workdir) / 'config.json'
   if not path.is_file():
     raise errors.MissingFileError(
         f'{path}: no config.json; is {workdir} a gzjax training run?')
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
+  try:
+    saved = json.loads(path.read_text())
+  except ValueError:  # Not JSON, or not UTF-8 text.
+    saved = None
+  if not isinstance(saved, dict):
+    # One line naming the file, worded as evaluate and predict word it
+    # (check_resumable judges the file before it compares any value, so no
+    # config is needed).
+    workdir_rules.check_resumable(ml_collections.ConfigDict(),
+                                  pathlib.Path(workdir))
+  return ml_collections.ConfigDict(saved)
 
 
 def export(workdir: str | pathlib.Path, out: str | pathlib.Path,
            checkpoint: str = 'latest') -> dict:
-  """Writes the encoder file; returns its backbone arrays."""
+  """Writes the encoder file; returns its backbone arrays.
+
+  A bad ``checkpoint`` or ``out`` is refused before the checkpoint is read,
+  as ``gzjax.main`` refuses its --checkpoint and --output.
+  """
   from flax import nnx  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from gzjax import checkpoint as checkpoints  # pylint: disable=g-import-not-at-top
+  from gzjax import evaluate  # pylint: disable=g-import-not-at-top
   from gzjax import experiment as experiments  # pylint: disable=g-import-not-at-top
   from gzjax import finetune  # pylint: disable=g-import-not-at-top
+  from gzjax import predict  # pylint: disable=g-import-not-at-top
   from gzjax.models import weights  # pylint: disable=g-import-not-at-top
 
   workdir = pathlib.Path(workdir)
+  evaluate.check_checkpoint_folder(workdir, checkpoint)
+  predict.check_output(out, '--out', table=False)
   config = run_config(workdir)
   config.model.pretrained = ''  # The checkpoint holds the weights.
   # A fine-tuning run's task, as its labels.json records it (checked
@@ -77,15 +102,18 @@ def export(workdir: str | pathlib.Path, out: str | pathlib.Path,
   model = nnx.merge(experiment.graphdef, params, state.model_state)
   arrays = {name: np.asarray(value) for name, value in
             weights.named_variables(model, 'backbone/').items()}
-  weights.save(out, {**arrays, weights.PREPROCESSING_KEY:
-                     weights.encode_preprocessing(
-                         weights.preprocessing_of(config))})
+  predict.write_output(out, weights.encode(
+      {**arrays, weights.PREPROCESSING_KEY: weights.encode_preprocessing(
+          weights.preprocessing_of(config))}), '--out')
   return arrays
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  # Orbax's INFO lines (closing its metadata store) are not this tool's
+  # output; gzjax.main lowers them likewise.
+  logging.set_verbosity(logging.WARNING)
   try:
     arrays = export(FLAGS.workdir, FLAGS.out, FLAGS.checkpoint)
   except errors.GzjaxError as error:  # Anything else keeps its traceback.
