@@ -256,6 +256,12 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
   if source is None:
     source = splits.open_split(config, split)
   predictions = predict_split(experiment, state, source, tta=tta)
+  if task.evaluate is None and not _labelled(task, predictions).any():
+    raise errors.DataError(
+        f'The {split} split of {config.dataset} has no labels for'
+        f' {task.name} (none of its {len(predictions["outputs"])} galaxies),'
+        ' so it cannot be scored: evaluate --split=validation or train, or'
+        ' get its predictions with --mode=predict.')
   baseline = None if (task.is_classification or task.evaluate) else \
       training_mean_votes(splits.open_split(config, 'train'))
   result = score(task, predictions, baseline)
@@ -266,6 +272,14 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
       _plots(workdir, split, task, result, source, predictions)
     print(summary_line(step, task, result, split=split))
   return result
+
+
+def _labelled(task: tasks.Task, predictions: Mapping[str, np.ndarray]
+              ) -> np.ndarray:
+  """Which predicted galaxies a built-in task can score."""
+  if task.is_classification:
+    return np.asarray(predictions[task.label_key]) >= 0
+  return np.asarray(predictions['votes_mask']).any(axis=-1)
 
 
 def _plots(workdir: pathlib.Path, split: str, task: tasks.Task,

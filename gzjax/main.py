@@ -169,6 +169,40 @@ def parse_flags(argv: list[str]) -> list[str]:
     raise  # Not a misspelt key: a bug, with its traceback.
 
 
+# The modes each flag serves; given in another mode it is refused, since a
+# flag silently ignored reads as a result it is not (an "ensemble" that
+# evaluated one workdir).  Survey prediction's own flags also need
+# --catalog or --output_dir.
+_FLAG_MODES = {'split': ('evaluate',), 'checkpoint': ('evaluate', 'predict'),
+               'tta': ('evaluate', 'predict'), 'output': ('predict',),
+               'images': ('predict',), 'ensemble': ('predict',),
+               'catalog': ('predict',), 'output_dir': ('predict',)}
+_SURVEY_FLAGS = ('id_column', 'path_column', 'shard_size', 'format', 'strict',
+                 'num_workers')
+
+
+def _check_flags_fit_the_mode() -> None:
+  """Refuses, in one line, a flag the chosen mode would ignore."""
+  given = {name for name in (*_FLAG_MODES, *_SURVEY_FLAGS)
+           if flags.FLAGS[name].present}
+  for name in sorted(given):
+    modes = _FLAG_MODES.get(name, ('predict',))
+    if _MODE.value not in modes:
+      raise errors.ConfigError(
+          f'--{name} is for --mode={" or --mode=".join(modes)}, not'
+          f' --mode={_MODE.value}: drop it, or change the mode.')
+  survey = _CATALOG.value or _OUTPUT_DIR.value
+  for name in sorted(given & set(_SURVEY_FLAGS)):
+    if not survey:
+      raise errors.ConfigError(
+          f'--{name} is for survey prediction (--catalog or --output_dir):'
+          ' drop it, or give --output_dir.')
+  if survey and 'output' in given:
+    raise errors.ConfigError(
+        '--output names one file, but --catalog/--output_dir write shards'
+        ' into --output_dir: give one of them.')
+
+
 def _predict_survey(config, workdirs):
   from gzjax import predict  # pylint: disable=g-import-not-at-top
   if not _OUTPUT_DIR.value:
@@ -202,6 +236,7 @@ def main(argv):
   try:
     # Each entry point (train, evaluate, predict, finetune) checks the config
     # itself (gzjax.config_checks) before it reads or writes anything.
+    _check_flags_fit_the_mode()
     config = _CONFIG.value
     experiments.use_compilation_cache(config.compilation_cache_dir)
     # A label catalogue's run (config.labels.catalog) has its own task.

@@ -212,6 +212,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   """
   config_checks.check(config)
   workdir = workdir_rules.writable_workdir(workdir)
+  with workdir_rules.training_lock(workdir):
+    return _train(config, workdir, task=task, train_source=train_source,
+                  validation_source=validation_source)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, *,
+           task: tasks.Task | None, train_source, validation_source
+           ) -> dict[str, Any]:
+  """:func:`train_and_evaluate` with the workdir locked."""
   experiment = experiments.create_experiment(config, task)
   task = experiment.task
   label_catalogue = train_source is not None
@@ -239,6 +248,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     restored = checkpointer.restore_newest_intact(experiment.abstract_state())
     if restored is not None:
       state, data_state, start_step = restored
+      if start_step > config.num_train_steps:
+        raise errors.ConfigError(
+            f'The newest checkpoint in {workdir} is step {start_step}, past'
+            f' config.num_train_steps={config.num_train_steps}: nothing to'
+            ' train. Set config.num_train_steps above'
+            f' {start_step} to train on, or evaluate it (--mode=evaluate).')
       train_iterator.set_state(data_state)
   if not start_step:  # No checkpoint, or none intact: initialise.
     state = experiment.initial_state()

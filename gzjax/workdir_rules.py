@@ -3,10 +3,14 @@ its files replaced atomically and its metrics cut back to a restored step."""
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import fcntl
 import json
 import math
 import os
 import pathlib
+import socket
 
 import jax
 import ml_collections
@@ -52,6 +56,40 @@ def writable_workdir(workdir: str | pathlib.Path) -> pathlib.Path:
         f'{f" ({error.filename})" if error.filename else ""}. Choose a'
         ' --workdir you can write to.') from None
   return workdir
+
+
+LOCK_FILE = '.gzjax_training.lock'
+
+
+@contextlib.contextmanager
+def training_lock(workdir: pathlib.Path):
+  """Holds ``workdir``'s lock while a run trains into it; a second run
+  (another process, here or on a host sharing the folder) is refused in one
+  line naming the holder, instead of both writing the same checkpoints,
+  metrics and config.json.  The lock (``flock``) ends with its process,
+  however that ends, so a killed run never leaves the workdir locked.
+  Evaluating and predicting take no lock: they only read."""
+  if jax.process_index() != 0:  # The other processes are the same run.
+    yield
+    return
+  handle = open(workdir / LOCK_FILE, 'a+')  # pylint: disable=consider-using-with
+  try:
+    try:
+      fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      handle.seek(0)
+      holder = handle.read().strip() or 'a process that has not said which'
+      raise errors.WorkdirError(
+          f'Another run is training into {workdir} ({holder}): wait for it'
+          ' to end, or train into another --workdir.') from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f'pid {os.getpid()} on {socket.gethostname()}, since'
+                 f' {datetime.datetime.now().isoformat(timespec="seconds")}')
+    handle.flush()
+    yield
+  finally:
+    handle.close()  # Also releases the lock.
 
 
 def _value(config, key: str):

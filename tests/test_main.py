@@ -187,3 +187,37 @@ def test_classification_end_to_end(task, synthetic_data_dir, tmp_path):
     assert abs(probabilities.sum() - 1) < 1e-5
     assert row[-1] == names[int(np.argmax(probabilities))]
 
+
+
+@pytest.mark.parametrize('extra, message', [
+    (['--mode=evaluate', '--ensemble=/elsewhere'],
+     '--ensemble is for --mode=predict, not --mode=evaluate: drop it, or'
+     ' change the mode.'),
+    (['--mode=evaluate', '--images=/some/folder'],
+     '--images is for --mode=predict, not --mode=evaluate: drop it, or change'
+     ' the mode.'),
+    (['--tta'],
+     '--tta is for --mode=evaluate or --mode=predict, not --mode=train: drop'
+     ' it, or change the mode.'),
+    (['--mode=predict', '--split=test'],
+     '--split is for --mode=evaluate, not --mode=predict: drop it, or change'
+     ' the mode.'),
+    (['--mode=predict', '--shard_size=10'],
+     '--shard_size is for survey prediction (--catalog or --output_dir): drop'
+     ' it, or give --output_dir.'),
+    (['--mode=predict', '--output=a.csv', '--output_dir=shards'],
+     '--output names one file, but --catalog/--output_dir write shards into'
+     ' --output_dir: give one of them.'),
+])
+def test_a_flag_the_mode_would_ignore_is_refused(tmp_path, capsys, extra,
+                                                 message):
+  parse_main_flags(['gzjax', f'--config={REPO / "configs" / "quickstart.py"}',
+                    f'--workdir={tmp_path / "work"}', *extra])
+  try:
+    with pytest.raises(SystemExit) as info:
+      cli.main(['gzjax'])
+  finally:
+    flags.FLAGS.unparse_flags()
+  assert info.value.code == 1
+  assert capsys.readouterr().err == f'gzjax: {message}\n'
+  assert not (tmp_path / 'work').exists()  # Refused before anything.
