@@ -123,6 +123,23 @@ def kill_when(command, appears: pathlib.Path, *, cwd=REPO, env=None,
     process.wait()
 
 
+def main_exit_code(argv: list[str]) -> int:
+  """Runs gzjax.main's ``main`` in this process with ``argv`` as its command
+  line, expecting it to exit (a refusal, an interruption); its exit code.
+  The flags are reset after, so nothing reaches the next test."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from gzjax import main as cli  # pylint: disable=g-import-not-at-top
+
+  parse_main_flags(argv)
+  try:
+    cli.main(['gzjax'])
+  except SystemExit as exit_:
+    return exit_.code
+  finally:
+    flags.FLAGS.unparse_flags()
+  raise AssertionError(f'{argv} did not exit')
+
+
 def parse_main_flags(argv: list[str]) -> None:
   """Parses ``argv`` as gzjax.main's flags in this process, from a clean
   slate: absl keeps a flag's value from an earlier parse unless it is reset,

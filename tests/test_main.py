@@ -17,6 +17,7 @@ import pytest
 from gzjax import main as cli
 from gzjax import taxonomy
 from gzjax.data import galaxy_zoo
+from tests.conftest import main_exit_code
 from tests.conftest import parse_main_flags
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -211,13 +212,8 @@ def test_classification_end_to_end(task, synthetic_data_dir, tmp_path):
 ])
 def test_a_flag_the_mode_would_ignore_is_refused(tmp_path, capsys, extra,
                                                  message):
-  parse_main_flags(['gzjax', f'--config={REPO / "configs" / "quickstart.py"}',
-                    f'--workdir={tmp_path / "work"}', *extra])
-  try:
-    with pytest.raises(SystemExit) as info:
-      cli.main(['gzjax'])
-  finally:
-    flags.FLAGS.unparse_flags()
-  assert info.value.code == 1
+  assert main_exit_code([
+      'gzjax', f'--config={REPO / "configs" / "quickstart.py"}',
+      f'--workdir={tmp_path / "work"}', *extra]) == 1
   assert capsys.readouterr().err == f'gzjax: {message}\n'
   assert not (tmp_path / 'work').exists()  # Refused before anything.

@@ -153,10 +153,8 @@ def test_main_prints_one_line_and_exits_143_on_sigterm(synthetic_data_dir,
                 ' shard)')])
 def test_a_ctrl_c_that_stops_at_once_is_one_line(monkeypatch, capsys,
                                                   tmp_path, mode, rerun):
-  from absl import flags  # pylint: disable=g-import-not-at-top
   from gzjax import evaluate  # pylint: disable=g-import-not-at-top
-  from gzjax import main as cli  # pylint: disable=g-import-not-at-top
-  from tests.conftest import parse_main_flags  # pylint: disable=g-import-not-at-top
+  from tests.conftest import main_exit_code  # pylint: disable=g-import-not-at-top
 
   def interrupted(*args, **kwargs):
     raise KeyboardInterrupt
@@ -164,15 +162,10 @@ def test_a_ctrl_c_that_stops_at_once_is_one_line(monkeypatch, capsys,
   for module, name in ((train, 'train_and_evaluate'),
                        (evaluate, 'evaluate'), (evaluate, 'predict')):
     monkeypatch.setattr(module, name, interrupted)
-  parse_main_flags(['gzjax', f'--config={REPO / "configs" / "quickstart.py"}',
-                    f'--workdir={tmp_path}', f'--mode={mode}',
-                    '--config.compilation_cache_dir='])
-  try:
-    with pytest.raises(SystemExit) as info:
-      cli.main(['gzjax'])
-  finally:
-    flags.FLAGS.unparse_flags()
-  assert info.value.code == 130
+  assert main_exit_code([
+      'gzjax', f'--config={REPO / "configs" / "quickstart.py"}',
+      f'--workdir={tmp_path}', f'--mode={mode}',
+      '--config.compilation_cache_dir=']) == 130
   assert capsys.readouterr().err == (
       f'gzjax: interrupted (Ctrl-C) in --mode={mode}; run the same command'
       f' again to {rerun}.\n')
