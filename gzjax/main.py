@@ -103,6 +103,18 @@ def _config_path(argv: list[str]) -> str | None:
   return None
 
 
+def _config_argument(argv: list[str]) -> str | None:
+  """The ``:argument`` after the --config file, which ml_collections passes
+  to its get_config; None without one."""
+  for index, arg in enumerate(argv):
+    value = (arg.split('=', 1)[1] if arg.startswith('--config=')
+             else argv[index + 1] if arg == '--config' and index + 1 < len(argv)
+             else None)
+    if value is not None:
+      return value.split(':', 1)[1] if ':' in value else None
+  return None
+
+
 def _overrides(argv: list[str]) -> list[tuple[str, str]]:
   """(key, value as written) of each ``--config.KEY=VALUE`` in ``argv``."""
   pairs = []
@@ -130,6 +142,40 @@ def _exit_with(message: str) -> None:
   sys.exit(2)
 
 
+def _check_config_file(path: str, argument: str | None) -> None:
+  """One line for a config file that does not give a config: a syntax
+  error, no ``get_config``, an exception inside it (with the file's line),
+  or something else than a ConfigDict (absl and ml_collections print these
+  as tracebacks through their own code)."""
+  import traceback  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location('_gzjax_config_check', path)
+  module = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(module)
+    if not callable(getattr(module, 'get_config', None)):
+      _exit_with(f'--config={path} defines no get_config(): a config file'
+                 ' returns its ConfigDict from get_config() (see'
+                 ' configs/quickstart.py).')
+    config = (module.get_config() if argument is None
+              else module.get_config(argument))
+  except SyntaxError as error:
+    _exit_with(f'--config={path}, line {error.lineno}: {error.msg}; fix the'
+               ' file.')
+  except Exception as error:  # pylint: disable=broad-except
+    frames = [f for f in traceback.extract_tb(error.__traceback__)
+              if os.path.exists(f.filename)
+              and os.path.samefile(f.filename, path)]
+    where = f', line {frames[-1].lineno}' if frames else ''
+    _exit_with(f'--config={path}{where}: {type(error).__name__}: {error};'
+               ' fix the file' + (f' (or drop :{argument} after its name).'
+                                  if argument is not None else '.'))
+  if not isinstance(config, ml_collections.ConfigDict):
+    _exit_with(f'--config={path}: get_config() returned a'
+               f' {type(config).__name__}, not an ml_collections.ConfigDict'
+               ' (see configs/quickstart.py).')
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's parsing, with one line for a missing config file or a misspelt
   ``--config.KEY`` (ml_collections raises a KeyError with a traceback)."""
@@ -137,6 +183,7 @@ def parse_flags(argv: list[str]) -> list[str]:
   if path is not None and os.path.isfile(path):
     from gzjax import config as base  # pylint: disable=g-import-not-at-top
     base.make_importable(path)  # configs/*.py import configs.common.
+    _check_config_file(path, _config_argument(argv))
   if path is not None and not os.path.isfile(path):
     folder = os.path.dirname(path) or '.'
     siblings = (sorted(f for f in os.listdir(folder) if f.endswith('.py'))

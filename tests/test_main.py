@@ -217,3 +217,30 @@ def test_a_flag_the_mode_would_ignore_is_refused(tmp_path, capsys, extra,
       f'--workdir={tmp_path / "work"}', *extra]) == 1
   assert capsys.readouterr().err == f'gzjax: {message}\n'
   assert not (tmp_path / 'work').exists()  # Refused before anything.
+
+
+@pytest.mark.parametrize('text, suffix, message', [
+    ('def get_config(:\n  pass\n', '',
+     ', line 1: invalid syntax; fix the file.'),
+    ('def get_config():\n  x = 1\n  raise ValueError("no such survey")\n', '',
+     ', line 3: ValueError: no such survey; fix the file.'),
+    ('X = 1\n', '',
+     ' defines no get_config(): a config file returns its ConfigDict from'
+     ' get_config() (see configs/quickstart.py).'),
+    ('def get_config():\n  return {"a": 1}\n', '',
+     ': get_config() returned a dict, not an ml_collections.ConfigDict (see'
+     ' configs/quickstart.py).'),
+    ('import ml_collections\ndef get_config():\n'
+     '  return ml_collections.ConfigDict()\n', ':small',
+     ': TypeError: get_config() takes 0 positional arguments but 1 was given;'
+     ' fix the file (or drop :small after its name).'),
+])
+def test_a_config_file_that_gives_no_config_is_one_line(tmp_path, capsys,
+                                                        text, suffix, message):
+  path = tmp_path / 'mine.py'
+  path.write_text(text)
+  with pytest.raises(SystemExit) as info:
+    cli.parse_flags(['gzjax', f'--config={path}{suffix}',
+                     f'--workdir={tmp_path}'])
+  assert info.value.code == 2
+  assert capsys.readouterr().err == f'gzjax: --config={path}{message}\n'
