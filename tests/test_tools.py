@@ -44,3 +44,24 @@ def test_show_galaxies_says_how_to_build(tmp_path):
   assert result.returncode != 0
   assert 'python -m gzjax.data.build --config=synthetic' in result.stderr
   assert 'Traceback' not in result.stderr
+
+
+def test_show_galaxies_refuses_bad_flags_in_a_line(kaggle_sample_data_dir,
+                                                    tmp_path):
+  (tmp_path / 'folder.png').mkdir()
+  for flag, message in (
+      ('--split=bogus', "has no split 'bogus'; it has train, validation."),
+      ('--count=0', 'flag --count=0: 0 is not a positive integer'),
+      (f'--out={tmp_path / "grid.jpgx"}',
+       f'--out={tmp_path / "grid.jpgx"}: name a .png file.'),
+      (f'--out={tmp_path / "folder.png"}',
+       f'--out={tmp_path / "folder.png"} is a folder: name a new file, or a'
+       ' regular file to replace.')):
+    result = subprocess.run(
+        [sys.executable, 'tools/show_galaxies.py', '--config=kaggle',
+         f'--data_dir={kaggle_sample_data_dir}', flag],
+        capture_output=True, text=True, cwd=REPO)
+    assert result.returncode != 0, flag
+    assert message in result.stderr, (flag, result.stderr[-2000:])
+    assert 'Traceback' not in result.stderr, flag
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['folder.png']

@@ -14,7 +14,9 @@ from absl import flags
 from absl import logging
 import numpy as np
 
+from gzjax import errors
 from gzjax import plots
+from gzjax import predict
 from gzjax.data import galaxy_zoo
 
 _CONFIG = flags.DEFINE_enum(
@@ -22,7 +24,8 @@ _CONFIG = flags.DEFINE_enum(
 _DATA_DIR = flags.DEFINE_string(
     'data_dir', '~/tensorflow_datasets', 'Where the dataset was built.')
 _SPLIT = flags.DEFINE_string('split', 'train', 'Which split.')
-_COUNT = flags.DEFINE_integer('count', 16, 'How many galaxies.')
+_COUNT = flags.DEFINE_integer('count', 16, 'How many galaxies.',
+                              lower_bound=1)
 _SEED = flags.DEFINE_integer('seed', 0, 'Which galaxies.')
 _OUT = flags.DEFINE_string('out', 'galaxies.png', 'The PNG to write.')
 
@@ -45,9 +48,13 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)  # TFDS's "Load dataset info" lines.
   try:
+    if not _OUT.value.lower().endswith('.png'):
+      raise errors.ConfigError(f'--out={_OUT.value}: name a .png file.')
+    predict.check_output(_OUT.value, '--out', table=False)
     source = galaxy_zoo.data_source(
         _CONFIG.value, _DATA_DIR.value, _SPLIT.value)
-  except (galaxy_zoo.DatasetNotBuiltError, KeyError) as e:
+  except (galaxy_zoo.DatasetNotBuiltError, KeyError,
+          errors.GzjaxError) as e:
     raise app.UsageError(str(e)) from None
   # Choose among at most 2,000 galaxies: reading a record reads its JPEG.
   candidates = np.random.default_rng(_SEED.value).permutation(len(source))
