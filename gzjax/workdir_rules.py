@@ -126,6 +126,14 @@ def check_resumable(config: ml_collections.ConfigDict,
   prepares the images otherwise (size, crop, normalisation)."""
   saved_path = workdir / 'config.json'
   if not saved_path.is_file():
+    saved = workdir / 'checkpoints'
+    if saved.is_dir() and any(p.name.isdigit() for p in saved.iterdir()):
+      # Checkpoints copied without it (or it deleted): nothing says what
+      # they were trained with, so nothing could be checked.
+      raise errors.CheckpointError(
+          f'{workdir} holds checkpoints but no config.json, which records'
+          ' the model and preprocessing they were trained with: copy the'
+          " run's config.json beside them, or train into a new --workdir.")
     return
   try:
     saved = json.loads(saved_path.read_text())

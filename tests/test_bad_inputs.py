@@ -402,3 +402,21 @@ def test_evaluating_a_split_without_labels_is_refused(trained, tmp_path):
       ' --split=validation or train, or get its predictions with'
       ' --mode=predict.')
   assert not (workdir / 'eval_test.json').exists()
+
+
+def test_checkpoints_without_their_config_json_are_refused(trained, tmp_path):
+  # Copying only checkpoints/ somewhere: a resume or evaluation at other
+  # sizes went unchecked.
+  workdir = _copy(trained, tmp_path)
+  (workdir / 'config.json').unlink()
+  before = _snapshot(workdir)
+  config = _config(trained[0], **{'input.image_size': 48})
+  for attempt in (lambda: train.train_and_evaluate(config, workdir),
+                  lambda: evaluate.evaluate(config, workdir)):
+    with pytest.raises(errors.CheckpointError) as info:
+      attempt()
+    assert str(info.value) == (
+        f'{workdir} holds checkpoints but no config.json, which records the'
+        ' model and preprocessing they were trained with: copy the run\'s'
+        ' config.json beside them, or train into a new --workdir.')
+    assert _snapshot(workdir) == before
