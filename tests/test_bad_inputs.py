@@ -73,6 +73,19 @@ def test_resume_with_another_model_names_the_difference_and_changes_nothing(
     evaluate.evaluate(config, workdir)
 
 
+def _refused_by_every_mode(config, workdir, before, message):
+  """Training, evaluating and restoring for prediction (what --images and
+  survey prediction restore through) each raise ``message``, and leave
+  ``workdir`` as ``before``."""
+  for attempt in (lambda: train.train_and_evaluate(config, workdir),
+                  lambda: evaluate.evaluate(config, workdir),
+                  lambda: evaluate.restore(config, workdir)):
+    with pytest.raises(errors.CheckpointError) as info:
+      attempt()
+    assert str(info.value) == message
+    assert _snapshot(workdir) == before
+
+
 def test_other_preprocessing_is_refused_for_resume_evaluate_and_predict(
     trained, tmp_path):
   workdir = _copy(trained, tmp_path)
@@ -81,19 +94,13 @@ def test_other_preprocessing_is_refused_for_resume_evaluate_and_predict(
   # config.json to sizes its weights never saw; evaluate scored silently.
   config = _config(trained[0], **{'input.image_size': 48,
                                   'input.normalization.std': (0.5, 0.5, 0.25)})
-  # evaluate.restore: what --images and survey prediction restore through.
-  for attempt in (lambda: train.train_and_evaluate(config, workdir),
-                  lambda: evaluate.evaluate(config, workdir),
-                  lambda: evaluate.restore(config, workdir)):
-    with pytest.raises(errors.CheckpointError) as info:
-      attempt()
-    assert str(info.value) == (
-        f'The checkpoints in {workdir} were trained on images prepared'
-        ' otherwise (input.image_size: checkpoint has 32, config has 48;'
-        ' input.normalization.std: checkpoint has (0.5, 0.5, 0.5), config'
-        ' has (0.5, 0.5, 0.25)). Set these values back to resume, evaluate or'
-        ' predict with them, or train into a new --workdir.')
-    assert _snapshot(workdir) == before
+  _refused_by_every_mode(
+      config, workdir, before,
+      f'The checkpoints in {workdir} were trained on images prepared'
+      ' otherwise (input.image_size: checkpoint has 32, config has 48;'
+      ' input.normalization.std: checkpoint has (0.5, 0.5, 0.5), config'
+      ' has (0.5, 0.5, 0.25)). Set these values back to resume, evaluate or'
+      ' predict with them, or train into a new --workdir.')
   # The same values, as JSON gives them back (lists), are the same; the
   # crop counts source pixels (another survey's cutouts need another).
   workdir_rules.check_resumable(
@@ -411,12 +418,8 @@ def test_checkpoints_without_their_config_json_are_refused(trained, tmp_path):
   (workdir / 'config.json').unlink()
   before = _snapshot(workdir)
   config = _config(trained[0], **{'input.image_size': 48})
-  for attempt in (lambda: train.train_and_evaluate(config, workdir),
-                  lambda: evaluate.evaluate(config, workdir)):
-    with pytest.raises(errors.CheckpointError) as info:
-      attempt()
-    assert str(info.value) == (
-        f'{workdir} holds checkpoints but no config.json, which records the'
-        ' model and preprocessing they were trained with: copy the run\'s'
-        ' config.json beside them, or train into a new --workdir.')
-    assert _snapshot(workdir) == before
+  _refused_by_every_mode(
+      config, workdir, before,
+      f'{workdir} holds checkpoints but no config.json, which records the'
+      ' model and preprocessing they were trained with: copy the run\'s'
+      ' config.json beside them, or train into a new --workdir.')
