@@ -80,6 +80,29 @@ def create_schedule(config: ml_collections.ConfigDict,
       [optax.linear_schedule(0.0, peak, warmup), main], [warmup])
 
 
+def schedule_warnings(config: ml_collections.ConfigDict,
+                      num_train_steps: int) -> list[str]:
+  """What of ``config``'s schedule a run of ``num_train_steps`` never
+  reaches: a warm-up past its end (the rate never peaks) or a piecewise
+  boundary past it.  Warnings, not refusals: a short smoke run of a long
+  recipe does this on purpose."""
+  found = []
+  if config.warmup_steps > num_train_steps:
+    found.append(
+        f'config.optimizer.warmup_steps={config.warmup_steps} is past'
+        f' config.num_train_steps={num_train_steps}: the learning rate ends'
+        f' at {num_train_steps / config.warmup_steps:.0%} of its peak'
+        f' {config.learning_rate:g}.')
+  if config.schedule == 'piecewise':
+    late = sorted(int(step) for step in config.boundaries
+                  if int(step) > num_train_steps)
+    if late:
+      found.append(
+          f'config.optimizer.boundaries steps {late} are past'
+          f' config.num_train_steps={num_train_steps}: never applied.')
+  return found
+
+
 def _base(config, schedule) -> optax.GradientTransformation:
   if config.name == 'adam':
     return optax.adam(schedule)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import pathlib
+import sys
 import time
 from typing import Any, Callable, Mapping
 
@@ -221,6 +222,10 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, *,
            task: tasks.Task | None, train_source, validation_source
            ) -> dict[str, Any]:
   """:func:`train_and_evaluate` with the workdir locked."""
+  if jax.process_index() == 0:
+    for warning in optimizers.schedule_warnings(config.optimizer,
+                                                config.num_train_steps):
+      print(f'gzjax: WARNING: {warning}', file=sys.stderr)
   experiment = experiments.create_experiment(config, task)
   task = experiment.task
   label_catalogue = train_source is not None

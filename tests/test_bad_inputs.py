@@ -423,3 +423,13 @@ def test_checkpoints_without_their_config_json_are_refused(trained, tmp_path):
       f'{workdir} holds checkpoints but no config.json, which records the'
       ' model and preprocessing they were trained with: copy the run\'s'
       ' config.json beside them, or train into a new --workdir.')
+
+
+def test_a_warm_up_past_the_run_is_a_warning(trained, tmp_path, capsys):
+  workdir = _copy(trained, tmp_path)
+  train.train_and_evaluate(
+      _config(trained[0], num_train_steps=9,
+              **{'optimizer.warmup_steps': 12}), workdir)
+  assert ('gzjax: WARNING: config.optimizer.warmup_steps=12 is past'
+          ' config.num_train_steps=9: the learning rate ends at 75% of its'
+          ' peak 0.002.\n') in capsys.readouterr().err

@@ -414,3 +414,20 @@ def test_default_config_is_the_documented_one():
       'grad_clip_norm': 0.0, 'freeze_backbone': False, 'layer_decay': 1.0,
       'trainable_blocks': 0,
   }
+
+
+def test_schedule_warnings_name_what_a_short_run_never_reaches():
+  config = optimizers.default_config()
+  config.learning_rate = 1e-3
+  config.warmup_steps = 500
+  assert optimizers.schedule_warnings(config, 300) == [
+      'config.optimizer.warmup_steps=500 is past config.num_train_steps=300:'
+      ' the learning rate ends at 60% of its peak 0.001.']
+  assert optimizers.schedule_warnings(config, 500) == []
+  config.warmup_steps = 0
+  config.schedule = 'piecewise'
+  config.boundaries = {'200': 0.1, '900': 0.01, '5000': 0.001}
+  assert optimizers.schedule_warnings(config, 1000) == [
+      'config.optimizer.boundaries steps [5000] are past'
+      ' config.num_train_steps=1000: never applied.']
+  assert optimizers.schedule_warnings(config, 5000) == []
