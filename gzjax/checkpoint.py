@@ -313,7 +313,6 @@ def _renamed_fields(template: Any, folder: pathlib.Path) -> dict[str, str]:
 
 def _innermost(error: BaseException) -> str:
   """The first line of the deepest cause: TensorStore's names the file."""
-  while error.__cause__ is not None or error.__context__ is not None:
-    error = error.__cause__ or error.__context__
+  *_, error = _chain(error)
   line = str(error).strip().splitlines()[0] if str(error).strip() else ''
   return (line[:400] or type(error).__name__).rstrip('.') + '.'

@@ -301,11 +301,11 @@ def _plots(workdir: pathlib.Path, split: str, task: tasks.Task,
 
 
 def _member_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
-  path = workdir / 'config.json'
-  if not path.is_file():
+  saved = workdir_rules.saved_config(workdir)
+  if saved is None:
     raise errors.MissingFileError(
         f'{workdir} has no config.json: is it a gzjax training workdir?')
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
+  return ml_collections.ConfigDict(saved)
 
 
 def predict(config: ml_collections.ConfigDict,

@@ -53,6 +53,7 @@ from gzjax import metric_writer
 from gzjax import metrics
 from gzjax import tasks
 from gzjax import train
+from gzjax import workdir_rules
 from gzjax.data import catalog as catalogs
 from gzjax.data import fields
 from gzjax.data import labels as labels_lib
@@ -222,12 +223,12 @@ def check_best_metric(config: ml_collections.ConfigDict, columns) -> None:
   """Refuses a ``config.best_metric`` that no validation of ``columns``
   logs: the run would keep no best checkpoint, and say so only when an
   evaluation asks for it."""
-  if config.best_metric and config.best_metric not in metric_names(columns):
+  names = metric_names(columns)
+  if config.best_metric and config.best_metric not in names:
     raise errors.ConfigError(
         f'config.best_metric={config.best_metric!r} is not a metric of'
         f' the label columns {[c.name for c in columns]}: set it to \'\' (no'
-        ' best checkpoint) or one of '
-        + ', '.join(metric_names(columns)) + '.')
+        ' best checkpoint) or one of ' + ', '.join(names) + '.')
 
 
 def _column_summary(column, values: Mapping[str, Any]) -> str:
@@ -251,8 +252,7 @@ def _record_labels(workdir: pathlib.Path, table: labels_lib.LabelTable):
   first) protects nothing: it is replaced."""
   path = workdir / 'labels.json'
   manifest = table.manifest()
-  saved = workdir / 'checkpoints'
-  if path.is_file() and saved.is_dir() and any(saved.iterdir()):
+  if path.is_file() and workdir_rules.has_checkpoints(workdir):
     recorded = json.loads(path.read_text())
     if recorded['columns'] != json.loads(json.dumps(manifest['columns'])):
       raise labels_lib.LabelError(
@@ -409,7 +409,6 @@ def predict(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
   config_checks.check(config)
   workdir = pathlib.Path(workdir)
   output = predict_lib.check_output(output or workdir / 'predictions.csv')
-  predict_lib.table_format(output)
   evaluate_lib.check_checkpoint_folder(workdir, checkpoint)
   task = recorded_task(config, workdir)
   if images:

@@ -119,15 +119,40 @@ def _differences(saved, config, keys) -> list[str]:
   return differences
 
 
+def has_checkpoints(workdir: pathlib.Path) -> bool:
+  """Whether ``workdir`` holds a completed checkpoint step (a failed save
+  leaves only a temporary folder)."""
+  folder = workdir / 'checkpoints'
+  return folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())
+
+
+def saved_config(workdir: pathlib.Path) -> dict | None:
+  """The config a run wrote to ``workdir/config.json``; None without one.
+  A file that is not a JSON object is one line naming it."""
+  path = workdir / 'config.json'
+  if not path.is_file():
+    return None
+  try:
+    saved = json.loads(path.read_text())
+    if not isinstance(saved, dict):
+      raise ValueError('not a JSON object')
+  except (ValueError, UnicodeDecodeError) as error:
+    raise errors.CheckpointError(
+        f'{path} is not the JSON config a run writes ({error}), so it'
+        ' cannot say which model the checkpoints in'
+        f' {workdir} are of. Restore it from a copy, or train into a new'
+        ' --workdir.') from None
+  return saved
+
+
 def check_resumable(config: ml_collections.ConfigDict,
                     workdir: pathlib.Path) -> None:
   """Raises CheckpointError, naming each difference, when the workdir's
   checkpoints were saved under a config that gives another state, or that
-  prepares the images otherwise (size, crop, normalisation)."""
-  saved_path = workdir / 'config.json'
-  if not saved_path.is_file():
-    saved = workdir / 'checkpoints'
-    if saved.is_dir() and any(p.name.isdigit() for p in saved.iterdir()):
+  shows the model other images (size, normalisation)."""
+  saved = saved_config(workdir)
+  if saved is None:
+    if has_checkpoints(workdir):
       # Checkpoints copied without it (or it deleted): nothing says what
       # they were trained with, so nothing could be checked.
       raise errors.CheckpointError(
@@ -135,16 +160,6 @@ def check_resumable(config: ml_collections.ConfigDict,
           ' the model and preprocessing they were trained with: copy the'
           " run's config.json beside them, or train into a new --workdir.")
     return
-  try:
-    saved = json.loads(saved_path.read_text())
-    if not isinstance(saved, dict):
-      raise ValueError('not a JSON object')
-  except (ValueError, UnicodeDecodeError) as error:
-    raise errors.CheckpointError(
-        f'{saved_path} is not the JSON config a run writes ({error}), so it'
-        ' cannot say which model the checkpoints in'
-        f' {workdir} are of. Restore it from a copy, or train into a new'
-        ' --workdir.') from None
   differences = _differences(saved, config, STATE_KEYS)
   if differences:
     raise errors.CheckpointError(

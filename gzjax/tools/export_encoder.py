@@ -20,7 +20,6 @@ written is one line, and an existing file is replaced atomically or kept.
 
 from __future__ import annotations
 
-import json
 import pathlib
 import sys
 
@@ -45,20 +44,11 @@ def _define_flags() -> None:
 
 def run_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
   from gzjax import workdir_rules  # pylint: disable=g-import-not-at-top
-  path = pathlib.Path(workdir) / 'config.json'
-  if not path.is_file():
+  saved = workdir_rules.saved_config(pathlib.Path(workdir))
+  if saved is None:
     raise errors.MissingFileError(
-        f'{path}: no config.json; is {workdir} a gzjax training run?')
-  try:
-    saved = json.loads(path.read_text())
-  except ValueError:  # Not JSON, or not UTF-8 text.
-    saved = None
-  if not isinstance(saved, dict):
-    # One line naming the file, worded as evaluate and predict word it
-    # (check_resumable judges the file before it compares any value, so no
-    # config is needed).
-    workdir_rules.check_resumable(ml_collections.ConfigDict(),
-                                  pathlib.Path(workdir))
+        f'{pathlib.Path(workdir) / "config.json"}: no config.json; is'
+        f' {workdir} a gzjax training run?')
   return ml_collections.ConfigDict(saved)
 
 
