@@ -137,9 +137,31 @@ def _has_key(config, key: str) -> bool:
   return True
 
 
+def _say(message: str) -> None:
+  """``gzjax: message`` on stderr in one write: print's two (the text, then
+  the newline) let another thread's output (a library's traceback from a
+  worker thread) land inside the line."""
+  sys.stderr.write(f'gzjax: {message}\n')
+  sys.stderr.flush()
+
+
 def _exit_with(message: str) -> None:
-  print(f'gzjax: {message}', file=sys.stderr)
+  _say(message)
   sys.exit(2)
+
+
+def _load_config(path: str, argument: str | None):
+  """What the config file's get_config gives (with ``argument`` when the
+  --config flag has one), loaded apart from the flag's own parse."""
+  spec = importlib.util.spec_from_file_location('_gzjax_config', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not callable(getattr(module, 'get_config', None)):
+    _exit_with(f'--config={path} defines no get_config(): a config file'
+               ' returns its ConfigDict from get_config() (see'
+               ' configs/quickstart.py).')
+  return (module.get_config() if argument is None
+          else module.get_config(argument))
 
 
 def _check_config_file(path: str, argument: str | None) -> None:
@@ -149,16 +171,8 @@ def _check_config_file(path: str, argument: str | None) -> None:
   as tracebacks through their own code)."""
   import traceback  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location('_gzjax_config_check', path)
-  module = importlib.util.module_from_spec(spec)
   try:
-    spec.loader.exec_module(module)
-    if not callable(getattr(module, 'get_config', None)):
-      _exit_with(f'--config={path} defines no get_config(): a config file'
-                 ' returns its ConfigDict from get_config() (see'
-                 ' configs/quickstart.py).')
-    config = (module.get_config() if argument is None
-              else module.get_config(argument))
+    config = _load_config(path, argument)
   except SyntaxError as error:
     _exit_with(f'--config={path}, line {error.lineno}: {error.msg}; fix the'
                ' file.')
@@ -205,10 +219,7 @@ def parse_flags(argv: list[str]) -> list[str]:
   except (KeyError, AttributeError):
     # ml_collections applies the overrides while it parses --config, so the
     # config is not available from the flag: load the file again.
-    spec = importlib.util.spec_from_file_location('_gzjax_config', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = _load_config(path, _config_argument(argv))
     from gzjax import config_checks  # pylint: disable=g-import-not-at-top
     for key, _ in _overrides(argv):
       if not _has_key(config, key):
@@ -270,7 +281,7 @@ def main(argv):
     try:
       distributed.initialize()
     except errors.GzjaxError as error:  # A malformed JAX_* variable, named.
-      print(f'gzjax: {error}', file=sys.stderr)
+      _say(str(error))
       sys.exit(1)
   logging.set_verbosity(logging.WARNING)
   # Imported here so that --help is fast and flags parse before grain starts.
@@ -311,11 +322,11 @@ def main(argv):
                        checkpoint=_CHECKPOINT.value, tta=_TTA.value)
   except errors.GzjaxError as error:
     # What the user can fix, in one line; anything else keeps its traceback.
-    print(f'gzjax: {error}', file=sys.stderr)
+    _say(str(error))
     sys.exit(getattr(error, 'exit_code', 1))  # preemption.Stopped: 128+sig.
   except KeyboardInterrupt:  # A second Ctrl-C in training, or any other mode.
-    print(f'gzjax: interrupted (Ctrl-C) in --mode={_MODE.value}; run the'
-          f' same command again to {_RERUN[_MODE.value]}.', file=sys.stderr)
+    _say(f'interrupted (Ctrl-C) in --mode={_MODE.value}; run the same'
+         f' command again to {_RERUN[_MODE.value]}.')
     sys.exit(128 + signal.SIGINT)
 
 
