@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import os
 import pathlib
 import re
@@ -90,9 +91,22 @@ class Checkpointer:
       self.latest.save(step, args=self._args(state, data))
 
   def save_if_best(self, step: int, state: Any, data: Any,
-                   metrics: dict[str, float]) -> None:
-    """Offers ``step`` to the best-checkpoint manager, which keeps one."""
+                   metrics: dict[str, float], warn=print) -> None:
+    """Offers ``step`` to the best-checkpoint manager, which keeps one.
+
+    A NaN or infinite metric is not offered (a line through ``warn`` says
+    so): a NaN compares false both ways, and Orbax would keep or drop the
+    step by accident, so "best" would mean nothing.
+    """
     if self.best is not None and self.best_metric in metrics:
+      value = float(metrics[self.best_metric])
+      if not math.isfinite(value):
+        kept = self.best.best_step()
+        warn(f'gzjax: WARNING: {self.best_metric} is {value} at step {step},'
+             ' so the step is not a candidate for the best checkpoint ('
+             + (f'step {kept} stays best' if kept is not None else
+                'none is kept yet') + ').')
+        return
       _check_room(self.best, state)
       with _writing(self.best):
         self.best.save(step, args=self._args(state, data),

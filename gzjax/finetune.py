@@ -37,6 +37,7 @@ import dataclasses
 import io
 import json
 import pathlib
+import sys
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -231,6 +232,23 @@ def check_best_metric(config: ml_collections.ConfigDict, columns) -> None:
         ' best checkpoint) or one of ' + ', '.join(names) + '.')
 
 
+def _check_classes(config: ml_collections.ConfigDict,
+                   table: labels_lib.LabelTable) -> None:
+  """Refuses, before anything is written, a classification column of one
+  class (:func:`gzjax.data.labels.check_classes`) and a ``best_metric``
+  that is the ROC AUC of a binary column whose validation split holds one
+  class: NaN at every evaluation, it could rank no checkpoint.  Warns in a
+  line about such a column otherwise."""
+  for name, warning in labels_lib.check_classes(table, config.labels).items():
+    if config.best_metric == f'validation/{name}/roc_auc':
+      raise errors.ConfigError(
+          f'config.best_metric={config.best_metric!r} cannot rank'
+          f' checkpoints: {warning.removesuffix(".")}, or choose another'
+          f' best_metric (e.g. validation/{name}/accuracy).')
+    if jax.process_index() == 0:
+      print(f'gzjax: WARNING: {warning}', file=sys.stderr, flush=True)
+
+
 def _column_summary(column, values: Mapping[str, Any]) -> str:
   if column.kind == 'binary':
     return (f'{column.name} accuracy {values["accuracy"]:.4f}, F1'
@@ -277,6 +295,7 @@ def run(config: ml_collections.ConfigDict,
   workdir = pathlib.Path(workdir)
   table = labels_lib.read(config.labels)
   check_best_metric(config, table.columns)
+  _check_classes(config, table)
   _record_labels(workdir, table)
   task = make_task(table.columns)
   result = train.train_and_evaluate(

@@ -315,7 +315,8 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, *,
         if validate:
           checkpointer.save_if_best(
               step, state, data_state,
-              metric_writer.flat_scalars('validation/', validation))
+              metric_writer.flat_scalars('validation/', validation),
+              warn=progress.write)
         last_good = step
       if stopping and not is_last:  # A finished run just ends.
         raise stop.stopped(

@@ -120,6 +120,28 @@ def test_best_min_keeps_the_lowest_metric(tmp_path):
   ckpt.close()
 
 
+def test_a_nan_metric_is_never_offered_as_the_best(tmp_path):
+  """A NaN compares false both ways: offered, Orbax kept or dropped its
+  step by accident (a single-class validation split's ROC AUC)."""
+  warnings = []
+  ckpt = checkpoint.Checkpointer(tmp_path, best_metric='roc_auc',
+                                 best_mode='max')
+  for step, auc in ((1, float('nan')), (2, 0.7), (3, float('nan')),
+                    (4, 0.6), (5, float('inf'))):
+    ckpt.save_if_best(step, _state(step), _data(step), {'roc_auc': auc},
+                      warn=warnings.append)
+  ckpt.wait()
+  assert ckpt.steps('best') == [2]
+  assert warnings == [
+      'gzjax: WARNING: roc_auc is nan at step 1, so the step is not a'
+      ' candidate for the best checkpoint (none is kept yet).',
+      'gzjax: WARNING: roc_auc is nan at step 3, so the step is not a'
+      ' candidate for the best checkpoint (step 2 stays best).',
+      'gzjax: WARNING: roc_auc is inf at step 5, so the step is not a'
+      ' candidate for the best checkpoint (step 2 stays best).']
+  ckpt.close()
+
+
 def test_best_max_keeps_the_highest_metric(tmp_path):
   ckpt = checkpoint.Checkpointer(tmp_path, best_metric='accuracy',
                                  best_mode='max')

@@ -122,11 +122,21 @@ def test_bad_cells_name_row_column_value(catalogue, tmp_path, column, cell,
 def _edited(catalogue, tmp_path, row, column, cell, *, blank_lines=()):
   """A copy of the catalogue with one cell of data row ``row`` (0-based)
   changed and empty lines inserted before the given file lines."""
+  return _relabelled(catalogue, tmp_path, column,
+                     lambda r, old: cell if r == row else old,
+                     blank_lines=blank_lines)
+
+
+def _relabelled(catalogue, tmp_path, column, cell_of, *, blank_lines=()):
+  """A copy of the catalogue whose ``column`` cell of each data row ``r``
+  (0-based) is ``cell_of(r, old cell)``, with empty lines inserted before
+  the given file lines."""
   lines = catalogue.read_text().splitlines()
   header = lines[0].split(',')
-  cells = lines[row + 1].split(',')
-  cells[header.index(column)] = cell
-  lines[row + 1] = ','.join(cells)
+  for row in range(len(lines) - 1):
+    cells = lines[row + 1].split(',')
+    cells[header.index(column)] = cell_of(row, cells[header.index(column)])
+    lines[row + 1] = ','.join(cells)
   for line in sorted(blank_lines, reverse=True):
     lines.insert(line - 1, '')
   bad = tmp_path / 'labels.csv'
@@ -689,3 +699,90 @@ def test_labels_json_of_an_attempt_that_saved_nothing_is_replaced(
   with pytest.raises(labels.LabelError, match='records other columns'):
     finetune._record_labels(workdir, table)  # pylint: disable=protected-access
   assert 'old.csv' in (workdir / 'labels.json').read_text()
+
+
+def _known_cells_set_to(value, rows=lambda row: True):
+  """For :func:`_relabelled`: ``value`` in the non-empty cells of the data
+  rows where ``rows(row)``.  In tests/finetune_data.py's catalogue a row is
+  in validation when row % 3 == 0 (by its split column); its spiral cell is
+  empty when row % 7 == 3, its shape cell when row % 5 == 4."""
+  return lambda row, old: value if old and rows(row) else old
+
+
+@pytest.mark.parametrize('case', ['binary', 'multiclass', 'train_split',
+                                  'budget'])
+def test_a_label_of_one_class_is_refused_before_anything_is_written(
+    catalogue, tmp_path, case):
+  """Every spiral label 0: the run trained and kept a "best" checkpoint on
+  a NaN ROC AUC.  The line names the file, the column, its one class and
+  the rows that hold it (the whole catalogue, or the training split)."""
+  config = tiny_config(catalogue, split_column='split')
+  if case == 'binary':
+    bad = _relabelled(catalogue, tmp_path, 'spiral', _known_cells_set_to('0'))
+    expected = (f"{bad}: column 'spiral' (binary) holds one class, 0, in all"
+                ' 31 labelled rows of the catalogue')
+  elif case == 'multiclass':
+    bad = _relabelled(catalogue, tmp_path, 'shape',
+                      _known_cells_set_to('ring'))
+    expected = (f"{bad}: column 'shape' (multiclass) holds one class,"
+                " 'ring', in all 29 labelled rows of the catalogue")
+  if case in ('binary', 'multiclass'):
+    expected += (
+        '; a classification label needs at least two classes to learn from:'
+        ' check the column (and whatever filter made the table), or declare'
+        ' another column in config.labels.columns.')
+  elif case == 'train_split':
+    bad = _relabelled(catalogue, tmp_path, 'spiral',
+                      _known_cells_set_to('1', lambda row: row % 3))
+    expected = (f"{bad}: column 'spiral' (binary) holds one class, 1, in all"
+                ' 21 labelled rows of the train split; a label needs at least'
+                " two classes to train on: change the 'split' column's"
+                ' values.')
+  else:  # One training label (by the id hash), and only the spiral column.
+    bad = catalogue
+    config = tiny_config(catalogue, max_train_labels=1)
+    config.labels.columns = {'spiral': 'binary'}
+    table = labels.read(config.labels)
+    kept = table.targets['spiral']['value'][
+        table.rows('train')[table.targets['spiral']['mask'][
+            table.rows('train')]]]
+    assert len(kept) == 1
+    expected = (f"{bad}: column 'spiral' (binary) holds one class,"
+                f' {kept[0]:g}, in its one labelled row of the train split;'
+                ' a label needs at least two classes to train on: change'
+                ' labels.validation_percent or set labels.split_column, or'
+                ' raise labels.max_train_labels (now 1).')
+  config.labels.catalog = str(bad)
+  with pytest.raises(labels.LabelError) as info:
+    finetune.run(config, tmp_path / 'run')
+  assert str(info.value) == expected
+  assert not (tmp_path / 'run').exists()
+
+
+def test_a_validation_split_of_one_class_warns_and_ranks_nothing_on_nan(
+    catalogue, tmp_path, capsys):
+  """Both classes train, but every validation spiral is 0: its ROC AUC is
+  NaN at every evaluation.  As the best metric it is refused before
+  anything is written; otherwise the run trains, saying so in one line."""
+  bad = _relabelled(catalogue, tmp_path, 'spiral',
+                    _known_cells_set_to('0', lambda row: row % 3 == 0))
+  config = tiny_config(bad, split_column='split')
+  warning = (f"{bad}: column 'spiral' (binary) holds one class, 0, in all 10"
+             ' labelled rows of the validation split, so its ROC AUC is NaN'
+             ' at every evaluation; put galaxies of both classes in'
+             " validation: change the 'split' column's values")
+  with pytest.raises(errors.ConfigError) as info:
+    finetune.run(config, tmp_path / 'run')
+  assert str(info.value) == (
+      "config.best_metric='validation/spiral/roc_auc' cannot rank"
+      f' checkpoints: {warning}, or choose another best_metric (e.g.'
+      ' validation/spiral/accuracy).')
+  assert not (tmp_path / 'run').exists()
+  capsys.readouterr()
+  config.best_metric = 'validation/spiral/accuracy'
+  result = finetune.run(config, tmp_path / 'run')
+  assert np.isnan(result['spiral']['roc_auc'])
+  assert result['spiral']['count'] == 10
+  assert capsys.readouterr().err.count(f'gzjax: WARNING: {warning}.\n') == 1
+  assert sorted(p.name for p in (tmp_path / 'run' / 'best').iterdir()) == [
+      '4']

@@ -206,6 +206,24 @@ def _multiclass(values: list) -> tuple[np.ndarray, tuple[str, ...]]:
                   np.int32), classes
 
 
+# What to do about a classification column that holds one class throughout.
+_CHECK_THE_COLUMN = (
+    '; a classification label needs at least two classes to learn from:'
+    ' check the column (and whatever filter made the table), or declare'
+    ' another column in config.labels.columns.')
+
+
+def _too_few_classes(source, column: Column, classes: Sequence[str],
+                     count: int, part: str) -> str:
+  """The start of a line saying that ``column``'s ``count`` labelled rows in
+  ``part`` hold ``classes``, fewer than two (named as the table has them)."""
+  rows = ('its one labelled row' if count == 1 else
+          f'all {count} labelled rows')
+  held = (f'no label in {part}' if not classes else
+          f'one class, {classes[0]}, in {rows} of {part}')
+  return f'{source}: column {column.name!r} ({column.kind}) holds {held}'
+
+
 @dataclasses.dataclass
 class LabelTable:
   """The parsed catalogue: ids, image paths, split and every target."""
@@ -297,9 +315,10 @@ def read(config: ml_collections.ConfigDict,
       value, classes = _multiclass(
           _cells(table, column.name, path, 'multiclass'))
       if len(classes) < 2:
-        raise LabelError(f'{path}: column {column.name!r} has'
-                         f' {len(classes)} class(es) {list(classes)}; a'
-                         ' multiclass label needs at least two.')
+        raise LabelError(
+            _too_few_classes(path, column, [repr(c) for c in classes],
+                             int((value >= 0).sum()), 'the catalogue')
+            + _CHECK_THE_COLUMN)
       column = dataclasses.replace(column, classes=classes)
       mask = value >= 0
       value = np.maximum(value, 0)
@@ -348,6 +367,77 @@ def read(config: ml_collections.ConfigDict,
                (keep | table_.is_validation)}
         for name, parts in table_.targets.items()}
   return table_
+
+
+def _classes_in(column: Column, parts: Mapping[str, np.ndarray],
+                rows: np.ndarray) -> tuple[list[str], int]:
+  """The classes of a classification column's known labels among ``rows``
+  (binary as 0/1, multiclass by name) and how many rows are known."""
+  known = rows[parts['mask'][rows]]
+  values = np.unique(parts['value'][known])
+  if column.kind == 'binary':
+    return [f'{v:g}' for v in values], len(known)
+  return [repr(column.classes[int(v)]) for v in values], len(known)
+
+
+def _split_advice(config: ml_collections.ConfigDict, budget: bool) -> str:
+  """How the user moves galaxies between the splits (or, with ``budget``,
+  trains on more of them)."""
+  advice = (f'change the {config.split_column!r} column\'s values'
+            if config.split_column else
+            'change labels.validation_percent or set labels.split_column')
+  if budget and config.max_train_labels:
+    advice += (', or raise labels.max_train_labels (now'
+               f' {config.max_train_labels})')
+  return advice
+
+
+def check_classes(table: LabelTable,
+                  config: ml_collections.ConfigDict) -> dict[str, str]:
+  """Refuses a classification column whose labels hold one class (or none)
+  in the catalogue or in the training split: the model would learn a
+  constant and a binary column's ROC AUC would be NaN, yet training would
+  run and keep a "best" checkpoint.  Called before fine-tuning only:
+  predicting a catalogue's rows needs no labels.
+
+  Args:
+    table: the catalogue as read.
+    config: ``config.labels``, for the advice (split column, budget).
+
+  Returns:
+    Per binary column whose validation split holds one class (so its ROC
+    AUC is NaN at every evaluation), a line saying so.
+
+  Raises:
+    LabelError: naming the file, the column and its one class.
+  """
+  warnings = {}
+  for column in table.columns:
+    if column.kind not in ('binary', 'multiclass'):
+      continue
+    parts = table.targets[column.name]
+    # With a budget the masks hold only the budget's training rows: the
+    # training split's line below is then the true one.
+    classes, count = _classes_in(column, parts, np.arange(len(table)))
+    if len(classes) < 2 and not config.max_train_labels:
+      raise LabelError(_too_few_classes(table.source, column, classes, count,
+                                        'the catalogue') + _CHECK_THE_COLUMN)
+    for split in SPLITS:
+      held, count = _classes_in(column, parts, table.rows(split))
+      if len(held) >= 2:
+        continue
+      line = _too_few_classes(table.source, column, held, count,
+                              f'the {split} split')
+      if split == 'train':
+        raise LabelError(
+            f'{line}; a label needs at least two classes to train on:'
+            f' {_split_advice(config, True)}.')
+      if column.kind == 'binary':
+        warnings[column.name] = (
+            f'{line}, so its ROC AUC is NaN at every evaluation; put'
+            ' galaxies of both classes in validation:'
+            f' {_split_advice(config, False)}.')
+  return warnings
 
 
 def _split(table, config, ids, path, where_of) -> np.ndarray:
