@@ -59,6 +59,28 @@ def test_parquet_integer_ids_are_exact_and_float_ids_refused(tmp_path):
     catalogs.from_table(floats)
 
 
+def test_dictionary_encoded_parquet_columns_read_as_plain_strings(tmp_path):
+  """pandas writes a ``category`` column dictionary-encoded: it was refused
+  as "not strings"; it is the same catalogue as the plain one."""
+  for i in range(len(AWKWARD_IDS)):
+    _image(tmp_path / 'cutouts' / f'{i}.png')
+  columns = {'objid': AWKWARD_IDS + AWKWARD_IDS[:1],
+             'file': [f'cutouts/{i}.png' for i in range(4)] + ['/abs.png']}
+  plain, encoded = tmp_path / 'plain.parquet', tmp_path / 'encoded.parquet'
+  pq.write_table(pa.table(columns), plain)
+  pq.write_table(pa.table({name: pa.array(values).dictionary_encode()
+                           for name, values in columns.items()}), encoded)
+  assert pa.types.is_dictionary(pq.read_schema(encoded).field('objid').type)
+  catalogs_ = [catalogs.from_table(path, id_column='objid',
+                                   path_column='file')
+               for path in (plain, encoded)]
+  assert catalogs_[1].ids(0, 5) == AWKWARD_IDS + AWKWARD_IDS[:1]
+  assert catalogs_[1].paths(0, 5) == catalogs_[0].paths(0, 5) == [
+      str((tmp_path / 'cutouts' / f'{i}.png').resolve()) for i in range(4)
+  ] + ['/abs.png']
+  assert catalogs_[1].fingerprint() == catalogs_[0].fingerprint()
+
+
 def test_missing_column_and_empty_path_are_named(tmp_path):
   table = tmp_path / 'c.csv'
   table.write_text('galaxy,path\nA,a.jpg\n')

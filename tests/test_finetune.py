@@ -175,6 +175,30 @@ def test_label_errors_name_the_file_line_as_the_kaggle_builder_does(
       f"{missing}, line 4 (id 'g002'): no image at {tmp_path}/img/none.jpg.")
 
 
+def test_a_dictionary_encoded_parquet_catalogue_reads_as_the_plain_one(
+    catalogue, tmp_path):
+  """Every column dictionary-encoded (pandas' ``category``): the same ids,
+  image paths, split, classes, values and masks as the plain table."""
+  import pyarrow as pa  # pylint: disable=g-import-not-at-top
+  import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+  table = catalogs.read_table(catalogue)
+  plain, encoded = tmp_path / 'plain.parquet', tmp_path / 'encoded.parquet'
+  pq.write_table(table, plain)
+  pq.write_table(pa.table({name: table.column(name).dictionary_encode()
+                           for name in table.column_names}), encoded)
+  (tmp_path / 'img').symlink_to(catalogue.parent / 'img')
+  read = [labels.read(finetune_data.labels_config(path, split_column='split'))
+          for path in (plain, encoded)]
+  assert read[1].ids == read[0].ids and read[1].paths == read[0].paths
+  assert read[1].columns == read[0].columns
+  assert read[1].columns[1].classes == ('bar', 'merger', 'ring')
+  np.testing.assert_array_equal(read[1].is_validation,
+                                np.arange(finetune_data.NUM_ROWS) % 3 == 0)
+  for name, parts in read[0].targets.items():
+    for key, value in parts.items():
+      np.testing.assert_array_equal(read[1].targets[name][key], value)
+
+
 def test_fractional_vote_counts_are_refused(catalogue, tmp_path):
   """Vote counts are whole numbers of volunteers: 2.5 is a mistake (a
   fraction, or a column shifted), not a count to weigh the loss by."""

@@ -386,6 +386,36 @@ def test_an_unreadable_run_record_is_one_line(survey, tmp_path):
   assert [p.name for p in tmp_path.iterdir()] == ['_RUN.json']
 
 
+def _dictionary_encoded(table: pa.Table) -> pa.Table:
+  """Every column dictionary-encoded, as pandas writes a ``category``."""
+  return pa.table({name: table.column(name).dictionary_encode()
+                   for name in table.column_names})
+
+
+def test_a_dictionary_encoded_parquet_catalogue_predicts_as_the_csv(
+    survey, uninterrupted, tmp_path):
+  """Ids and paths dictionary-encoded (pandas' ``category``) were refused
+  as "not strings"; the shards are byte for byte the CSV catalogue's."""
+  table = survey['root'] / 'catalogue_dictionary.parquet'
+  pq.write_table(_dictionary_encoded(pa_csv.read_csv(
+      survey['table'], convert_options=pa_csv.ConvertOptions(
+          column_types={'objid': pa.string()}))), table)
+  output = tmp_path / 'out'
+  summary = predict.run(
+      survey['config'], [str(survey['workdir'])], catalog=str(table),
+      id_column='objid', path_column='file', output_dir=output,
+      shard_size=SHARD_SIZE, progress_interval=0)
+  assert (summary.complete, summary.rows, summary.errors) == (True, 69, 4)
+  expected = _files(uninterrupted[0])
+  got = _files(output)
+  assert sorted(got) == sorted(expected)
+  for name in got:
+    if name.startswith('part-') or name == 'errors.csv':
+      assert got[name] == expected[name], name
+  assert (json.loads(got['_RUN.json'])['catalog']['sha256'] ==
+          json.loads(expected['_RUN.json'])['catalog']['sha256'])
+
+
 def test_repeated_ids_in_a_catalogue_are_refused_naming_both_rows(
     survey, tmp_path):
   """Named as label-catalogue messages name rows (labels.Rows): a CSV's file
@@ -396,8 +426,11 @@ def test_repeated_ids_in_a_catalogue_are_refused_naming_both_rows(
       f'{i},{image}\n' for i in ('B', 'A1', 'C', 'A1', 'B')))
   parquet = tmp_path / 'repeated.parquet'
   pq.write_table(pa_csv.read_csv(table), parquet)
+  encoded = tmp_path / 'encoded.parquet'  # pandas' category columns.
+  pq.write_table(_dictionary_encoded(pa_csv.read_csv(table)), encoded)
   for path, rows in ((table, 'line 3 and line 5'),
-                     (parquet, 'row 2 and row 4')):
+                     (parquet, 'row 2 and row 4'),
+                     (encoded, 'row 2 and row 4')):
     with pytest.raises(catalogs.CatalogError) as error:
       predict.predict_catalog(survey['config'], survey['workdir'],
                               catalogs.from_table(path),

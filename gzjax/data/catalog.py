@@ -11,7 +11,8 @@ A :class:`Catalog` is an ordered table of ``(id, path)`` rows, from
 Ids are strings and stay exactly as written: ``J123456.78+012345.6``,
 ``000123`` or a 64-bit object id such as ``9007199254740993`` (which a float
 would round to ...992).  CSV columns are read as text, never inferred; a
-Parquet id column must hold strings or integers, not floats.
+Parquet id column must hold strings or integers, not floats (dictionary-
+encoded ones, pandas' ``category``, are read as their values).
 
 The rows live in two Arrow string arrays rather than Python objects: about
 the bytes of the strings, ~100 MB for a million rows with long paths.
@@ -194,7 +195,8 @@ def read_table(path: pathlib.Path, what: str = 'catalogue', *,
   """A CSV or Parquet table (a survey catalogue, a label catalogue).
 
   CSV columns are read as text, never inferred (ids such as ``000123`` or
-  2**53 + 1 stay as written), empty cells as ``''``.
+  2**53 + 1 stay as written), empty cells as ``''``; Parquet's
+  dictionary-encoded columns as plain ones.
 
   Args:
     path: the ``.csv`` or ``.parquet``/``.pq`` file.
@@ -215,9 +217,22 @@ def read_table(path: pathlib.Path, what: str = 'catalogue', *,
           convert_options=pa_csv.ConvertOptions(
               column_types={c: pa.string() for c in header},
               strings_can_be_null=False))
-    return pq.read_table(path)
+    return _decoded(pq.read_table(path))
   except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as problem:
     raise error(f'{path}: cannot read the {what} ({problem}).') from None
+
+
+def _decoded(table: pa.Table) -> pa.Table:
+  """``table`` with its dictionary-encoded columns (what pandas writes for
+  a ``category`` column) as plain columns of their values: ids, paths and
+  labels then read exactly as a plain string column's would, and a
+  catalogue is not refused for how its writer chose to store it."""
+  for index, field in enumerate(table.schema):
+    if pa.types.is_dictionary(field.type):
+      table = table.set_column(
+          index, field.name,
+          table.column(index).cast(field.type.value_type))
+  return table
 
 
 def from_table(table_path: str | pathlib.Path, *, id_column: str = 'id',
