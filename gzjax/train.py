@@ -208,24 +208,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   ``task`` and the two sources replace the config's built-in task and
   Galaxy Zoo splits (gzjax.finetune passes a label catalogue's).
 
+  A Galaxy Zoo dataset without a validation split (built with
+  ``--validation_percent=0``) trains on everything when the config neither
+  evaluates periodically nor keeps a best checkpoint, and is refused at the
+  start otherwise (:func:`gzjax.data.splits.check_validation`).
+
   Returns:
-    The last validation metrics.
+    The last validation metrics ({} when there is no validation split).
   """
   config_checks.check(config)
+  # Before the workdir: a config that needs a validation split the dataset
+  # lacks is refused with nothing created.
+  evaluates = validation_source is not None or splits.check_validation(config)
   workdir = workdir_rules.writable_workdir(workdir)
   with workdir_rules.training_lock(workdir):
     return _train(config, workdir, task=task, train_source=train_source,
-                  validation_source=validation_source)
+                  validation_source=validation_source, evaluates=evaluates)
 
 
 def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, *,
-           task: tasks.Task | None, train_source, validation_source
-           ) -> dict[str, Any]:
-  """:func:`train_and_evaluate` with the workdir locked."""
+           task: tasks.Task | None, train_source, validation_source,
+           evaluates: bool) -> dict[str, Any]:
+  """:func:`train_and_evaluate` with the workdir locked; ``evaluates``:
+  whether there is a validation split to evaluate on."""
   if jax.process_index() == 0:
     for warning in optimizers.schedule_warnings(config.optimizer,
                                                 config.num_train_steps):
       print(f'gzjax: WARNING: {warning}', file=sys.stderr)
+    if not evaluates:
+      print(f'gzjax: {config.dataset} in {config.data_dir} has no validation'
+            ' split: training on all of its labelled galaxies, without'
+            ' evaluating.', file=sys.stderr)
   experiment = experiments.create_experiment(config, task)
   task = experiment.task
   label_catalogue = train_source is not None
@@ -236,9 +249,10 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, *,
         f'config.input.batch_size={config.input.batch_size} is larger than'
         f' the {len(train_source)} galaxies of the training split: every'
         ' batch would repeat galaxies. Lower config.input.batch_size.')
-  if validation_source is None:
+  if validation_source is None and evaluates:
     validation_source = splits.open_split(config, 'validation')
-  baseline = None if (task.is_classification or task.evaluate) else \
+  baseline = None if (task.is_classification or task.evaluate or
+                      not evaluates) else \
       evaluate.training_mean_votes(train_source)
   checkpointer = checkpoint.Checkpointer(
       workdir, keep=config.keep_checkpoints, best_metric=config.best_metric,
@@ -289,8 +303,9 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, *,
       is_last = step == config.num_train_steps
       stopping = stop.requested(step)
       log = step % config.log_every_steps == 0 or is_last or stopping
-      validate = (config.eval_every_steps and
-                  step % config.eval_every_steps == 0) or is_last
+      validate = evaluates and ((config.eval_every_steps and
+                                 step % config.eval_every_steps == 0) or
+                                is_last)
       save = step % config.checkpoint_every_steps == 0 or is_last or stopping
       if not (log or validate or save):
         continue

@@ -434,3 +434,66 @@ def test_a_warm_up_past_the_run_is_a_warning(trained, tmp_path, capsys):
   assert ('gzjax: WARNING: config.optimizer.warmup_steps=12 is past'
           ' config.num_train_steps=9: the learning rate ends at 75% of its'
           ' peak 0.002.\n') in capsys.readouterr().err
+
+
+@pytest.fixture(scope='module')
+def no_validation(tmp_path_factory):
+  """galaxy_zoo/synthetic built with --validation_percent=0: its 24
+  labelled galaxies are all in train."""
+  data_dir = tmp_path_factory.mktemp('no_validation')
+  galaxy_zoo.prepare('synthetic', data_dir, num_labelled=24, num_test=0,
+                     image_size=64, num_workers=1, validation_percent=0.0)
+  return data_dir
+
+
+def test_a_dataset_without_validation_trains_on_all_of_it_when_nothing_evaluates(
+    no_validation, tmp_path, capsys):
+  """--validation_percent=0 means "train on everything": the engine opened
+  the missing validation split even with evaluation off, and stopped."""
+  assert list(galaxy_zoo.builder('synthetic', no_validation).info.splits) \
+      == ['train']
+  assert len(galaxy_zoo.data_source('synthetic', no_validation, 'train')) \
+      == 24
+  workdir = tmp_path / 'work'
+  result = train.train_and_evaluate(
+      _config(no_validation, eval_every_steps=0, best_metric=''), workdir)
+  assert result == {}
+  assert checkpoint.Checkpointer(workdir).steps() == [3, 6]
+  assert not (workdir / 'best').exists()
+  logged = [json.loads(line)
+            for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+  assert [r['step'] for r in logged] == [2, 3, 4, 6]  # Logs and saves.
+  assert not [k for r in logged for k in r if k.startswith('validation/')]
+  assert capsys.readouterr().err.count(
+      f'gzjax: galaxy_zoo/synthetic in {no_validation} has no validation'
+      ' split: training on all of its labelled galaxies, without'
+      ' evaluating.\n') == 1
+
+
+@pytest.mark.parametrize('overrides,needs,flags', [
+    ({}, "config.eval_every_steps=6 evaluates on it and"
+     " config.best_metric='validation/rmse' ranks checkpoints on it",
+     "--config.eval_every_steps=0 --config.best_metric=''"),
+    ({'best_metric': ''}, 'config.eval_every_steps=6 evaluates on it',
+     '--config.eval_every_steps=0'),
+    ({'eval_every_steps': 0},
+     "config.best_metric='validation/rmse' ranks checkpoints on it",
+     "--config.best_metric=''"),
+], ids=['both', 'periodic', 'best'])
+def test_a_dataset_without_validation_is_refused_at_the_start_when_it_evaluates(
+    no_validation, tmp_path, monkeypatch, overrides, needs, flags):
+  """Named before a model is built or the workdir created (it failed after
+  both, with TFDS's "no split 'validation'")."""
+  def no_model(*args, **kwargs):
+    raise AssertionError('a model was built before the refusal')
+  monkeypatch.setattr(experiments, 'create_experiment', no_model)
+  with pytest.raises(errors.ConfigError) as info:
+    train.train_and_evaluate(_config(no_validation, **overrides),
+                             tmp_path / 'work')
+  assert str(info.value) == (
+      f'galaxy_zoo/synthetic in {no_validation} has no validation split, but'
+      f' {needs}: rebuild it with one (python -m gzjax.data.build'
+      f' --config=synthetic --data_dir={no_validation} --validation_percent=10'
+      ' --overwrite, with its other options as before), or train on all of'
+      f' it without evaluating: {flags}.')
+  assert not (tmp_path / 'work').exists()

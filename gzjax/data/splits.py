@@ -53,6 +53,60 @@ def open_split(config: ml_collections.ConfigDict, split: str):
   return galaxy_zoo.data_source(name, config.data_dir, split)
 
 
+def has_validation(config: ml_collections.ConfigDict) -> bool:
+  """Whether the dataset ``config`` names has a validation split: not when
+  it was built with ``--validation_percent=0`` ("train on everything").  A
+  dataset not built yet will have one (a build on first use takes the
+  default share)."""
+  dataset = galaxy_zoo.builder(dataset_config_name(config), config.data_dir)
+  return not dataset.is_prepared() or 'validation' in dataset.info.splits
+
+
+def _validation_uses(config: ml_collections.ConfigDict) -> dict[str, str]:
+  """What in ``config`` needs a validation split, as ``{override that
+  turns it off: what it does}``: periodic evaluation and the best
+  checkpoint (without either, training evaluates only at its end)."""
+  uses = {}
+  if config.eval_every_steps:
+    uses['--config.eval_every_steps=0'] = (
+        f'config.eval_every_steps={config.eval_every_steps} evaluates on it')
+  if config.best_metric:
+    uses["--config.best_metric=''"] = (
+        f'config.best_metric={config.best_metric!r} ranks checkpoints on it')
+  return uses
+
+
+def check_validation(config: ml_collections.ConfigDict) -> bool:
+  """Whether training can evaluate on a validation split; refuses, before
+  anything is built or written, a config that needs one when the dataset
+  has none.
+
+  A dataset built with ``--validation_percent=0`` means "train on
+  everything": a config that neither evaluates periodically nor keeps a
+  best checkpoint then trains without evaluating, the final evaluation
+  included (there is nothing to evaluate on).
+
+  Raises:
+    ConfigError: naming the dataset, what in the config needs validation,
+      and the two ways out.
+  """
+  if has_validation(config):
+    return True
+  uses = _validation_uses(config)
+  if uses:
+    name = dataset_config_name(config)
+    manual = (f' --manual_dir={config.manual_dir or "DIR"}'
+              if name == 'kaggle' else '')
+    raise errors.ConfigError(
+        f'{config.dataset} in {config.data_dir} has no validation split,'
+        f' but {" and ".join(uses.values())}: rebuild it with one'
+        f' (python -m gzjax.data.build --config={name}{manual}'
+        f' --data_dir={config.data_dir} --validation_percent=10 --overwrite,'
+        ' with its other options as before), or train on all of it without'
+        f' evaluating: {" ".join(uses)}.')
+  return False
+
+
 def training_split(config: ml_collections.ConfigDict, task: tasks.Task):
   """The train split, reduced to galaxies with a class for classifiers."""
   source = open_split(config, 'train')
