@@ -40,15 +40,18 @@ Output layout::
     _SUCCESS.json             the manifest, written last
 
 Each row: ``id`` (a string, as in the catalogue); for the votes task the 37
-vote fractions ``Class1.1`` … ``Class11.6`` (tree-consistent from the votes
-head) and the derived labels ``label_3class``/``name_3class``/``p_3class``
-and ``label_7class``/``name_7class``/``p_7class`` (``gzjax.taxonomy``'s
-labels, -1 and an empty name when no class is confident; ``p`` is the
-leading question-1 fraction, or ``taxonomy.seven_class_scores`` of the
-class, NaN without a class); for classifiers, one probability per class, the
-``predicted`` class name and its probability ``p_predicted``; for a label
-catalogue's task (``gzjax.finetune``), the columns named from its labels
-(``<column>_probability`` and ``<column>_predicted`` for binary, ...).
+vote fractions ``Class1.1`` … ``Class11.6`` (the model's outputs as they
+are: tree-consistent from the votes head, not from a sigmoid head) and the
+derived labels ``label_3class``/``name_3class``/``p_3class`` and
+``label_7class``/``name_7class``/``p_7class`` (``gzjax.taxonomy``'s labels
+of the votes projected onto the tree, ``taxonomy.project_to_tree``, so
+every ``p`` is in [0, 1]; -1 and an empty name when no class is confident;
+``p`` is the leading question-1 fraction, or ``taxonomy.seven_class_scores``
+of the class, NaN without a class); for classifiers, one probability per
+class, the ``predicted`` class name and its probability ``p_predicted``;
+for a label catalogue's task (``gzjax.finetune``), the columns named from
+its labels (``<column>_probability`` and ``<column>_predicted`` for
+binary, ...).
 """
 
 from __future__ import annotations
@@ -266,7 +269,10 @@ def output_columns(ids: Sequence[str], outputs: np.ndarray,
     return columns
   for k, name in enumerate(taxonomy.ANSWERS):
     columns[name] = outputs[:, k]
-  votes = outputs.astype(np.float64)
+  # The 37 columns are the model's own votes (Kaggle scores those); classes
+  # and shares come from them projected onto the tree, since outputs that
+  # break it (independent sigmoids) give shares above 1.
+  votes = taxonomy.project_to_tree(outputs)
   q1 = votes[:, taxonomy.QUESTIONS[0].slice]
   derived = (
       ('3class', taxonomy.three_class_labels(votes),

@@ -238,6 +238,60 @@ def conditional_to_cumulative(conditional: np.ndarray) -> np.ndarray:
   return cumulative
 
 
+def normalise_over_tree(shares, fallback, xp=np):
+  """``[..., 37]`` non-negative shares → tree-consistent cumulative fractions.
+
+  The one walk of the tree that both the votes head
+  (``gzjax.models.heads.decision_tree_votes``, in ``jax.numpy``) and
+  :func:`project_to_tree` (numpy) use, so the model's outputs and what is
+  derived from any other model's are normalised alike: each question's
+  shares are divided by their total (Dieleman's divisive normalisation),
+  then multiplied by the final value of the question's parent answer,
+  walking the tree from the roots (Q1 and Q6, whose answers sum to 1).
+
+  Args:
+    shares: ``[..., 37]`` values >= 0 (NaN propagates through ``fallback``).
+    fallback: ``fallback(question, total)`` gives the question's answers
+      (summing to 1, or broadcastable to them) where its shares' ``total``
+      is not positive: a question with no share has no proportions to keep.
+    xp: the array namespace, ``numpy`` or ``jax.numpy``.
+  """
+  cumulative = {}
+  for question in TREE_ORDER:
+    answers = shares[..., question.slice]
+    total = answers.sum(axis=-1, keepdims=True)
+    alive = total > 0
+    answers = xp.where(alive, answers / xp.where(alive, total, 1.0),
+                       fallback(question, total))
+    if question.parent is not None:
+      answers = answers * cumulative[question.parent][..., None]
+    for column, name in enumerate(question.columns):
+      cumulative[name] = answers[..., column]
+  return xp.stack([cumulative[name] for name in ANSWERS], axis=-1)
+
+
+def project_to_tree(votes: np.ndarray) -> np.ndarray:
+  """Any non-negative ``[..., 37]`` vote vector as a tree-consistent one.
+
+  A model whose outputs do not obey the tree (the seed CNN's independent
+  sigmoids: question 1's answers summing to 1.3) would give conditional
+  fractions above 1 and class shares above 1 (a barred spiral's 2.02).
+  Projected, each question keeps its answers' proportions and sums to its
+  parent answer's value (question 1 and 6 to 1), so every conditional
+  fraction and path share is in [0, 1].  A tree-consistent vector comes
+  back as it was, to float precision.
+
+  Negative values count as 0 (as the votes head's ReLU does); a question
+  whose answers are all 0 under a parent it reached gets equal answers (no
+  answer is preferred, and it stays defined: no NaN); NaN stays unknown,
+  for the question and those below it.
+  """
+  votes = np.maximum(_check_width(votes, 'votes'), 0.0)  # NaN stays NaN.
+  return normalise_over_tree(
+      votes, lambda question, total: np.where(
+          np.isnan(total), np.nan, 1.0 / len(question.answers)))
+
+
 def known_mask(votes: np.ndarray) -> np.ndarray:
   """``True`` where an answer's value is known (not NaN)."""
   return ~np.isnan(np.asarray(votes, dtype=np.float64))
@@ -466,7 +520,8 @@ def seven_class_scores(
   irregular rule's "any one of": for conditional fractions, the share of
   volunteers expected to take the rule's whole path through the tree
   (e.g. barred spiral: features x not edge-on x spiral x bar).  Unknown
-  answers give NaN.
+  answers give NaN.  Only votes that obey the tree give shares in [0, 1]:
+  a model's outputs go through :func:`project_to_tree` first.
   """
   votes = _check_width(votes, 'votes')
   f = cumulative_to_conditional(votes) if thresholds.conditional else votes

@@ -27,6 +27,7 @@ from gzjax import predict
 from gzjax import tasks
 from gzjax import taxonomy
 from gzjax.data import catalog as catalogs
+from gzjax.models import heads
 from tests.conftest import tiny_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -162,6 +163,10 @@ def test_derived_labels_and_their_probabilities_by_hand():
   smooth_round[taxonomy.index('Class1.2')] = 0.1
   smooth_round[taxonomy.index('Class6.2')] = 0.8
   smooth_round[taxonomy.index('Class7.1')] = 0.9 * 0.7  # Cumulative.
+  # The rest of the tree (the labels come from the votes projected onto it).
+  for name, value in (('Class2.1', 0.1), ('Class9.1', 0.1), ('Class6.1', 0.2),
+                      ('Class7.2', 0.9 * 0.3), ('Class8.7', 0.2)):
+    smooth_round[taxonomy.index(name)] = value
   undecided = np.zeros(37)
   undecided[[0, 1, 2]] = (0.4, 0.35, 0.25)
   columns = predict.output_columns(['a', 'b'], np.stack(
@@ -181,6 +186,58 @@ def test_derived_labels_and_their_probabilities_by_hand():
                            'star or artifact', 'predicted', 'p_predicted']
   assert (columns['predicted'], columns['p_predicted'].tolist()) == (
       ['features or disk'], [pytest.approx(0.7)])
+
+
+def test_derived_labels_of_votes_that_break_the_tree_are_projected_first():
+  """A sigmoid head's outputs (the review's hand case: question 1 sums to
+  0.6) gave a barred spiral with p_7class 2.02; the labels now come from the
+  votes projected onto the tree, and the 37 columns stay the model's."""
+  votes = np.full(taxonomy.NUM_ANSWERS, 0.05, np.float32)
+  for name, value in (('Class1.2', 0.5), ('Class2.2', 0.4), ('Class4.1', 0.9),
+                      ('Class3.1', 0.9), ('Class6.2', 0.9)):
+    votes[taxonomy.index(name)] = value
+  columns = predict.output_columns(['a'], votes[None], tasks.TASKS['votes'])
+  assert columns['Class1.2'].tolist() == [np.float32(0.5)]
+  assert columns['Class3.1'].tolist() == [np.float32(0.9)]
+  # Projected: features 0.5/0.6, not edge-on 0.4/0.45, spiral and bar
+  # 0.9/0.95 each (what reached the question), all within [0, 1].
+  assert (columns['label_7class'].tolist(), columns['name_7class']) == (
+      [4], ['barred spiral'])
+  np.testing.assert_allclose(columns['p_7class'],
+                             [5 / 6 * 8 / 9 * (18 / 19) ** 2], rtol=1e-6)
+  assert 0 <= columns['p_7class'][0] <= 1  # 0.6648; 2.02 unprojected.
+  assert (columns['label_3class'].tolist(), columns['name_3class']) == (
+      [1], ['features or disk'])
+  np.testing.assert_allclose(columns['p_3class'], [5 / 6], rtol=1e-6)
+
+
+def test_derived_labels_of_tree_consistent_votes_are_unchanged():
+  """The votes head's outputs obey the tree: projecting them changes none of
+  the derived labels, and their shares by float32 rounding at most."""
+  rng = np.random.default_rng(7)
+  logits = rng.normal(0.5, 1.5, (400, taxonomy.NUM_ANSWERS)).astype(np.float32)
+  votes = np.asarray(heads.decision_tree_votes(logits))
+  columns = predict.output_columns([str(i) for i in range(400)], votes,
+                                   tasks.TASKS['votes'])
+  raw = votes.astype(np.float64)  # What the labels were derived from.
+  labels = taxonomy.seven_class_labels(raw)
+  np.testing.assert_array_equal(columns['label_7class'], labels)
+  np.testing.assert_array_equal(columns['label_3class'],
+                                taxonomy.three_class_labels(raw))
+  assert (labels >= 0).sum() > 50  # Rows with a class: something is compared.
+  chosen = np.take_along_axis(taxonomy.seven_class_scores(raw),
+                              np.maximum(labels, 0)[:, None], 1)[:, 0]
+  np.testing.assert_allclose(
+      columns['p_7class'], np.where(labels >= 0, chosen, np.nan), rtol=1e-6)
+  exact = np.zeros(taxonomy.NUM_ANSWERS, np.float32)  # Sums exact in binary.
+  for name, value in (('Class1.1', 0.75), ('Class1.2', 0.25),
+                      ('Class2.2', 0.25), ('Class3.2', 0.25),
+                      ('Class4.2', 0.25), ('Class5.2', 0.25),
+                      ('Class6.2', 1.0), ('Class7.1', 0.5), ('Class7.2', 0.25)):
+    exact[taxonomy.index(name)] = value
+  columns = predict.output_columns(['e'], exact[None], tasks.TASKS['votes'])
+  assert (columns['name_7class'], columns['p_7class'].tolist()) == (
+      ['completely round'], [0.5])  # Smooth 0.75 x odd-no 1 x round 2/3.
 
 
 def test_the_num_workers_flag_when_given_wins_over_the_config():

@@ -329,3 +329,83 @@ def test_unknown_answer_message_and_report_header():
   assert 'expected one of Class1.1 … Class11.6' in str(info.value)
   table = taxonomy.format_consistency_report([])
   assert table == 'question  checked  inconsistent  worst deviation'
+
+
+def _sigmoid_like_votes() -> np.ndarray:
+  """The review's hand case of a sigmoid head's 37 outputs, which break the
+  tree (question 1 sums to 0.6, question 2 to 0.45 under Class1.2 = 0.5)."""
+  votes = np.full(taxonomy.NUM_ANSWERS, 0.05)
+  for name, value in (('Class1.2', 0.5), ('Class2.2', 0.4), ('Class4.1', 0.9),
+                      ('Class3.1', 0.9), ('Class6.2', 0.9)):
+    votes[taxonomy.index(name)] = value
+  return votes
+
+
+def test_projecting_onto_the_tree_by_hand():
+  projected = taxonomy.project_to_tree(_sigmoid_like_votes())
+  value = {name: projected[taxonomy.index(name)] for name in taxonomy.ANSWERS}
+  # Q1 (0.05, 0.5, 0.05) over its total 0.6; Q6 (0.05, 0.9) over 0.95.
+  assert [value['Class1.1'], value['Class1.2'], value['Class1.3']] == \
+      pytest.approx([1 / 12, 10 / 12, 1 / 12])
+  assert [value['Class6.1'], value['Class6.2']] == pytest.approx(
+      [1 / 19, 18 / 19])
+  # Q2 (0.05, 0.4): 1/9 and 8/9 of Class1.2 = 5/6.
+  assert value['Class2.2'] == pytest.approx(8 / 9 * 5 / 6)
+  # Q3 and Q4 (0.9, 0.05): 18/19 of Class2.2.
+  assert value['Class3.1'] == pytest.approx(18 / 19 * 40 / 54)
+  assert value['Class4.1'] == pytest.approx(18 / 19 * 40 / 54)
+  # Q8's seven equal answers share Class6.1 = 1/19.
+  assert value['Class8.7'] == pytest.approx(1 / 7 / 19)
+  report = taxonomy.consistency_report(projected[None], tolerance=1e-12)
+  assert [q.inconsistent for q in report] == [0] * taxonomy.NUM_QUESTIONS
+  conditional = taxonomy.cumulative_to_conditional(projected)
+  assert conditional.max() == pytest.approx(18 / 19)  # Was 2.25 unprojected.
+  # Barred spiral: features 5/6 x not edge-on 8/9 x spiral and bar 18/19.
+  scores = taxonomy.seven_class_scores(projected)
+  assert scores[4] == pytest.approx(5 / 6 * 8 / 9 * (18 / 19) ** 2)
+  assert taxonomy.seven_class_labels(projected) == 4
+  assert taxonomy.three_class_labels(projected) == 1  # 5/6 >= 0.8.
+
+
+def test_projecting_keeps_a_tree_consistent_vector():
+  exact = taxonomy.conditional_to_cumulative(_conditional_row(
+      Class1_1=0.25, Class1_2=0.5, Class1_3=0.25, Class2_1=0.25, Class2_2=0.75,
+      Class6_1=0.5, Class6_2=0.5, Class8_1=0.5, Class8_6=0.5, Class8_7=0.0))
+  np.testing.assert_array_equal(taxonomy.project_to_tree(exact), exact)
+  rng = np.random.default_rng(3)
+  conditional = rng.random((20, taxonomy.NUM_ANSWERS))
+  for question in taxonomy.QUESTIONS:
+    conditional[:, question.slice] /= conditional[:, question.slice].sum(
+        1, keepdims=True)
+  cumulative = taxonomy.conditional_to_cumulative(conditional)
+  np.testing.assert_allclose(taxonomy.project_to_tree(cumulative), cumulative,
+                             rtol=1e-14, atol=1e-16)
+
+
+def test_a_question_with_no_votes_is_projected_to_equal_answers():
+  votes = taxonomy.conditional_to_cumulative(_conditional_row(
+      Class1_1=0.9, Class1_2=0.1, Class1_3=0.0, Class6_1=0.3, Class6_2=0.7,
+      Class7_1=0.8, Class7_2=0.1, Class7_3=0.1))
+  votes[taxonomy.QUESTIONS[7].slice] = 0.0  # Q8, under Class6.1 = 0.3.
+  projected = taxonomy.project_to_tree(votes)
+  assert not np.isnan(projected).any()
+  np.testing.assert_allclose(projected[taxonomy.QUESTIONS[7].slice],
+                             [0.3 / 7] * 7)
+  assert taxonomy.seven_class_labels(projected) == 0
+  assert taxonomy.seven_class_scores(projected)[0] == pytest.approx(
+      0.9 * 0.7 * 0.8)
+  # All zero: every question's answers equal, Q1's at 1/3 each.
+  nothing = taxonomy.project_to_tree(np.zeros(taxonomy.NUM_ANSWERS))
+  assert nothing[:3].tolist() == pytest.approx([1 / 3] * 3)
+  assert not np.isnan(nothing).any()
+  # Negatives count as 0; NaN stays unknown for its question and below.
+  votes[taxonomy.index('Class1.3')] = -0.2
+  votes[taxonomy.index('Class2.1')] = np.nan
+  projected = taxonomy.project_to_tree(votes)
+  assert projected[:3].tolist() == pytest.approx([0.9, 0.1, 0.0])
+  unknown = [taxonomy.ANSWERS[i] for i in np.flatnonzero(np.isnan(projected))]
+  assert unknown == ['Class2.1', 'Class2.2', 'Class3.1', 'Class3.2',
+                     'Class4.1', 'Class4.2', *taxonomy.QUESTIONS[4].columns,
+                     *taxonomy.QUESTIONS[8].columns,
+                     *taxonomy.QUESTIONS[9].columns,
+                     *taxonomy.QUESTIONS[10].columns]

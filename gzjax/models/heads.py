@@ -31,7 +31,9 @@ def decision_tree_votes(logits: jax.Array) -> jax.Array:
 
   ``y_i = max(z_i, 0) / sum_j max(z_j, 0)`` over each question's answers
   (Dieleman's divisive normalisation), then each question is scaled by its
-  parent answer's final value, walking the tree from the roots.
+  parent answer's final value, walking the tree from the roots
+  (``taxonomy.normalise_over_tree``, the walk that also projects any other
+  model's outputs onto the tree before classes are derived from them).
 
   Where all of a question's ReLU outputs are 0, Dieleman's ``eps`` in the
   denominator gives all-zero answers that no longer sum to the parent, and no
@@ -47,22 +49,10 @@ def decision_tree_votes(logits: jax.Array) -> jax.Array:
   by 1e-3 would break the tree's sums.
   """
   logits = logits.astype(jnp.float32)
-  rectified = jax.nn.relu(logits)
-  cumulative = {}
-  for question in taxonomy.TREE_ORDER:
-    answers = rectified[..., question.slice]
-    total = answers.sum(axis=-1, keepdims=True)
-    alive = total > 0
-    answers = jnp.where(
-        alive,
-        answers / jnp.where(alive, total, 1.0),
-        jax.nn.softmax(logits[..., question.slice], axis=-1),
-    )
-    if question.parent is not None:
-      answers = answers * cumulative[question.parent][..., None]
-    for column, name in enumerate(question.columns):
-      cumulative[name] = answers[..., column]
-  return jnp.stack([cumulative[name] for name in taxonomy.ANSWERS], axis=-1)
+  return taxonomy.normalise_over_tree(
+      jax.nn.relu(logits),
+      lambda question, _: jax.nn.softmax(logits[..., question.slice], axis=-1),
+      xp=jnp)
 
 
 class Head(nnx.Module):
