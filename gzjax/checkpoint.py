@@ -119,6 +119,25 @@ class Checkpointer:
     manager = self.best if which == 'best' else self.latest
     return [] if manager is None else sorted(manager.all_steps())
 
+  def kept_in(self, step: int) -> str:
+    """``'latest'`` or ``'best'``: which manager keeps ``step``.
+
+    A step number names a step wherever it is kept: the best one is often
+    older than every step ``checkpoints/`` still holds (it kept the newest
+    few), and then lives only in ``best/``.
+
+    Raises:
+      MissingCheckpointError: neither keeps it; the steps of both are named.
+    """
+    for which in ('latest', 'best'):
+      if step in self.steps(which):
+        return which
+    workdir = pathlib.Path(self.latest.directory).parent
+    raise errors.MissingCheckpointError(
+        f'No checkpoint at step {step} in {workdir}: checkpoints/ holds steps'
+        f' {self.steps()} and best/ {self.steps("best")}; pass one of them'
+        ' (or latest or best) as --checkpoint.')
+
   def restore_newest_intact(
       self, template: Any, warn=print) -> tuple[Any, Any, int] | None:
     """The newest latest-checkpoint that restores, or None when none exist.

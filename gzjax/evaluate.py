@@ -196,10 +196,9 @@ def restore(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
       workdir, best_metric=config.best_metric, best_mode=config.best_mode)
   try:
     step = int(which) if which.isdigit() else None
+    kept = which if step is None else checkpointer.kept_in(step)
     try:
-      state, _, step = checkpointer.restore(
-          template, step=step,
-          which='best' if which == 'best' else 'latest')
+      state, _, step = checkpointer.restore(template, step=step, which=kept)
     except errors.CheckpointError as error:
       raise errors.CheckpointError(
           f'{error} {_intact_hint(checkpointer, template, error)}'
@@ -217,7 +216,9 @@ def check_checkpoint_folder(workdir: pathlib.Path, which: str) -> None:
     raise errors.ConfigError(
         f'--checkpoint={which}: use latest, best or a step number.')
   folder = workdir / ('best' if which == 'best' else 'checkpoints')
-  if not folder.is_dir():
+  # A step number may be kept only as the best one (Checkpointer.kept_in).
+  best_step = which.isdigit() and (workdir / 'best').is_dir()
+  if not folder.is_dir() and not best_step:
     raise errors.MissingCheckpointError(
         f'{workdir} holds no {"best " if which == "best" else ""}checkpoints'
         f' ({folder} does not exist): train into it first, or pass the'

@@ -176,6 +176,31 @@ def test_checkpoint_flag_accepts_only_latest_best_or_a_step(trained):
     evaluate.evaluate(config, trained[1], checkpoint='4')
 
 
+def test_a_step_kept_only_as_the_best_checkpoint_restores_by_its_number(
+    trained, tmp_path):
+  """--checkpoint=N names a step wherever it is kept: the best step, once
+  checkpoints/ no longer holds it, was refused ("No latest checkpoint at
+  step 6 ...") although --checkpoint=best restored it."""
+  workdir = _copy(trained, tmp_path)
+  config = _config(trained[0])
+  best = sorted(int(p.name) for p in (workdir / 'best').iterdir())
+  assert best == [6]
+  shutil.rmtree(workdir / 'checkpoints' / '6')  # Kept only as the best.
+  _, state, step = evaluate.restore(config, workdir, '6')
+  assert (step, int(state.step)) == (6, 6)
+  _, state, step = evaluate.restore(config, workdir, '3')
+  assert (step, int(state.step)) == (3, 3)
+  with pytest.raises(errors.MissingCheckpointError) as info:
+    evaluate.restore(config, workdir, '4')
+  assert str(info.value) == (
+      f'No checkpoint at step 4 in {workdir.resolve()}: checkpoints/ holds'
+      ' steps [3] and best/ [6]; pass one of them (or latest or best) as'
+      ' --checkpoint.')
+  shutil.rmtree(workdir / 'checkpoints')  # Only best/ left.
+  _, _, step = evaluate.restore(config, workdir, '6')
+  assert step == 6
+
+
 def test_evaluate_and_predict_on_a_missing_workdir_create_nothing(
     trained, tmp_path):
   config = _config(trained[0])
