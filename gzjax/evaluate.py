@@ -344,15 +344,34 @@ def predict(config: ml_collections.ConfigDict,
     ids = result['galaxy_id'] if ids is None else ids
     total = result['outputs'] if total is None else total + result['outputs']
   mean = np.clip(total / len(workdirs), 0.0, 1.0)
+  written = [source.written_id(int(g)) for g in ids] if images else None
   if jax.process_index() == 0:
-    _write_csv(output, ids, mean, task)
+    _write_csv(output, ids, mean, task, written)
     print(f'Wrote {len(ids)} predictions to {output}')
   return output
 
 
+def _id_column(written: Sequence[str]) -> np.ndarray | list[str]:
+  """The GalaxyID column: integers when every id is an integer's own text
+  (Kaggle's ``100008``), else the ids as written, text (``000042`` read as
+  the integer 42 would name another galaxy than its file's)."""
+  try:
+    numbers = np.asarray([int(text) for text in written], np.int64)
+  except (ValueError, OverflowError):
+    return list(written)
+  if [str(n) for n in numbers.tolist()] == list(written):
+    return numbers
+  return list(written)
+
+
 def _write_csv(path: pathlib.Path, ids: np.ndarray, outputs: np.ndarray,
-               task: tasks.Task) -> None:
+               task: tasks.Task, written: Sequence[str] | None = None
+               ) -> None:
   """Writes rows by GalaxyID, atomically: never a partial file by that name.
+
+  Rows are in the order of ``ids`` (integers); the GalaxyID column holds
+  ``written``, each id's text (default: the integer's), by
+  :func:`_id_column`.
 
   CSV for a .csv ``path`` (the Kaggle submission's text), Parquet for
   .parquet, as ``gzjax.predict.table_format`` and the fine-tuning path
@@ -364,8 +383,10 @@ def _write_csv(path: pathlib.Path, ids: np.ndarray, outputs: np.ndarray,
   from gzjax import predict as predict_lib  # pylint: disable=g-import-not-at-top
   order = np.argsort(ids, kind='stable')
   ids, outputs = ids[order], outputs[order]
+  written = ([str(int(g)) for g in ids] if written is None
+             else [written[k] for k in order])
   names = task.class_names if task.is_classification else taxonomy.ANSWERS
-  columns = {'GalaxyID': np.asarray(ids, np.int64),
+  columns = {'GalaxyID': _id_column(written),
              **{name: outputs[:, k] for k, name in enumerate(names)}}
   if task.is_classification:  # Then the most probable class.
     columns['predicted'] = [names[k] for k in np.argmax(outputs, axis=1)]
@@ -373,8 +394,8 @@ def _write_csv(path: pathlib.Path, ids: np.ndarray, outputs: np.ndarray,
     predict_lib.write_table(path, columns)
     return
   # The Kaggle submission's text: 6 decimals, as it has always been.
-  rows = [[str(int(g)), *(f'{p:.6f}' for p in row)]
-          for g, row in zip(ids, outputs)]
+  rows = [[text, *(f'{p:.6f}' for p in row)]
+          for text, row in zip(written, outputs)]
   for row, name in zip(rows, columns.get('predicted', ())):
     row.append(name)
   header = list(columns)

@@ -13,6 +13,8 @@ import sys
 
 import jax
 from PIL import Image
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import tiny_config
@@ -283,6 +285,46 @@ def test_an_image_folder_takes_jpeg_and_png_in_any_case_and_lists_the_rest(
       ' GalaxyID',
       f'  {folder}/notes.txt: not a .jpg, .jpeg or .png file']
   assert not (tmp_path / 'predictions.csv').exists()
+
+
+def test_an_image_folder_keeps_each_galaxy_id_as_its_file_writes_it(
+    trained, kaggle_sample, tmp_path):
+  """000042.jpg was written as GalaxyID 42 (its --output_dir row says
+  000042): the column stays integer only while every id reads back as the
+  same text; two names of one integer (42.jpg, 042.jpg) are refused."""
+  jpegs = kaggle_sample / 'images_training_rev1'
+  folder = tmp_path / 'images'
+  folder.mkdir()
+  for source, name in (('100053.jpg', '100008.jpg'), ('100078.jpg', '7.jpg'),
+                       ('100090.jpg', '000042.jpg')):
+    (folder / name).write_bytes((jpegs / source).read_bytes())
+  config = _config(trained[0])
+  output = evaluate.predict(config, [trained[1]], images=folder,
+                            output=tmp_path / 'p.csv')
+  ids = [r.split(',')[0] for r in output.read_text().splitlines()[1:]]
+  assert ids == ['7', '000042', '100008']  # In GalaxyID order.
+  output = evaluate.predict(config, [trained[1]], images=folder,
+                            output=tmp_path / 'p.parquet')
+  column = pq.read_table(output).column('GalaxyID')
+  assert (column.type, column.to_pylist()) == (
+      pa.string(), ['7', '000042', '100008'])
+  (folder / '000042.jpg').unlink()  # Kaggle's own names: integers, as ever.
+  output = evaluate.predict(config, [trained[1]], images=folder,
+                            output=tmp_path / 'p.parquet')
+  column = pq.read_table(output).column('GalaxyID')
+  assert (column.type, column.to_pylist()) == (pa.int64(), [7, 100008])
+  (folder / '042.jpg').write_bytes((jpegs / '100090.jpg').read_bytes())
+  (folder / '42.jpg').write_bytes((jpegs / '100090.jpg').read_bytes())
+  too_long = folder / f'{2**64}.jpg'  # Was an OverflowError's traceback.
+  too_long.write_bytes((jpegs / '100090.jpg').read_bytes())
+  with pytest.raises(errors.DataError) as info:
+    evaluate.predict(config, [trained[1]], images=folder,
+                     output=tmp_path / 'q.csv')
+  assert str(info.value).splitlines()[1:] == [
+      f'  {too_long}: GalaxyID {2**64} does not fit in 64 bits',
+      f'  {folder}/42.jpg: GalaxyID 42 also has 042.jpg',
+      'Fix, rename or move them out of the folder.']
+  assert not (tmp_path / 'q.csv').exists()
 
 
 def test_a_full_disk_is_one_line_before_orbax_writes(trained, tmp_path,

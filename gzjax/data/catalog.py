@@ -297,7 +297,11 @@ class ImageFolder:
                         ' integer GalaxyID')
         continue
       galaxy_id = int(path.stem)
-      if galaxy_id in paths:
+      if galaxy_id >= 2**63:
+        problems.append(f'{path}: GalaxyID {path.stem} does not fit in 64'
+                        ' bits')
+        continue
+      if galaxy_id in paths:  # 42.jpg and 042.jpg too: one integer.
         problems.append(f'{path}: GalaxyID {galaxy_id} also has'
                         f' {paths[galaxy_id].name}')
         continue
@@ -316,6 +320,11 @@ class ImageFolder:
 
   def __len__(self) -> int:
     return len(self._ids)
+
+  def written_id(self, galaxy_id: int) -> str:
+    """The GalaxyID as its file names it (``000042`` for ``000042.jpg``):
+    what a prediction file writes, since ``42`` would name another file."""
+    return self._paths[galaxy_id].stem
 
   def __getitem__(self, index: int) -> dict[str, Any]:
     galaxy_id = int(self._ids[index])
