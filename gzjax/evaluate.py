@@ -38,6 +38,7 @@ from gzjax import taxonomy
 from gzjax import workdir_rules
 from gzjax.data import catalog as catalogs
 from gzjax.data import fields
+from gzjax.data import galaxy_zoo
 from gzjax.data import pipeline
 from gzjax.data import splits
 
@@ -183,13 +184,7 @@ def restore(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
   tools/benchmark_accuracy.py).
   """
   workdir = pathlib.Path(workdir)
-  check_checkpoint_folder(workdir, which)
-  if task is None and (workdir / 'labels.json').is_file():
-    raise errors.ConfigError(
-        f'{workdir} is a fine-tuning run on a label catalogue (it has'
-        ' labels.json): evaluate or predict it with the config it was'
-        ' trained with (config.labels.catalog set).')
-  workdir_rules.check_resumable(config, workdir)
+  check_restorable(config, workdir, which, task)
   experiment = experiments.create_experiment(config, task)
   template = experiment.abstract_state()
   checkpointer = checkpoints.Checkpointer(
@@ -206,6 +201,21 @@ def restore(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
   finally:
     checkpointer.close()
   return experiment, state, step
+
+
+def check_restorable(config: ml_collections.ConfigDict,
+                     workdir: pathlib.Path, which: str,
+                     task: tasks.Task | None) -> None:
+  """What :func:`restore` refuses before it builds a model (the folder, a
+  fine-tuning run without its labels, another model or preprocessing), in a
+  few file reads: callers with more to check run it first."""
+  check_checkpoint_folder(workdir, which)
+  if task is None and (workdir / 'labels.json').is_file():
+    raise errors.ConfigError(
+        f'{workdir} is a fine-tuning run on a label catalogue (it has'
+        ' labels.json): evaluate or predict it with the config it was'
+        ' trained with (config.labels.catalog set).')
+  workdir_rules.check_resumable(config, workdir)
 
 
 def check_checkpoint_folder(workdir: pathlib.Path, which: str) -> None:
@@ -251,18 +261,16 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
   """
   config_checks.check(config)
   workdir = pathlib.Path(workdir)
-  # restore checks the folder first.
+  # The workdir, then the split's labels, before a model is built.
+  check_restorable(config, workdir, checkpoint, task)
+  built = source is None
+  if built:
+    source = splits.open_split(config, split)
+  _check_labelled(task or tasks.task_of(config), source, split,
+                  config.dataset, built)
   experiment, state, step = restore(config, workdir, checkpoint, task=task)
   task = experiment.task
-  if source is None:
-    source = splits.open_split(config, split)
   predictions = predict_split(experiment, state, source, tta=tta)
-  if task.evaluate is None and not _labelled(task, predictions).any():
-    raise errors.DataError(
-        f'The {split} split of {config.dataset} has no labels for'
-        f' {task.name} (none of its {len(predictions["outputs"])} galaxies),'
-        ' so it cannot be scored: evaluate --split=validation or train, or'
-        ' get its predictions with --mode=predict.')
   baseline = None if (task.is_classification or task.evaluate) else \
       training_mean_votes(splits.open_split(config, 'train'))
   result = score(task, predictions, baseline)
@@ -275,12 +283,30 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
   return result
 
 
-def _labelled(task: tasks.Task, predictions: Mapping[str, np.ndarray]
-              ) -> np.ndarray:
-  """Which predicted galaxies a built-in task can score."""
+def _check_labelled(task: tasks.Task, source, split: str, dataset: str,
+                    built: bool) -> None:
+  """Refuses a split with nothing to score before anything is predicted
+  (the whole split was, first).  A built dataset labels only its
+  LABELLED_SPLITS (the test split has no votes), known without a read;
+  another split is read up to its first record the task can score."""
+  if task.evaluate is not None:  # Not a built-in task (gzjax.finetune's).
+    return
+  known_unlabelled = built and split not in galaxy_zoo.LABELLED_SPLITS
+  if not known_unlabelled and any(
+      _labelled(task, source[i]) for i in range(len(source))):
+    return
+  raise errors.DataError(
+      f'The {split} split of {dataset} has no labels for {task.name} (none'
+      f' of its {len(source)} galaxies), so it cannot be scored: evaluate'
+      ' --split=validation or train, or get its predictions with'
+      ' --mode=predict.')
+
+
+def _labelled(task: tasks.Task, record: Mapping[str, Any]) -> bool:
+  """Whether a built-in task can score a record."""
   if task.is_classification:
-    return np.asarray(predictions[task.label_key]) >= 0
-  return np.asarray(predictions['votes_mask']).any(axis=-1)
+    return bool(np.asarray(record[task.label_key]) >= 0)
+  return bool(np.asarray(record['votes_mask']).any())
 
 
 def _plots(workdir: pathlib.Path, split: str, task: tasks.Task,

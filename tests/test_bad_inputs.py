@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import jax
+import numpy as np
 from PIL import Image
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -22,6 +23,7 @@ from gzjax import checkpoint
 from gzjax import errors
 from gzjax import evaluate
 from gzjax import experiment as experiments
+from gzjax import tasks
 from gzjax import train
 from gzjax import workdir_rules
 from gzjax.data import galaxy_zoo
@@ -466,9 +468,17 @@ def test_resuming_past_num_train_steps_is_refused_and_changes_nothing(
   assert _snapshot(workdir) == before  # config.json included.
 
 
-def test_evaluating_a_split_without_labels_is_refused(trained, tmp_path):
+def test_evaluating_a_split_without_labels_is_refused(trained, tmp_path,
+                                                      monkeypatch):
+  """Before a model is restored, let alone the split predicted (it was
+  predicted whole, then refused)."""
   workdir = _copy(trained, tmp_path)
   config = _config(trained[0])
+
+  def restore(*args, **kwargs):
+    raise AssertionError('the model was restored before the refusal')
+
+  monkeypatch.setattr(evaluate, 'restore', restore)
   with pytest.raises(errors.DataError) as info:
     evaluate.evaluate(config, workdir, split='test')
   assert str(info.value) == (
@@ -477,6 +487,32 @@ def test_evaluating_a_split_without_labels_is_refused(trained, tmp_path):
       ' --split=validation or train, or get its predictions with'
       ' --mode=predict.')
   assert not (workdir / 'eval_test.json').exists()
+
+
+def test_a_split_is_read_up_to_its_first_scorable_record():
+  """Another split than a built dataset's test split is read, not named."""
+  unlabelled = {'votes_mask': np.zeros(37, bool), 'label_3class': -1}
+  records = [unlabelled] * 3
+  read = []
+
+  class Split(list):
+    def __getitem__(self, index):
+      read.append(index)
+      return super().__getitem__(index)
+
+  with pytest.raises(errors.DataError, match=r'none of its 3 galaxies'):
+    evaluate._check_labelled(tasks.TASKS['votes'], Split(records),  # pylint: disable=protected-access
+                             'validation', 'mine', built=False)
+  known = {**unlabelled, 'votes_mask': np.eye(37, dtype=bool)[5]}
+  read.clear()
+  evaluate._check_labelled(tasks.TASKS['votes'],  # pylint: disable=protected-access
+                           Split([unlabelled, known, unlabelled]),
+                           'validation', 'mine', built=False)
+  assert read == [0, 1]
+  with pytest.raises(errors.DataError, match=r'none of its 3 galaxies'):
+    evaluate._check_labelled(tasks.TASKS['3class'],  # pylint: disable=protected-access
+                             Split([unlabelled, known, unlabelled]),
+                             'validation', 'mine', built=False)
 
 
 def test_checkpoints_without_their_config_json_are_refused(trained, tmp_path):
