@@ -14,7 +14,6 @@ workdirs when asked.
 
 from __future__ import annotations
 
-import json
 import pathlib
 from typing import Any, Callable, Mapping, Sequence
 
@@ -30,6 +29,7 @@ from gzjax import config_checks
 from gzjax import distributed
 from gzjax import errors
 from gzjax import experiment as experiments
+from gzjax import metric_writer
 from gzjax import metrics
 from gzjax import plots
 from gzjax import programs
@@ -276,7 +276,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
   result = score(task, predictions, baseline)
   result.update(split=split, step=step, checkpoint=checkpoint, tta=tta)
   if jax.process_index() == 0:
-    (workdir / f'eval_{split}.json').write_text(json.dumps(result, indent=2))
+    (workdir / f'eval_{split}.json').write_text(
+        metric_writer.dumps(result, indent=2))
     if task.evaluate is None:
       _plots(workdir, split, task, result, source, predictions)
     print(summary_line(step, task, result, split=split))
@@ -352,6 +353,7 @@ def predict(config: ml_collections.ConfigDict,
   from gzjax import predict as predict_lib  # pylint: disable=g-import-not-at-top
   config_checks.check(config)
   workdirs = [pathlib.Path(w) for w in workdirs]
+  _check_distinct(workdirs)
   output = predict_lib.check_output(output or workdirs[0] / 'predictions.csv')
   for workdir in workdirs:
     check_checkpoint_folder(workdir, checkpoint)
@@ -375,6 +377,20 @@ def predict(config: ml_collections.ConfigDict,
     _write_csv(output, ids, mean, task, written)
     print(f'Wrote {len(ids)} predictions to {output}')
   return output
+
+
+def _check_distinct(workdirs: Sequence[pathlib.Path]) -> None:
+  """Refuses an ensemble that names one workdir twice (however spelt): its
+  predictions would silently count twice in the average."""
+  seen = {}
+  for workdir in workdirs:
+    first = seen.setdefault(workdir.resolve(), workdir)
+    if first is not workdir:
+      also = '' if str(first) == str(workdir) else f' (also as {first})'
+      raise errors.ConfigError(
+          f'--workdir and --ensemble name {workdir} twice{also}: it would'
+          ' count twice in the averaged predictions; name each workdir'
+          ' once.')
 
 
 def _id_column(written: Sequence[str]) -> np.ndarray | list[str]:

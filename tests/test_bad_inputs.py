@@ -216,6 +216,22 @@ def test_evaluate_and_predict_on_a_missing_workdir_create_nothing(
   assert list(tmp_path.iterdir()) == []
 
 
+def test_an_ensemble_naming_a_workdir_twice_is_refused(trained, tmp_path):
+  """It was averaged in twice, silently weighting that run double."""
+  config = _config(trained[0])
+  other = _copy(trained, tmp_path)
+  for members, message in (
+      ([trained[1], other, trained[1]], f'{trained[1]} twice'),
+      ([other, other / '..' / 'work'],
+       f'{other}/../work twice (also as {other})')):
+    with pytest.raises(errors.ConfigError) as info:
+      evaluate.predict(config, members, output=tmp_path / 'p.csv')
+    assert str(info.value) == (
+        f'--workdir and --ensemble name {message}: it would count twice in'
+        ' the averaged predictions; name each workdir once.')
+  assert not (tmp_path / 'p.csv').exists()
+
+
 def test_an_unwritable_workdir_is_one_line(trained, tmp_path):
   (tmp_path / 'file').write_text('not a folder')
   with pytest.raises(errors.WorkdirError) as info:
