@@ -220,17 +220,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   # Before the workdir: a config that needs a validation split the dataset
   # lacks is refused with nothing created.
   evaluates = validation_source is not None or splits.check_validation(config)
-  workdir = workdir_rules.writable_workdir(workdir)
-  with workdir_rules.training_lock(workdir):
-    return _train(config, workdir, task=task, train_source=train_source,
+  # Made and locked here; taken back if the run ends before it writes.
+  with workdir_rules.claim(workdir) as claim:
+    return _train(config, claim, task=task, train_source=train_source,
                   validation_source=validation_source, evaluates=evaluates)
 
 
-def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, *,
+def _train(config: ml_collections.ConfigDict, claim: workdir_rules.Claim, *,
            task: tasks.Task | None, train_source, validation_source,
            evaluates: bool) -> dict[str, Any]:
   """:func:`train_and_evaluate` with the workdir locked; ``evaluates``:
   whether there is a validation split to evaluate on."""
+  workdir = claim.workdir
   if jax.process_index() == 0:
     for warning in optimizers.schedule_warnings(config.optimizer,
                                                 config.num_train_steps):
@@ -277,7 +278,9 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, *,
   if not start_step:  # No checkpoint, or none intact: initialise.
     state = experiment.initial_state()
   # Only now, with the checkpoint restored, does the workdir describe this
-  # config; the metrics keep what the restored state has seen.
+  # config (from here on, what the run writes stays, however it ends); the
+  # metrics keep what the restored state has seen.
+  claim.start()
   # Both write from process 0 only (one writer on a shared filesystem).
   workdir_rules.write_atomically(workdir / 'config.json',
                                  config.to_json_best_effort(indent=2))

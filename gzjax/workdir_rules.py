@@ -4,6 +4,7 @@ its files replaced atomically and its metrics cut back to a restored step."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import fcntl
 import json
@@ -11,6 +12,7 @@ import math
 import os
 import pathlib
 import socket
+from typing import Iterator
 
 import jax
 import ml_collections
@@ -61,8 +63,30 @@ def writable_workdir(workdir: str | pathlib.Path) -> pathlib.Path:
 LOCK_FILE = '.gzjax_training.lock'
 
 
+@dataclasses.dataclass(frozen=True)
+class Lock:
+  """A held :func:`training_lock`; ``made``: this run created its file."""
+  path: pathlib.Path | None = None
+  made: bool = False
+
+  def remove_if_made(self) -> None:
+    """Deletes the lock file if this run created it.  Called while the lock
+    is held, so that no other run holds it."""
+    if self.made:
+      self.path.unlink(missing_ok=True)
+
+
+def _open_lock_file(path: pathlib.Path):
+  """The lock file opened for reading and writing, and whether this call
+  created it (exclusively: another run's file is never taken for ours)."""
+  try:
+    return open(path, 'x+'), True  # pylint: disable=consider-using-with
+  except FileExistsError:
+    return open(path, 'a+'), False  # pylint: disable=consider-using-with
+
+
 @contextlib.contextmanager
-def training_lock(workdir: pathlib.Path):
+def training_lock(workdir: pathlib.Path) -> Iterator[Lock]:
   """Holds ``workdir``'s lock while a run trains into it; a second run
   (another process, here or on a host sharing the folder) is refused in one
   line naming the holder, instead of both writing the same checkpoints,
@@ -70,9 +94,10 @@ def training_lock(workdir: pathlib.Path):
   however that ends, so a killed run never leaves the workdir locked.
   Evaluating and predicting take no lock: they only read."""
   if jax.process_index() != 0:  # The other processes are the same run.
-    yield
+    yield Lock()
     return
-  handle = open(workdir / LOCK_FILE, 'a+')  # pylint: disable=consider-using-with
+  path = workdir / LOCK_FILE
+  handle, made = _open_lock_file(path)
   try:
     try:
       fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -87,9 +112,83 @@ def training_lock(workdir: pathlib.Path):
     handle.write(f'pid {os.getpid()} on {socket.gethostname()}, since'
                  f' {datetime.datetime.now().isoformat(timespec="seconds")}')
     handle.flush()
-    yield
+    yield Lock(path, made)
   finally:
     handle.close()  # Also releases the lock.
+
+
+def _missing_folders(folder: pathlib.Path) -> list[pathlib.Path]:
+  """``folder`` and those of its parents that do not exist yet, innermost
+  first: what making it creates."""
+  missing = []
+  for path in (folder, *folder.parents):
+    if os.path.lexists(path):
+      break
+    missing.append(path)
+  return missing
+
+
+def _names(folder: pathlib.Path) -> set[str]:
+  try:
+    return set(os.listdir(folder))
+  except OSError:  # Gone, or no longer a folder: nothing to take back.
+    return set()
+
+
+def _remove_empty(folders) -> None:
+  """Removes each of ``folders`` that is empty, in turn: rmdir refuses any
+  other, so nothing in one is ever lost."""
+  for folder in folders:
+    try:
+      folder.rmdir()
+    except OSError:  # Not empty (files that are not this run's), or gone.
+      pass
+
+
+class Claim:
+  """A training run's hold on its workdir (:func:`claim`)."""
+
+  def __init__(self, workdir: pathlib.Path):
+    self.workdir = workdir
+    self.started = False
+
+  def start(self) -> None:
+    """The run writes into the workdir from now on; what it writes stays,
+    however the run ends."""
+    self.started = True
+
+
+@contextlib.contextmanager
+def claim(workdir: str | pathlib.Path) -> Iterator[Claim]:
+  """Makes ``workdir`` (:func:`writable_workdir`) and holds its
+  :func:`training_lock` for a run.
+
+  A run that ends before :meth:`Claim.start` (refused: no dataset, a batch
+  larger than the split, a checkpoint of another model; or interrupted)
+  leaves the filesystem as it found it: the folders it made (the workdir
+  and its missing parents), the empty ones Orbax made inside and a lock
+  file it created are removed again; anything else stays, since it is not
+  this run's.
+  """
+  held = Claim(pathlib.Path(workdir))
+  if jax.process_index() != 0:  # Process 0 makes, locks and takes back.
+    yield held
+    return
+  made = _missing_folders(held.workdir)
+  try:
+    writable_workdir(held.workdir)
+    with training_lock(held.workdir) as lock:
+      found = _names(held.workdir)  # Under the lock: no run writes there.
+      try:
+        yield held
+      finally:
+        if not held.started:
+          new = sorted(_names(held.workdir) - found)
+          _remove_empty([held.workdir / name for name in new])
+          lock.remove_if_made()
+  finally:
+    if not held.started:
+      _remove_empty(made)
 
 
 def _value(config, key: str):
