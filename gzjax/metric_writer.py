@@ -1,4 +1,10 @@
-"""The metrics of a run: ``metrics.jsonl`` and TensorBoard event files."""
+"""The metrics of a run: ``metrics.jsonl`` and TensorBoard event files.
+
+Both JSON files a run writes (``metrics.jsonl``, ``eval_<split>.json``) are
+strict JSON (:func:`dumps`): a value that is not finite (a question without a
+known answer in the split, a diverged loss) is ``null``, since Python's NaN and
+Infinity tokens are not JSON and stop other readers (``jq``, JavaScript, Go).
+"""
 
 from __future__ import annotations
 
@@ -28,7 +34,7 @@ class MetricWriter:
     if jax.process_index() != 0:
       return
     with self._path.open('a') as f:
-      f.write(json.dumps({'step': step, **values}) + '\n')
+      f.write(dumps({'step': step, **values}) + '\n')
     for key, value in values.items():
       if isinstance(value, (int, float)) and math.isfinite(value):
         self._tensorboard.add_scalar(key, value, step)
@@ -37,6 +43,23 @@ class MetricWriter:
   def close(self) -> None:
     if self._tensorboard is not None:
       self._tensorboard.close()
+
+
+def finite_or_none(value: Any) -> Any:
+  """``value`` with every float that is not finite replaced by None, through
+  mappings, lists and tuples (tuples become lists, as JSON has them)."""
+  if isinstance(value, Mapping):
+    return {key: finite_or_none(item) for key, item in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [finite_or_none(item) for item in value]
+  if isinstance(value, (float, np.floating)) and not math.isfinite(value):
+    return None
+  return value
+
+
+def dumps(value: Any, **kwargs) -> str:
+  """Strict JSON of ``value``: not-finite floats as null (module docstring)."""
+  return json.dumps(finite_or_none(value), allow_nan=False, **kwargs)
 
 
 def flat_scalars(prefix: str, values: Mapping[str, Any]) -> dict[str, float]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import pathlib
 import struct
 
@@ -66,23 +65,41 @@ def test_writes_jsonl_and_tensorboard(tmp_path):
   ]
 
 
-def test_non_finite_values_are_kept_in_jsonl_only(tmp_path):
+def _strict(text):
+  """json.loads refusing the NaN/Infinity tokens that are not JSON."""
+  def refuse(token):
+    raise ValueError(f'not JSON: {token}')
+  return json.loads(text, parse_constant=refuse)
+
+
+def test_non_finite_values_are_null_in_the_jsonl_and_absent_from_tensorboard(
+    tmp_path):
   writer = metric_writer.MetricWriter(tmp_path)
   writer.write(1, {'loss': float('nan'), 'grad_norm': float('inf'),
                    'accuracy': 0.75})
-  writer.write(2, {'loss': float('-inf')})
+  writer.write(2, {'loss': float('-inf'), 'rmse': np.float32('nan')})
   writer.close()
 
   lines = (tmp_path / 'metrics.jsonl').read_text().splitlines()
-  # json writes NaN/Infinity tokens, which json.loads reads back.
   assert lines == [
-      '{"step": 1, "loss": NaN, "grad_norm": Infinity, "accuracy": 0.75}',
-      '{"step": 2, "loss": -Infinity}',
+      '{"step": 1, "loss": null, "grad_norm": null, "accuracy": 0.75}',
+      '{"step": 2, "loss": null, "rmse": null}',
   ]
-  first = json.loads(lines[0])
-  assert math.isnan(first['loss']) and first['grad_norm'] == math.inf
+  assert _strict(lines[0]) == {'step': 1, 'loss': None, 'grad_norm': None,
+                               'accuracy': 0.75}
   # TensorBoard gets only the finite scalar.
   assert _scalars(tmp_path) == [(1, 'accuracy', 0.75)]
+
+
+def test_dumps_is_strict_json_through_nested_values():
+  value = {'rmse': 0.25, 'per_question': {'Q1': 0.5, 'Q3': float('nan')},
+           'curve': (1.0, float('inf'), np.float64('-inf')), 'count': 7,
+           'name': 'smooth'}
+  text = metric_writer.dumps(value, sort_keys=True)
+  assert _strict(text) == {'rmse': 0.25, 'per_question': {'Q1': 0.5,
+                                                          'Q3': None},
+                           'curve': [1.0, None, None], 'count': 7,
+                           'name': 'smooth'}
 
 
 def test_a_resumed_run_appends_to_the_jsonl(tmp_path):

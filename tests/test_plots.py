@@ -38,3 +38,15 @@ def test_a_16_bit_thumbnail_is_scaled_by_its_bit_depth_not_clipped(tmp_path):
   pixels = np.asarray(Image.open(path).convert('RGB')).astype(int)
   grey = (np.abs(pixels - 64) <= 2).all(-1)
   assert grey.sum() > 5000, grey.sum()  # The thumbnail, not text edges.
+
+
+def test_learning_curves_draw_a_null_value_as_a_gap(tmp_path):
+  """metrics.jsonl writes a value that was not finite as null; the curve
+  skips that point (a gap) and keeps the others."""
+  log = tmp_path / 'metrics.jsonl'
+  log.write_text('{"step": 1, "train/loss": 0.5, "validation/rmse": 0.2}\n'
+                 '{"step": 2, "train/loss": null, "validation/rmse": null}\n'
+                 '{"step": 3, "train/loss": 0.25, "validation/rmse": 0.1}\n')
+  path = plots.learning_curves(log, tmp_path / 'curves.png')
+  with Image.open(path) as image:
+    assert image.size == (1200, 400)  # Two panels: loss and validation.
