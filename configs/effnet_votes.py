@@ -6,9 +6,9 @@ r"""Kalvankar et al. 2020: EfficientNet-B0 on the 37 votes, crop 212 -> 224.
       --config.manual_dir=/path/to/galaxy-zoo-the-galaxy-challenge \
       --config.model.pretrained=~/gzjax_weights/efficientnet_b0.msgpack
 
-EfficientNet-B0 (5,330,571 parameters with batch-norm statistics, from Keras's
-ImageNet weights when --config.model.pretrained is given, fine-tuned
-throughout), the decision-tree votes head, masked MSE, Adam at 1.5e-4 with
+EfficientNet-B0 (4,096,961 parameters: the 4,049,564 of the backbone, from Keras's
+ImageNet weights when --config.model.pretrained is given, and a 47,397-parameter
+votes head; fine-tuned throughout), the decision-tree votes head, masked MSE, Adam at 1.5e-4 with
 the learning rate halved when the training loss plateaus, as Kalvankar et al.
 The centre 212 px of each image resized to 224 px, the full rotation/flip/zoom
 augmentation, and the ImageNet normalisation the Keras weights expect

@@ -1,7 +1,10 @@
 r"""Fine-tune on your own labels: a label catalogue as a task for the engine.
 
-  python -m gzjax.finetune --config=configs/finetune_spiral.py \
+  python -m gzjax.main --config=configs/finetune_spiral.py \
       --workdir=/tmp/spiral
+
+(``gzjax.main`` sees ``config.labels.catalog`` and runs this module's
+:func:`run`; this module has no command line of its own.)
 
 ``config.labels`` (gzjax.data.labels) names the catalogue and its columns;
 this module turns them into a :class:`gzjax.tasks.Task` (one linear output

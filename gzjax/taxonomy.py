@@ -13,8 +13,11 @@ answers (an empty CSV cell) are NaN in a float array, or False in a
 ``known`` mask; they propagate as unknown and are never read as 0.
 
 The label derivations (3-class for question 1, 7-class after Willett et al.
-2013 / Kalvankar et al. 2020) keep every threshold in a frozen dataclass so a
-config can override them in one place.
+2013 / Kalvankar et al. 2020) keep every threshold in a frozen dataclass,
+in one place.  The labels are derived when a dataset is built (the records'
+``label_3class`` / ``label_7class``), so other thresholds mean calling these
+functions with other dataclass values and building again; no config field
+changes them.
 """
 
 from __future__ import annotations
