@@ -32,6 +32,7 @@ from ml_collections import config_flags
 
 from gzjax import distributed
 from gzjax import errors
+from gzjax import preemption
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'An experiment config file (configs/*.py).',
@@ -266,12 +267,16 @@ def _predict_survey(config, workdirs):
   if not _OUTPUT_DIR.value:
     raise errors.ConfigError(
         '--catalog writes sharded predictions: give --output_dir.')
-  predict.run(config, workdirs, images=_IMAGES.value, catalog=_CATALOG.value,
-              id_column=_ID_COLUMN.value, path_column=_PATH_COLUMN.value,
-              output_dir=_OUTPUT_DIR.value, shard_size=_SHARD_SIZE.value,
-              format=_FORMAT.value, strict=_STRICT.value,
-              num_workers=_NUM_WORKERS.value, checkpoint=_CHECKPOINT.value,
-              tta=_TTA.value)
+  try:
+    predict.run(config, workdirs, images=_IMAGES.value, catalog=_CATALOG.value,
+                id_column=_ID_COLUMN.value, path_column=_PATH_COLUMN.value,
+                output_dir=_OUTPUT_DIR.value, shard_size=_SHARD_SIZE.value,
+                format=_FORMAT.value, strict=_STRICT.value,
+                num_workers=_NUM_WORKERS.value, checkpoint=_CHECKPOINT.value,
+                tta=_TTA.value)
+  except preemption.Interrupted as stop:  # Say which shards are kept.
+    stop.situation = predict.stopped_situation(_OUTPUT_DIR.value)
+    raise
 
 
 def main(argv):
@@ -324,10 +329,16 @@ def main(argv):
     # What the user can fix, in one line; anything else keeps its traceback.
     _say(str(error))
     sys.exit(getattr(error, 'exit_code', 1))  # preemption.Stopped: 128+sig.
-  except KeyboardInterrupt:  # A second Ctrl-C in training, or any other mode.
-    _say(f'interrupted (Ctrl-C) in --mode={_MODE.value}; run the same'
-         f' command again to {_RERUN[_MODE.value]}.')
-    sys.exit(128 + signal.SIGINT)
+  except KeyboardInterrupt as stop:  # A signal (see below), or Python's.
+    _stopped(stop, f'in --mode={_MODE.value}; run the same command again to'
+                   f' {_RERUN[_MODE.value]}')
+
+
+def _stopped(stop: KeyboardInterrupt, default: str) -> None:
+  """Exits with ``stop``'s line (its situation, else ``default``) and 128 +
+  its signal, as a shell reports a process the signal ended."""
+  _say(preemption.line(stop, default))
+  sys.exit(getattr(stop, 'exit_code', 128 + signal.SIGINT))
 
 
 # What running an interrupted mode again does.
@@ -338,4 +349,13 @@ _RERUN = {'train': 'resume from the newest checkpoint',
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=parse_flags)
+  # From here on SIGTERM or Ctrl-C stops at once (training's loop saves its
+  # step first), as preemption.Interrupted in one line, not a silent -15 or
+  # a traceback.  A multi-process run's SIGTERM is JAX's preemption
+  # service's once jax.distributed starts.
+  with preemption.watch(at_once=True):
+    try:
+      app.run(main, flags_parser=parse_flags)
+    except KeyboardInterrupt as stop:  # While the flags and config parse.
+      _stopped(stop, 'while reading the flags and config: nothing was done;'
+                     ' run the same command again')

@@ -722,6 +722,25 @@ def _counted(count: int, noun: str) -> str:
   return f'{count} {noun}{"" if count == 1 else "s"}'
 
 
+def stopped_situation(output_dir: str | pathlib.Path) -> str:
+  """What a survey prediction stopped by a signal leaves in ``output_dir``,
+  for its one line (``preemption.Interrupted``): the finished shards, whole
+  since each is written atomically, which a rerun keeps."""
+  output_dir = pathlib.Path(output_dir)
+  try:
+    settings = json.loads((output_dir / RUN_FILE).read_text())
+    total = catalogs.num_shards(settings['catalog']['rows'],
+                                settings['shard_size'])
+    names = [shard_name(k, total, settings['format']) for k in range(total)]
+  except (OSError, ValueError, KeyError, TypeError):  # Stopped before it.
+    return (f'while predicting into {output_dir}, before any shard was'
+            ' written; run the same command again to start')
+  finished = sum((output_dir / name).exists() for name in names)
+  return (f'while predicting into {output_dir}: {finished} of'
+          f' {_counted(total, "shard")} are finished and kept; run the same'
+          ' command again to predict the rest')
+
+
 def run(config: ml_collections.ConfigDict, workdirs: Sequence[str], *,
         images: str | None = None, catalog: str | None = None,
         id_column: str = 'id', path_column: str = 'path',

@@ -277,6 +277,13 @@ def _train(config: ml_collections.ConfigDict, claim: workdir_rules.Claim, *,
       train_iterator.set_state(data_state)
   if not start_step:  # No checkpoint, or none intact: initialise.
     state = experiment.initial_state()
+  last_good = start_step if start_step else None
+  train_step = make_train_step(experiment, device_input)
+  predict_fn = evaluate.make_predict_fn(experiment)
+  # SIGTERM (a scheduler's pre-emption) or Ctrl-C from here on: save the
+  # step, stop.  Before it (gzjax.main's watch), either stops at once.
+  watch = contextlib.ExitStack()
+  stop = watch.enter_context(preemption.watch())
   # Only now, with the checkpoint restored, does the workdir describe this
   # config (from here on, what the run writes stays, however it ends); the
   # metrics keep what the restored state has seen.
@@ -285,18 +292,12 @@ def _train(config: ml_collections.ConfigDict, claim: workdir_rules.Claim, *,
   workdir_rules.write_atomically(workdir / 'config.json',
                                  config.to_json_best_effort(indent=2))
   workdir_rules.truncate_metrics(workdir / 'metrics.jsonl', start_step)
-  last_good = start_step if start_step else None
-  train_step = make_train_step(experiment, device_input)
-  predict_fn = evaluate.make_predict_fn(experiment)
   writer = metric_writer.MetricWriter(workdir, purge_step=start_step + 1)
   pending, window_start, window_time = [], start_step, time.perf_counter()
   validation = {}
   progress = progress_bars.bar(total=config.num_train_steps,
                                initial=start_step, unit='step',
                                disable=jax.process_index() != 0)
-  # SIGTERM (a scheduler's pre-emption) or Ctrl-C: save this step, stop.
-  watch = contextlib.ExitStack()
-  stop = watch.enter_context(preemption.watch())
   try:
     for step in range(start_step + 1, config.num_train_steps + 1):
       batch = to_global(next(train_iterator), experiment.batch_sharding)
@@ -341,13 +342,14 @@ def _train(config: ml_collections.ConfigDict, claim: workdir_rules.Claim, *,
             step, str(pathlib.Path(checkpointer.latest.directory) / str(step)))
       window_time = time.perf_counter()
   finally:
-    watch.close()
     progress.close()
     writer.close()
     if hasattr(train_iterator, 'close'):
       train_iterator.close()
-    # Last: it waits for the saves, and raises a failed one's line.
-    checkpointer.close()
+    # Last: it waits for the saves, and raises a failed one's line; still
+    # watched, so that a second SIGTERM does not cut a save short.
+    with watch:
+      checkpointer.close()
   if jax.process_index() == 0:
     plots.learning_curves(workdir / 'metrics.jsonl',
                           workdir / 'plots' / 'learning_curves.png')

@@ -18,6 +18,7 @@ import jax
 import ml_collections
 
 from gzjax import errors
+from gzjax import preemption
 
 
 # Config keys that change the saved state's structure, as (key, what of its
@@ -158,6 +159,17 @@ class Claim:
     self.started = True
 
 
+def _interrupted_start(workdir: pathlib.Path) -> str:
+  """What a signal before the first step leaves (:func:`claim` took back
+  what the run made), and what rerunning does."""
+  if has_checkpoints(workdir):
+    return ('while starting to train, before any step: nothing was trained'
+            f' or saved, and the checkpoints in {workdir} are as they were;'
+            ' run the same command again to resume')
+  return ('while starting to train, before any step: nothing was trained or'
+          ' saved; run the same command again to start')
+
+
 @contextlib.contextmanager
 def claim(workdir: str | pathlib.Path) -> Iterator[Claim]:
   """Makes ``workdir`` (:func:`writable_workdir`) and holds its
@@ -168,7 +180,7 @@ def claim(workdir: str | pathlib.Path) -> Iterator[Claim]:
   leaves the filesystem as it found it: the folders it made (the workdir
   and its missing parents), the empty ones Orbax made inside and a lock
   file it created are removed again; anything else stays, since it is not
-  this run's.
+  this run's.  A signal there says so (:class:`preemption.Interrupted`).
   """
   held = Claim(pathlib.Path(workdir))
   if jax.process_index() != 0:  # Process 0 makes, locks and takes back.
@@ -181,6 +193,10 @@ def claim(workdir: str | pathlib.Path) -> Iterator[Claim]:
       found = _names(held.workdir)  # Under the lock: no run writes there.
       try:
         yield held
+      except preemption.Interrupted as stop:
+        if not held.started:
+          stop.situation = _interrupted_start(held.workdir)
+        raise
       finally:
         if not held.started:
           new = sorted(_names(held.workdir) - found)
