@@ -242,6 +242,20 @@ def test_seed_cnn_beats_the_mean_on_the_real_sample(kaggle_sample,
   np.testing.assert_allclose(mean_rmse, independent, rtol=1e-5)
   # README: 0.141 against 0.191 (0.74x).
   assert rmse < 0.80 * independent, (rmse, independent)
+  # eval_validation.json is strict JSON: the sample has no known answer to
+  # questions 3-5 and 9-11 (counts above), whose RMSE is null, not NaN.
+  evaluate.evaluate(tiny_config(kaggle_sample_data_dir,
+                                dataset='galaxy_zoo/kaggle',
+                                **{'input.crop_size': 207}), tmp_path)
+
+  def refuse(token):
+    raise ValueError(f'not JSON: {token}')
+  saved = json.loads((tmp_path / 'eval_validation.json').read_text(),
+                     parse_constant=refuse)
+  unknown = {q for q, value in saved['rmse_per_question'].items()
+             if value is None}
+  assert unknown == {'Q3', 'Q4', 'Q5', 'Q9', 'Q10', 'Q11'}, saved
+  assert saved['rmse'] == pytest.approx(rmse, rel=1e-6)
 
 
 def _main(workdir, data_dir, *flags, config='configs/quickstart.py'):
