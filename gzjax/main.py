@@ -32,12 +32,13 @@ from ml_collections import config_flags
 
 from gzjax import distributed
 from gzjax import errors
+from gzjax import path_flags
 from gzjax import preemption
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'An experiment config file (configs/*.py).',
     lock_config=True)
-_WORKDIR = flags.DEFINE_string(
+_WORKDIR = path_flags.DEFINE_path(
     'workdir', None, 'Where checkpoints, metrics and plots go.')
 _MODE = flags.DEFINE_enum(
     'mode', 'train', ['train', 'evaluate', 'predict'], 'What to do.')
@@ -47,14 +48,14 @@ _CHECKPOINT = flags.DEFINE_string(
     'evaluate/predict: "latest", "best" or a step number.')
 _TTA = flags.DEFINE_bool(
     'tta', False, 'evaluate/predict: average over 8 rotations and flips.')
-_OUTPUT = flags.DEFINE_string(
+_OUTPUT = path_flags.DEFINE_path(
     'output', None, 'predict: the CSV to write (default WORKDIR/predictions.csv).')
-_IMAGES = flags.DEFINE_string(
+_IMAGES = path_flags.DEFINE_path(
     'images', None,
     'predict: a folder of <GalaxyID>.jpg/.jpeg/.png (any case) instead of the'
     ' test split (a label-catalogue run: any folder or glob, ids the file'
     ' names, instead of its catalogue\'s rows).')
-_ENSEMBLE = flags.DEFINE_list(
+_ENSEMBLE = path_flags.DEFINE_path_list(
     'ensemble', [], 'predict: more workdirs whose predictions are averaged in.')
 _DISTRIBUTED = flags.DEFINE_bool(
     'distributed', None,
@@ -64,7 +65,7 @@ _DISTRIBUTED = flags.DEFINE_bool(
 
 
 # Survey prediction (gzjax/predict.py): chosen by --catalog or --output_dir.
-_CATALOG = flags.DEFINE_string(
+_CATALOG = path_flags.DEFINE_path(
     'catalog', None,
     'predict: a CSV or Parquet table of images to label (see --id_column,'
     ' --path_column); needs --output_dir.')
@@ -73,7 +74,7 @@ _ID_COLUMN = flags.DEFINE_string(
 _PATH_COLUMN = flags.DEFINE_string(
     'path_column', 'path',
     'predict --catalog: the column of image paths (relative to the table).')
-_OUTPUT_DIR = flags.DEFINE_string(
+_OUTPUT_DIR = path_flags.DEFINE_path(
     'output_dir', None,
     'predict: write sharded predictions of --catalog or --images (a folder,'
     ' searched recursively, or a glob) here; rerunning resumes.')

@@ -15,19 +15,20 @@ from absl import logging
 import numpy as np
 
 from gzjax import errors
+from gzjax import path_flags
 from gzjax import plots
 from gzjax import predict
 from gzjax.data import galaxy_zoo
 
 _CONFIG = flags.DEFINE_enum(
     'config', 'synthetic', ['synthetic', 'kaggle'], 'Which dataset.')
-_DATA_DIR = flags.DEFINE_string(
+_DATA_DIR = path_flags.DEFINE_path(
     'data_dir', '~/tensorflow_datasets', 'Where the dataset was built.')
 _SPLIT = flags.DEFINE_string('split', 'train', 'Which split.')
 _COUNT = flags.DEFINE_integer('count', 16, 'How many galaxies.',
                               lower_bound=1)
 _SEED = flags.DEFINE_integer('seed', 0, 'Which galaxies.')
-_OUT = flags.DEFINE_string('out', 'galaxies.png', 'The PNG to write.')
+_OUT = path_flags.DEFINE_path('out', 'galaxies.png', 'The PNG to write.')
 
 
 def pick(labels: np.ndarray, count: int, seed: int) -> list[int]:

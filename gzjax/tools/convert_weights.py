@@ -30,6 +30,7 @@ from absl import app
 from absl import flags
 
 from gzjax import models
+from gzjax import path_flags
 from gzjax.models import weights
 
 FLAGS = flags.FLAGS
@@ -39,8 +40,8 @@ def _define_flags() -> None:
   """The command line's flags: defined only when run as a program, so that
   a tool importing :func:`convert` can define its own ``--out``."""
   flags.DEFINE_string('model', None, 'Model name, e.g. efficientnet_b0.')
-  flags.DEFINE_string('source', None, 'Keras .h5 or PyTorch .pth file.')
-  flags.DEFINE_string('out', None, 'Where to write the .msgpack file.')
+  path_flags.DEFINE_path('source', None, 'Keras .h5 or PyTorch .pth file.')
+  path_flags.DEFINE_path('out', None, 'Where to write the .msgpack file.')
   flags.mark_flags_as_required(['model', 'source', 'out'])
 
 

@@ -29,6 +29,7 @@ from absl import logging
 import ml_collections
 
 from gzjax import errors
+from gzjax import path_flags
 
 FLAGS = flags.FLAGS
 
@@ -36,8 +37,8 @@ FLAGS = flags.FLAGS
 def _define_flags() -> None:
   """The command line's flags: defined only when run as a program, so that
   importing :func:`export` beside ``gzjax.main`` defines no flag twice."""
-  flags.DEFINE_string('workdir', None, 'The trained run.')
-  flags.DEFINE_string('out', None, 'The encoder file to write.')
+  path_flags.DEFINE_path('workdir', None, 'The trained run.')
+  path_flags.DEFINE_path('out', None, 'The encoder file to write.')
   flags.DEFINE_string('checkpoint', 'latest', 'latest, best or a step number.')
   flags.mark_flags_as_required(['workdir', 'out'])
 
