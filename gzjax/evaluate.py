@@ -33,6 +33,7 @@ from gzjax import metric_writer
 from gzjax import metrics
 from gzjax import plots
 from gzjax import programs
+from gzjax import progress
 from gzjax import tasks
 from gzjax import taxonomy
 from gzjax import workdir_rules
@@ -375,7 +376,7 @@ def predict(config: ml_collections.ConfigDict,
   written = [source.written_id(int(g)) for g in ids] if images else None
   if jax.process_index() == 0:
     _write_csv(output, ids, mean, task, written)
-    print(f'Wrote {len(ids)} predictions to {output}')
+    print(f'Wrote {progress.counted(len(ids), "prediction")} to {output}')
   return output
 
 

@@ -4,7 +4,7 @@ r"""Fine-tune on your own labels: a label catalogue as a task for the engine.
       --workdir=/tmp/spiral
 
 (``gzjax.main`` sees ``config.labels.catalog`` and runs this module's
-:func:`run`; this module has no command line of its own.)
+:func:`run`; ``python -m gzjax.finetune`` only says so.)
 
 ``config.labels`` (gzjax.data.labels) names the catalogue and its columns;
 this module turns them into a :class:`gzjax.tasks.Task` (one linear output
@@ -55,6 +55,7 @@ from gzjax import evaluate as evaluate_lib
 from gzjax import losses
 from gzjax import metric_writer
 from gzjax import metrics
+from gzjax import progress
 from gzjax import tasks
 from gzjax import train
 from gzjax import workdir_rules
@@ -447,7 +448,7 @@ def predict(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
   columns = predict_lib.output_columns(ids, result['outputs'][order], task)
   if jax.process_index() == 0:
     predict_lib.write_table(output, columns)
-    print(f'Wrote {len(ids)} predictions to {output}')
+    print(f'Wrote {progress.counted(len(ids), "prediction")} to {output}')
   return output
 
 
@@ -507,3 +508,8 @@ def _image_problem(path: str, crop_size: int) -> str | None:
             ' (input.crop_size)')
   return None
 
+
+if __name__ == '__main__':
+  sys.exit('gzjax: gzjax.finetune has no command line of its own: run'
+           ' python -m gzjax.main --config=configs/finetune_spiral.py'
+           ' --workdir=DIR (a config with config.labels.catalog fine-tunes).')

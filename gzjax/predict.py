@@ -709,17 +709,13 @@ def finalize(output_dir: pathlib.Path, catalog: catalogs.Catalog,
   }
   _write_atomically(output_dir / SUCCESS_FILE,
                     json.dumps(manifest, indent=2).encode())
-  line = (f'Wrote {_counted(rows, "prediction")} in'
-          f' {_counted(total_shards, "shard")} to {output_dir}')
+  line = (f'Wrote {progress.counted(rows, "prediction")} in'
+          f' {progress.counted(total_shards, "shard")} to {output_dir}')
   if all_errors:
-    line += (f'; {_counted(len(all_errors), "image")} could not be read'
+    line += (f'; {progress.counted(len(all_errors), "image")} could not be read'
              f' (listed in {output_dir / ERRORS_FILE})')
   print(line + '.', file=sys.stderr)
   return Summary(output_dir, True, 0, rows, len(all_errors))
-
-
-def _counted(count: int, noun: str) -> str:
-  return f'{count} {noun}{"" if count == 1 else "s"}'
 
 
 def stopped_situation(output_dir: str | pathlib.Path) -> str:
@@ -737,8 +733,8 @@ def stopped_situation(output_dir: str | pathlib.Path) -> str:
             ' written; run the same command again to start')
   finished = sum((output_dir / name).exists() for name in names)
   return (f'while predicting into {output_dir}: {finished} of'
-          f' {_counted(total, "shard")} are finished and kept; run the same'
-          ' command again to predict the rest')
+          f' {progress.counted(total, "shard")} are finished and kept; run the'
+          ' same command again to predict the rest')
 
 
 def run(config: ml_collections.ConfigDict, workdirs: Sequence[str], *,

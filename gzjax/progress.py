@@ -21,6 +21,11 @@ import tqdm
 DEFAULT_INTERVAL = 30.0
 
 
+def counted(count: int, noun: str) -> str:
+  """``(1, 'shard')`` -> ``'1 shard'``, ``(3, 'shard')`` -> ``'3 shards'``."""
+  return f'{count} {noun}{"" if count == 1 else "s"}'
+
+
 def format_duration(seconds: float) -> str:
   """``75`` -> ``'1:15'``, ``3700`` -> ``'1:01:40'``; ``'?'`` when unknown."""
   if seconds != seconds or seconds in (float('inf'), float('-inf')):

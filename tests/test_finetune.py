@@ -810,3 +810,16 @@ def test_a_validation_split_of_one_class_warns_and_ranks_nothing_on_nan(
   assert capsys.readouterr().err.count(f'gzjax: WARNING: {warning}.\n') == 1
   assert sorted(p.name for p in (tmp_path / 'run' / 'best').iterdir()) == [
       '4']
+
+
+def test_running_the_module_itself_points_at_gzjax_main():
+  """``python -m gzjax.finetune`` (the module docstring's old command)
+  exited 0 doing nothing; it now says which command fine-tunes."""
+  result = subprocess.run([sys.executable, '-m', 'gzjax.finetune'],
+                          cwd=pathlib.Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, check=False)
+  assert result.returncode == 1
+  assert result.stderr == (
+      'gzjax: gzjax.finetune has no command line of its own: run python -m'
+      ' gzjax.main --config=configs/finetune_spiral.py --workdir=DIR (a config'
+      ' with config.labels.catalog fine-tunes).\n')

@@ -58,3 +58,8 @@ def test_bar_is_tqdm_only_on_a_terminal(monkeypatch):
   bar.close()
   assert progress.format_duration(3700) == '1:01:40'
   assert progress.format_duration(float('nan')) == '?'
+
+
+def test_counted_says_one_in_the_singular():
+  assert [progress.counted(n, 'prediction') for n in (0, 1, 2)] == [
+      '0 predictions', '1 prediction', '2 predictions']
