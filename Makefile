@@ -27,7 +27,7 @@ demo: install
 	    --out=$(DEMO_DIR)/galaxies.png
 	$(BIN)/python -m gzjax.main $(DEMO_RUN)
 	$(BIN)/python -m gzjax.main $(DEMO_RUN) --mode=evaluate --checkpoint=best --tta
-	$(BIN)/python -m gzjax.main $(DEMO_RUN) --mode=predict --checkpoint=best \
+	$(BIN)/python -m gzjax.main $(DEMO_RUN) --mode=predict --checkpoint=best --tta \
 	    --output=$(DEMO_DIR)/predictions.csv
 	@echo "Results in $(DEMO_DIR)/: galaxies.png, quickstart/plots/*.png," \
 	    "quickstart/eval_validation.json, predictions.csv"

@@ -275,6 +275,18 @@ def _train(config: ml_collections.ConfigDict, claim: workdir_rules.Claim, *,
             ' train. Set config.num_train_steps above'
             f' {start_step} to train on, or evaluate it (--mode=evaluate).')
       train_iterator.set_state(data_state)
+  if start_step == config.num_train_steps:
+    # A finished run run again (a script's second pass): nothing to compile,
+    # write or log; the workdir stays as it was.
+    if hasattr(train_iterator, 'close'):
+      train_iterator.close()
+    checkpointer.close()
+    if jax.process_index() == 0:
+      print(f'gzjax: {workdir} has finished: its newest checkpoint is step'
+            f' {start_step} = config.num_train_steps, nothing to train. Raise'
+            ' --config.num_train_steps to train on, or evaluate it'
+            ' (--mode=evaluate).', file=sys.stderr)
+    return {}
   if not start_step:  # No checkpoint, or none intact: initialise.
     state = experiment.initial_state()
   last_good = start_step if start_step else None

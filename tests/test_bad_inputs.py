@@ -484,6 +484,27 @@ def test_resuming_past_num_train_steps_is_refused_and_changes_nothing(
   assert _snapshot(workdir) == before  # config.json included.
 
 
+def test_a_finished_run_run_again_says_so_and_changes_nothing(
+    trained, tmp_path, capsys, monkeypatch):
+  """A script's second pass over a finished run compiled the step, wrote a
+  new TensorBoard file and printed "6/6 (100%), 0.0 step/s, ? left"."""
+  workdir = _copy(trained, tmp_path)
+  before = _snapshot(workdir)
+  events = sorted(p.name for p in workdir.glob('events.*'))
+
+  def compile_step(*args, **kwargs):
+    raise AssertionError('a finished run compiled its train step again')
+  monkeypatch.setattr(train, 'make_train_step', compile_step)
+  assert train.train_and_evaluate(_config(trained[0]), workdir) == {}
+  assert capsys.readouterr().err == (
+      f'gzjax: {workdir} has finished: its newest checkpoint is step 6 ='
+      ' config.num_train_steps, nothing to train. Raise'
+      ' --config.num_train_steps to train on, or evaluate it'
+      ' (--mode=evaluate).\n')
+  assert _snapshot(workdir) == before
+  assert sorted(p.name for p in workdir.glob('events.*')) == events
+
+
 def test_evaluating_a_split_without_labels_is_refused(trained, tmp_path,
                                                       monkeypatch):
   """Before a model is restored, let alone the split predicted (it was
