@@ -268,10 +268,14 @@ def _column_summary(column, values: Mapping[str, Any]) -> str:
           f' ({values["count"]} galaxies)')
 
 
-def _record_labels(workdir: pathlib.Path, table: labels_lib.LabelTable):
-  """Writes labels.json; a resumed run must have the same columns/classes.
-  One left by an attempt that saved no checkpoint (it failed before its
-  first) protects nothing: it is replaced."""
+def _labels_record(workdir: pathlib.Path,
+                   table: labels_lib.LabelTable) -> dict[str, str]:
+  """labels.json, as training's records (written when the run starts
+  writing, so that a start refused before it leaves none); {} when resuming
+  a run whose labels.json records the same columns and classes (other ones
+  are refused).  One left by an attempt that saved no checkpoint (it failed
+  after its start, before its first save) protects nothing: it is
+  replaced."""
   path = workdir / 'labels.json'
   manifest = table.manifest()
   if path.is_file() and workdir_rules.has_checkpoints(workdir):
@@ -281,9 +285,8 @@ def _record_labels(workdir: pathlib.Path, table: labels_lib.LabelTable):
           f'{path} records other columns or classes than'
           f' {table.source} has now ({recorded["columns"]} vs'
           f' {manifest["columns"]}); use a new --workdir.')
-    return
-  workdir.mkdir(parents=True, exist_ok=True)
-  path.write_text(json.dumps(manifest, indent=2))
+    return {}
+  return {'labels.json': json.dumps(manifest, indent=2)}
 
 
 def is_catalogue_run(config: ml_collections.ConfigDict) -> bool:
@@ -294,18 +297,18 @@ def is_catalogue_run(config: ml_collections.ConfigDict) -> bool:
 def run(config: ml_collections.ConfigDict,
         workdir: str | pathlib.Path) -> dict[str, Any]:
   """Fine-tunes on ``config.labels``; returns the last validation metrics."""
-  # Before labels.json is written (train_and_evaluate checks it again).
+  # Before the catalogue is read (train_and_evaluate checks it again).
   config_checks.check(config)
   workdir = pathlib.Path(workdir)
   table = labels_lib.read(config.labels)
   check_best_metric(config, table.columns)
   _check_classes(config, table)
-  _record_labels(workdir, table)
   task = make_task(table.columns)
   result = train.train_and_evaluate(
       config, workdir, task=task,
       train_source=labels_lib.LabelSource(table, 'train'),
-      validation_source=labels_lib.LabelSource(table, 'validation'))
+      validation_source=labels_lib.LabelSource(table, 'validation'),
+      records=_labels_record(workdir, table))
   if jax.process_index() == 0:
     _plots(workdir, table.columns, result)
   return result

@@ -202,11 +202,16 @@ def _check_finite(step_metrics: list[dict[str, jax.Array]], first_step: int,
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str | pathlib.Path, *,
                        task: tasks.Task | None = None, train_source=None,
-                       validation_source=None) -> dict[str, Any]:
+                       validation_source=None,
+                       records: Mapping[str, str] | None = None
+                       ) -> dict[str, Any]:
   """Trains (resuming from ``workdir`` when it holds a checkpoint).
 
   ``task`` and the two sources replace the config's built-in task and
-  Galaxy Zoo splits (gzjax.finetune passes a label catalogue's).
+  Galaxy Zoo splits (gzjax.finetune passes a label catalogue's, and its
+  ``labels.json`` as ``records``: {file name: text} written into the
+  workdir when the run starts writing, so that a start refused before it
+  leaves none, :func:`gzjax.workdir_rules.claim`).
 
   A Galaxy Zoo dataset without a validation split (built with
   ``--validation_percent=0``) trains on everything when the config neither
@@ -221,7 +226,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   # lacks is refused with nothing created.
   evaluates = validation_source is not None or splits.check_validation(config)
   # Made and locked here; taken back if the run ends before it writes.
-  with workdir_rules.claim(workdir) as claim:
+  with workdir_rules.claim(workdir, records=records) as claim:
     return _train(config, claim, task=task, train_source=train_source,
                   validation_source=validation_source, evaluates=evaluates)
 

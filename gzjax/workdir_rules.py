@@ -149,14 +149,20 @@ def _remove_empty(folders) -> None:
 class Claim:
   """A training run's hold on its workdir (:func:`claim`)."""
 
-  def __init__(self, workdir: pathlib.Path):
+  def __init__(self, workdir: pathlib.Path, records=None):
     self.workdir = workdir
     self.started = False
+    self._records = dict(records or {})
 
   def start(self) -> None:
-    """The run writes into the workdir from now on; what it writes stays,
-    however the run ends."""
+    """The run writes into the workdir from now on, its records first; what
+    it writes stays, however the run ends.  Once only: later calls do
+    nothing."""
+    if self.started:
+      return
     self.started = True
+    for name, text in self._records.items():
+      write_atomically(self.workdir / name, text)
 
 
 def _interrupted_start(workdir: pathlib.Path) -> str:
@@ -171,7 +177,8 @@ def _interrupted_start(workdir: pathlib.Path) -> str:
 
 
 @contextlib.contextmanager
-def claim(workdir: str | pathlib.Path) -> Iterator[Claim]:
+def claim(workdir: str | pathlib.Path, *,
+          records: dict[str, str] | None = None) -> Iterator[Claim]:
   """Makes ``workdir`` (:func:`writable_workdir`) and holds its
   :func:`training_lock` for a run.
 
@@ -179,10 +186,12 @@ def claim(workdir: str | pathlib.Path) -> Iterator[Claim]:
   larger than the split, a checkpoint of another model; or interrupted)
   leaves the filesystem as it found it: the folders it made (the workdir
   and its missing parents), the empty ones Orbax made inside and a lock
-  file it created are removed again; anything else stays, since it is not
-  this run's.  A signal there says so (:class:`preemption.Interrupted`).
+  file it created are removed again, and its ``records`` ({file name:
+  text}: a fine-tune's labels.json, which :meth:`Claim.start` writes) are
+  never written; anything else stays, since it is not this run's.  A
+  signal there says so (:class:`preemption.Interrupted`).
   """
-  held = Claim(pathlib.Path(workdir))
+  held = Claim(pathlib.Path(workdir), records)
   if jax.process_index() != 0:  # Process 0 makes, locks and takes back.
     yield held
     return

@@ -713,16 +713,50 @@ def test_labels_json_of_an_attempt_that_saved_nothing_is_replaced(
   (workdir / 'checkpoints').mkdir(parents=True)  # Empty: a failed attempt.
   (workdir / 'labels.json').write_text(json.dumps(
       {'source': 'old.csv', 'columns': [{'name': 'other'}]}))
-  finetune._record_labels(workdir, table)  # pylint: disable=protected-access
-  assert json.loads((workdir / 'labels.json').read_text()) == json.loads(
+  record = finetune._labels_record(workdir, table)  # pylint: disable=protected-access
+  assert list(record) == ['labels.json']
+  assert json.loads(record['labels.json']) == json.loads(
       json.dumps(table.manifest()))
   # Once a checkpoint exists, other columns are refused and the file kept.
-  (workdir / 'labels.json').write_text(json.dumps(
-      {'source': 'old.csv', 'columns': [{'name': 'other'}]}))
   (workdir / 'checkpoints' / '4').mkdir()
   with pytest.raises(labels.LabelError, match='records other columns'):
-    finetune._record_labels(workdir, table)  # pylint: disable=protected-access
+    finetune._labels_record(workdir, table)  # pylint: disable=protected-access
   assert 'old.csv' in (workdir / 'labels.json').read_text()
+
+
+def _tree(folder: pathlib.Path) -> dict[str, bytes | None]:
+  """Every path under ``folder`` with a file's bytes (None for a folder)."""
+  return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else None
+          for p in sorted(folder.rglob('*'))}
+
+
+@pytest.mark.parametrize('refusal', ['batch', 'weights', 'cache'])
+def test_a_refused_start_leaves_the_workdir_as_it_found_it(
+    catalogue, tmp_path, refusal):
+  """Refused after the catalogue is read, before training writes: a new
+  workdir (and its parents) is gone, an existing one keeps what it held,
+  an earlier attempt's labels.json included.  labels.json was written
+  first, so a new workdir stayed with it and an old one was replaced."""
+  config = tiny_config(catalogue, split_column='split')
+  existing = tmp_path / 'existing'
+  existing.mkdir()
+  (existing / 'notes.txt').write_text('mine')
+  (existing / 'labels.json').write_text('{"source": "an earlier attempt"}')
+  if refusal == 'batch':
+    config.input.batch_size = 64
+    error, says = errors.ConfigError, 'is larger than the 24 galaxies'
+  elif refusal == 'weights':
+    config.model.pretrained = str(tmp_path / 'none.npz')
+    error, says = errors.MissingFileError, 'No weight file at'
+  else:
+    config.input.cache = 'host'
+    error, says = errors.ConfigError, 'caches the built Galaxy Zoo splits'
+  before = _tree(existing)
+  for workdir in (tmp_path / 'new' / 'run', existing):
+    with pytest.raises(error, match=says):
+      finetune.run(config, workdir)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['existing']
+  assert _tree(existing) == before
 
 
 def _known_cells_set_to(value, rows=lambda row: True):
