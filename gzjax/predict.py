@@ -17,12 +17,15 @@ not grow with the catalogue:
 * Rerunning the same command after a kill keeps the finished shards and
   predicts the rest; batches never straddle shards, so every shard is
   computed from the same batches and the result is identical to an
-  uninterrupted run.  ``_RUN.json``, written first, records the run's
-  settings; a rerun with other settings (another checkpoint, catalogue,
-  shard size, format, crop…) is refused instead of mixing outputs, and so
-  is a folder holding ``part-*`` files (or a manifest) but no ``_RUN.json``:
-  a shard is counted as done only if this run, or the recorded run it
-  resumes, wrote it.
+  uninterrupted run.  ``_RUN.json``, written just before the first shard,
+  records the run's settings; a rerun with other settings (another
+  checkpoint, catalogue, shard size, format, crop…) into a folder holding
+  shards is refused instead of mixing outputs, and so is a folder holding
+  ``part-*`` files (or a manifest) but no ``_RUN.json``: a shard is
+  counted as done only if this run, or the recorded run it resumes, wrote
+  it.  A run refused before its first shard (an image smaller than the
+  crop, ``strict``'s first unreadable image) leaves the folder as it found
+  it (``workdir_rules.claim``), so that the corrected command just runs.
 * An image that cannot be read or decoded does not stop the run: it is
   listed, with the reason, in ``errors.csv`` (per shard while running) and
   counted at the end.  ``strict`` turns the first one into an error.
@@ -85,6 +88,7 @@ from gzjax import finetune
 from gzjax import progress
 from gzjax import tasks
 from gzjax import taxonomy
+from gzjax import workdir_rules
 from gzjax.data import catalog as catalogs
 from gzjax.data import labels as labels_lib
 from gzjax.data import pipeline
@@ -462,33 +466,70 @@ def _refuse_strays(output_dir: pathlib.Path) -> None:
         ' new --output_dir, or remove them.')
 
 
-def _check_run(output_dir: pathlib.Path, settings: dict[str, Any]) -> None:
-  """Records the settings, or refuses a resume with different ones or a
-  folder holding run files of no recorded run."""
-  path = output_dir / RUN_FILE
-  if jax.process_index() == 0 and not path.exists():
-    _refuse_strays(output_dir)
-    try:
-      output_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-      raise PredictionError(
-          f'Cannot create --output_dir={output_dir}: {_why(error)}; choose'
-          ' a folder you can write to.') from None
-    _write_atomically(path, json.dumps(settings, indent=2).encode(),
-                      'choose an --output_dir you can write to.')
-  _barrier('gzjax_predict_run_file')
+def _make_output_dir(output_dir: pathlib.Path) -> None:
+  """Creates ``output_dir`` (for :func:`workdir_rules.claim`) and checks it
+  can be written, before any image is predicted; one line otherwise."""
   try:
-    recorded = json.loads(path.read_text())
+    workdir_rules.make_writable(output_dir)
+  except OSError as error:
+    doing = 'write to' if output_dir.is_dir() else 'create'
+    raise PredictionError(
+        f'Cannot {doing} --output_dir={output_dir}: {_why(error)}; choose'
+        ' a folder you can write to.') from None
+
+
+def _recorded(output_dir: pathlib.Path) -> dict[str, Any] | None:
+  """The settings in ``output_dir``'s _RUN.json; None without one (a
+  folder holding run files of no recorded run is refused)."""
+  path = output_dir / RUN_FILE
+  if not path.exists():
+    _refuse_strays(output_dir)
+    return None
+  try:
+    return json.loads(path.read_text())
   except (OSError, ValueError) as error:
     raise PredictionError(
         f'{path} cannot be read as a run\'s settings ({error}): give a new'
         ' --output_dir, or delete that one to start again.') from None
+
+
+def _holds_run_files(output_dir: pathlib.Path) -> bool:
+  return any(_is_run_file(p.name) for p in output_dir.iterdir())
+
+
+def _refuse_another_run(output_dir: pathlib.Path, recorded: dict[str, Any],
+                        settings: dict[str, Any]) -> None:
   differences = _differences(recorded, json.loads(json.dumps(settings)))
   if differences:
     raise PredictionError(
         f'{output_dir} holds predictions of another run ('
         + '; '.join(differences) + '): give a new --output_dir, or delete'
         ' that one to start again.')
+
+
+def _check_run(claim: workdir_rules.Claim, settings: dict[str, Any]) -> None:
+  """Refuses a resume with different settings, or a folder holding run
+  files of no recorded run; otherwise has ``claim`` record the settings
+  in _RUN.json when the run starts writing (before its first shard), so
+  that a run refused before then leaves the folder as it found it.
+
+  A _RUN.json beside no shard (a run killed before its first) protects
+  nothing: it is replaced, not taken for another run's predictions.  With
+  several processes the record is written at once: the others write their
+  shards without waiting for process 0's, and read it to compare.
+  """
+  output_dir, recorded = claim.workdir, None
+  if jax.process_index() == 0:
+    recorded = _recorded(output_dir)
+    if recorded is None or not _holds_run_files(output_dir):
+      claim.record(RUN_FILE, json.dumps(settings, indent=2))
+      recorded = None
+  if jax.process_count() > 1:  # Every process compares, after the write.
+    claim.start()
+    _barrier('gzjax_predict_run_file')
+    recorded = _recorded(output_dir)
+  if recorded is not None:
+    _refuse_another_run(output_dir, recorded, settings)
 
 
 def _check_unique_ids(catalog: catalogs.Catalog) -> None:
@@ -560,26 +601,31 @@ def predict_catalog(config: ml_collections.ConfigDict,
                                              options.checkpoint, task=task)
   task = experiment.task
   settings = _settings(config, workdir, catalog, options, step, task)
-  _check_run(output_dir, settings)
-  total_shards = catalogs.num_shards(len(catalog), options.shard_size)
-  mine = catalogs.shards_of_process(len(catalog), options.shard_size,
-                                    process_index, process_count)
-  names = {k: shard_name(k, total_shards, options.format) for k in mine}
-  for name in names.values():  # A killed run's partial files.
-    for stale in (name, _errors_name(name)):
-      output_dir.joinpath(stale + '.tmp').unlink(missing_ok=True)
-  todo = [k for k in mine if not (output_dir / names[k]).exists()]
-  done_rows = sum(len(catalogs.shard_rows(k, len(catalog), options.shard_size))
-                  for k in mine if k not in todo)
-  if todo:
-    first_row = todo[0] * options.shard_size
-    catalogs.check_size(catalog.path(first_row), config.input.crop_size)
-    _predict_shards(experiment, state, catalog, options, todo, names,
-                    done_rows, process_index)
-  _barrier('gzjax_predict_shards')
-  summary = Summary(output_dir, False, len(todo))
-  if process_index == 0 or process_count == 1 or jax.process_count() == 1:
-    summary = finalize(output_dir, catalog, options, settings) or summary
+  # Until its first shard, a refused run takes back what it made.
+  with workdir_rules.claim(output_dir, make=_make_output_dir,
+                           lock=workdir_rules.no_lock,
+                           situation=None) as claim:
+    _check_run(claim, settings)
+    total_shards = catalogs.num_shards(len(catalog), options.shard_size)
+    mine = catalogs.shards_of_process(len(catalog), options.shard_size,
+                                      process_index, process_count)
+    names = {k: shard_name(k, total_shards, options.format) for k in mine}
+    for name in names.values():  # A killed run's partial files.
+      for stale in (name, _errors_name(name)):
+        output_dir.joinpath(stale + '.tmp').unlink(missing_ok=True)
+    todo = [k for k in mine if not (output_dir / names[k]).exists()]
+    done_rows = sum(len(catalogs.shard_rows(k, len(catalog),
+                                            options.shard_size))
+                    for k in mine if k not in todo)
+    if todo:
+      first_row = todo[0] * options.shard_size
+      catalogs.check_size(catalog.path(first_row), config.input.crop_size)
+      _predict_shards(experiment, state, catalog, options, todo, names,
+                      done_rows, process_index, claim)
+    _barrier('gzjax_predict_shards')
+    summary = Summary(output_dir, False, len(todo))
+    if process_index == 0 or process_count == 1 or jax.process_count() == 1:
+      summary = finalize(output_dir, catalog, options, settings) or summary
   return dataclasses.replace(summary, shards_written=len(todo))
 
 
@@ -598,7 +644,9 @@ def _predict_shards(experiment: experiments.Experiment,
                     catalog: catalogs.Catalog, options: Options,
                     todo: Sequence[int],
                     names: dict[int, str], done_rows: int,
-                    process_index: int) -> None:
+                    process_index: int, claim: workdir_rules.Claim) -> None:
+  """Predicts the ``todo`` shards; ``claim`` starts (writing _RUN.json)
+  just before the first is written."""
   config = experiment.config
   output_dir = pathlib.Path(options.output_dir)
   local, local_state = _local_experiment(experiment, state)
@@ -653,6 +701,7 @@ def _predict_shards(experiment: experiments.Experiment,
       bar.update(count)
       if stop == catalogs.shard_rows(shard, len(catalog),
                                      options.shard_size).stop:
+        claim.start()
         _write_shard(output_dir, names[shard], pending_ids,
                      np.concatenate(pending_outputs), pending_errors,
                      local.task, options.format)

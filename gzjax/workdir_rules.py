@@ -12,7 +12,7 @@ import math
 import os
 import pathlib
 import socket
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import jax
 import ml_collections
@@ -43,16 +43,23 @@ PREPROCESSING_KEYS = ('input.image_size', 'input.normalization.mean',
                       'input.normalization.std')
 
 
+def make_writable(folder: pathlib.Path) -> None:
+  """Creates ``folder`` (and its parents) and writes a file there, so that
+  a folder no run could write into fails here, before any work; raises the
+  OSError for the caller to word."""
+  probe = folder / '.gzjax_write_test'
+  folder.mkdir(parents=True, exist_ok=True)
+  probe.write_text('')
+  probe.unlink()
+
+
 def writable_workdir(workdir: str | pathlib.Path) -> pathlib.Path:
   """Creates ``workdir`` and checks it can be written, in one clear line."""
   workdir = pathlib.Path(workdir)
   if jax.process_index() != 0:
     return workdir
-  probe = workdir / '.gzjax_write_test'
   try:
-    workdir.mkdir(parents=True, exist_ok=True)
-    probe.write_text('')
-    probe.unlink()
+    make_writable(workdir)
   except OSError as error:
     raise errors.WorkdirError(
         f'Cannot write to the workdir {workdir}: {error.strerror}'
@@ -147,12 +154,19 @@ def _remove_empty(folders) -> None:
 
 
 class Claim:
-  """A training run's hold on its workdir (:func:`claim`)."""
+  """A run's hold on its workdir (:func:`claim`)."""
 
   def __init__(self, workdir: pathlib.Path, records=None):
     self.workdir = workdir
     self.started = False
     self._records = dict(records or {})
+
+  def record(self, name: str, text: str) -> None:
+    """Has :meth:`start` write ``text`` as the file ``name``: a record of
+    the run (a fine-tune's labels.json, a survey prediction's _RUN.json)
+    that a run refused before it starts does not leave behind, to change
+    what a corrected rerun does."""
+    self._records[name] = text
 
   def start(self) -> None:
     """The run writes into the workdir from now on, its records first; what
@@ -176,20 +190,34 @@ def _interrupted_start(workdir: pathlib.Path) -> str:
           ' saved; run the same command again to start')
 
 
+def no_lock(workdir: pathlib.Path):
+  """In place of :func:`training_lock` for a run that takes none."""
+  del workdir
+  return contextlib.nullcontext(Lock())
+
+
 @contextlib.contextmanager
 def claim(workdir: str | pathlib.Path, *,
-          records: dict[str, str] | None = None) -> Iterator[Claim]:
-  """Makes ``workdir`` (:func:`writable_workdir`) and holds its
-  :func:`training_lock` for a run.
+          records: dict[str, str] | None = None,
+          make: Callable[[pathlib.Path], Any] = writable_workdir,
+          lock: Callable = training_lock,
+          situation: Callable[[pathlib.Path], str] | None = _interrupted_start
+          ) -> Iterator[Claim]:
+  """Makes ``workdir`` and holds its lock for a run: by default a training
+  run's (:func:`writable_workdir`, :func:`training_lock`, a signal's line
+  about training); a survey prediction passes its own ``make``, no lock
+  (:func:`no_lock`: it only adds shards) and no ``situation`` (it words its
+  own).
 
   A run that ends before :meth:`Claim.start` (refused: no dataset, a batch
   larger than the split, a checkpoint of another model; or interrupted)
   leaves the filesystem as it found it: the folders it made (the workdir
   and its missing parents), the empty ones Orbax made inside and a lock
   file it created are removed again, and its ``records`` ({file name:
-  text}: a fine-tune's labels.json, which :meth:`Claim.start` writes) are
-  never written; anything else stays, since it is not this run's.  A
-  signal there says so (:class:`preemption.Interrupted`).
+  text}: a fine-tune's labels.json, which :meth:`Claim.start` writes; and
+  those of :meth:`Claim.record`) are never written; anything else stays,
+  since it is not this run's.  A signal there says so
+  (:class:`preemption.Interrupted`).
   """
   held = Claim(pathlib.Path(workdir), records)
   if jax.process_index() != 0:  # Process 0 makes, locks and takes back.
@@ -197,20 +225,20 @@ def claim(workdir: str | pathlib.Path, *,
     return
   made = _missing_folders(held.workdir)
   try:
-    writable_workdir(held.workdir)
-    with training_lock(held.workdir) as lock:
+    make(held.workdir)
+    with lock(held.workdir) as taken:
       found = _names(held.workdir)  # Under the lock: no run writes there.
       try:
         yield held
       except preemption.Interrupted as stop:
-        if not held.started:
-          stop.situation = _interrupted_start(held.workdir)
+        if not held.started and situation is not None:
+          stop.situation = situation(held.workdir)
         raise
       finally:
         if not held.started:
           new = sorted(_names(held.workdir) - found)
           _remove_empty([held.workdir / name for name in new])
-          lock.remove_if_made()
+          taken.remove_if_made()
   finally:
     if not held.started:
       _remove_empty(made)

@@ -700,3 +700,71 @@ def test_a_votes_prediction_file_is_written_as_its_suffix_says(tmp_path):
       evaluate._write_csv(tmp_path / name, ids, _VOTES, tasks.TASKS['votes'])  # pylint: disable=protected-access
   assert sorted(p.name for p in tmp_path.iterdir()) == [
       'c.parquet', 'p.csv', 'p.parquet', 'work']
+
+
+def _first_row_catalogue(survey, folder: pathlib.Path, first: str) -> str:
+  """A catalogue of ``first`` (a file of the survey's root) then two good
+  cut-outs; returns its path."""
+  rows = [('first', survey['root'] / first)] + [
+      (galaxy, survey['root'] / path) for galaxy, path in survey['rows'][:2]]
+  table = folder / f'{pathlib.Path(first).stem}_first.csv'
+  table.write_text('id,path\n' + ''.join(f'{i},{p}\n' for i, p in rows))
+  return str(table)
+
+
+@pytest.mark.parametrize('refusal', ['small', 'strict'])
+def test_a_refusal_before_the_first_shard_leaves_the_output_dir_as_found(
+    survey, tmp_path, refusal):
+  """The first image smaller than the crop, or unreadable with --strict:
+  _RUN.json was written first, so the folder stayed, and the corrected
+  command (a smaller crop, the bad row left out) was refused as another
+  run's.  Now a folder it made is gone, an existing one is unchanged, and
+  the corrected command just runs."""
+  first = 'small.png' if refusal == 'small' else 'bad.jpg'
+  table = _first_row_catalogue(survey, tmp_path, first)
+  config = survey['config']
+  existing = tmp_path / 'existing'
+  existing.mkdir()
+  (existing / 'notes.txt').write_text('mine')
+  before = _files(existing)
+  new = tmp_path / 'new' / 'out'
+  for output in (new, existing):
+    with pytest.raises((catalogs.CatalogError, predict.PredictionError),
+                       match='small.png: the image is 40x40' if refusal ==
+                       'small' else 'bad.jpg \\(id first\\): cannot decode'):
+      predict.predict_catalog(config, survey['workdir'],
+                              catalogs.from_table(table),
+                              predict.Options(output, strict=True))
+  assert not (tmp_path / 'new').exists()
+  assert _files(existing) == before
+  if refusal == 'small':
+    config = copy.deepcopy(config)
+    config.input.crop_size = 40
+  else:  # The bad row left out: another catalogue.
+    lines = pathlib.Path(table).read_text().splitlines(keepends=True)
+    pathlib.Path(table).write_text(lines[0] + ''.join(lines[2:]))
+  for output in (new, existing):
+    summary = predict.predict_catalog(
+        config, survey['workdir'], catalogs.from_table(table),
+        predict.Options(output, strict=refusal == 'strict'))
+    assert summary.complete and summary.rows == (3 if refusal == 'small'
+                                                 else 2)
+  assert sorted(_files(existing)) == [
+      '_RUN.json', '_SUCCESS.json', 'errors.csv', 'notes.txt',
+      'part-00000.parquet']
+
+
+def test_a_run_record_beside_no_shard_is_replaced_not_another_run_s(
+    survey, tmp_path):
+  """A run killed (or refused, by an older gzjax) before its first shard
+  left _RUN.json alone: it holds no predictions, so a command with other
+  settings was refused as if it did."""
+  table = _first_row_catalogue(survey, tmp_path, survey['rows'][2][1])
+  output = tmp_path / 'out'
+  output.mkdir()
+  (output / '_RUN.json').write_text('{"shard_size": 7}')
+  summary = predict.predict_catalog(
+      survey['config'], survey['workdir'], catalogs.from_table(table),
+      predict.Options(output, shard_size=2))
+  assert (summary.complete, summary.rows) == (True, 3)
+  assert json.loads((output / '_RUN.json').read_text())['shard_size'] == 2
