@@ -218,8 +218,9 @@ RULES: dict[str, Rule] = {
         ' votes:<answer column>,<answer column>[,...], e.g.'
         f" {MAPPING_KEYS['labels.columns']}"),
     'labels.split_column': TEXT,
-    'labels.validation_percent': number(0.0, 100.0, low_open=True,
-                                        high_open=True),
+    # 0: no validation split (gzjax.finetune: trains on every row when
+    # nothing evaluates).
+    'labels.validation_percent': number(0.0, 100.0, high_open=True),
     'labels.max_train_labels': integer(0),
     # training.
     'loss': one_of(*losses.LOSSES),

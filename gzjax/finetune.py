@@ -62,6 +62,7 @@ from gzjax import workdir_rules
 from gzjax.data import catalog as catalogs
 from gzjax.data import fields
 from gzjax.data import labels as labels_lib
+from gzjax.data import splits
 
 VOTE_CONCENTRATION = 99.0
 # A binary column's ``<column>_predicted`` is 1 from this probability on (as
@@ -294,6 +295,31 @@ def is_catalogue_run(config: ml_collections.ConfigDict) -> bool:
   return 'labels' in config and bool(config.labels.catalog)
 
 
+def _validation_source(config: ml_collections.ConfigDict,
+                       table: labels_lib.LabelTable
+                       ) -> labels_lib.LabelSource | None:
+  """The catalogue's validation split; None when it has no row
+  (``labels.validation_percent=0``, or a split column that marks none):
+  training then uses every row without evaluating, as on a dataset built
+  with ``--validation_percent=0``, and a config that evaluates
+  periodically or keeps a best checkpoint is refused as there
+  (:func:`gzjax.data.splits.refuse_evaluating_without`)."""
+  if len(table.rows('validation')):
+    return labels_lib.LabelSource(table, 'validation')
+  labels = config.labels
+  why = (f'its {labels.split_column!r} column marks no row validation'
+         if labels.split_column else
+         f'labels.validation_percent={labels.validation_percent:g}')
+  splits.refuse_evaluating_without(
+      config, f'{table.source} has no validation split ({why})',
+      labels_lib.split_advice(labels, False))
+  if jax.process_index() == 0:
+    print(f'gzjax: {table.source} has no validation split ({why}): training'
+          ' on all of its labelled rows, without evaluating.',
+          file=sys.stderr)
+  return None
+
+
 def run(config: ml_collections.ConfigDict,
         workdir: str | pathlib.Path) -> dict[str, Any]:
   """Fine-tunes on ``config.labels``; returns the last validation metrics."""
@@ -302,13 +328,13 @@ def run(config: ml_collections.ConfigDict,
   workdir = pathlib.Path(workdir)
   table = labels_lib.read(config.labels)
   check_best_metric(config, table.columns)
+  validation = _validation_source(config, table)
   _check_classes(config, table)
   task = make_task(table.columns)
   result = train.train_and_evaluate(
       config, workdir, task=task,
       train_source=labels_lib.LabelSource(table, 'train'),
-      validation_source=labels_lib.LabelSource(table, 'validation'),
-      records=_labels_record(workdir, table))
+      validation_source=validation, records=_labels_record(workdir, table))
   if jax.process_index() == 0:
     _plots(workdir, table.columns, result)
   return result

@@ -224,7 +224,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   config_checks.check(config)
   # Before the workdir: a config that needs a validation split the dataset
   # lacks is refused with nothing created.
-  evaluates = validation_source is not None or splits.check_validation(config)
+  # A caller's own training split without a validation one (a label
+  # catalogue with none, gzjax.finetune) trains without evaluating.
+  evaluates = validation_source is not None or (
+      train_source is None and splits.check_validation(config))
   # Made and locked here; taken back if the run ends before it writes.
   with workdir_rules.claim(workdir, records=records) as claim:
     return _train(config, claim, task=task, train_source=train_source,
@@ -241,7 +244,7 @@ def _train(config: ml_collections.ConfigDict, claim: workdir_rules.Claim, *,
     for warning in optimizers.schedule_warnings(config.optimizer,
                                                 config.num_train_steps):
       print(f'gzjax: WARNING: {warning}', file=sys.stderr)
-    if not evaluates:
+    if not evaluates and train_source is None:  # gzjax.finetune says its own.
       print(f'gzjax: {config.dataset} in {config.data_dir} has no validation'
             ' split: training on all of its labelled galaxies, without'
             ' evaluating.', file=sys.stderr)

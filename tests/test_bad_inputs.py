@@ -637,3 +637,20 @@ def test_a_dataset_without_validation_is_refused_at_the_start_when_it_evaluates(
       ' --overwrite, with its other options as before), or train on all of'
       f' it without evaluating: {flags}.')
   assert not (tmp_path / 'work').exists()
+
+
+def test_evaluating_the_validation_split_a_dataset_lacks_says_how_to_build_it(
+    trained, no_validation):
+  """It said only "has no split 'validation'; it has train." (TFDS's
+  splits), not that the build left it out, nor what to do."""
+  before = _snapshot(trained[1])
+  with pytest.raises(errors.ConfigError) as info:
+    evaluate.evaluate(_config(no_validation), trained[1], split='validation')
+  assert str(info.value) == (
+      f'galaxy_zoo/synthetic in {no_validation} was built without a'
+      ' validation split (--validation_percent=0), so it has none to'
+      ' evaluate: rebuild it with one (python -m gzjax.data.build'
+      f' --config=synthetic --data_dir={no_validation} --validation_percent=10'
+      ' --overwrite, with its other options as before), or pass --split=train'
+      ' (the galaxies it trained on).')
+  assert _snapshot(trained[1]) == before

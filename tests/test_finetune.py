@@ -857,3 +857,54 @@ def test_running_the_module_itself_points_at_gzjax_main():
       'gzjax: gzjax.finetune has no command line of its own: run python -m'
       ' gzjax.main --config=configs/finetune_spiral.py --workdir=DIR (a config'
       ' with config.labels.catalog fine-tunes).\n')
+
+
+@pytest.mark.parametrize('how', ['percent', 'split_column'])
+def test_no_validation_rows_are_refused_when_the_config_evaluates(
+    catalogue, tmp_path, how):
+  """labels.validation_percent=0 was refused by the config check (a built
+  dataset takes --validation_percent=0), and a split column marking no row
+  validation stopped with "the validation split has no labelled rows"."""
+  config = tiny_config(catalogue, split_column='split')
+  if how == 'percent':
+    config.labels.split_column = ''
+    config.labels.validation_percent = 0.0
+    why, advice = ('labels.validation_percent=0', 'change'
+                   ' labels.validation_percent or set labels.split_column')
+  else:
+    config.labels.catalog = str(_relabelled(
+        catalogue, tmp_path, 'split', lambda row, old: 'train'))
+    why = "its 'split' column marks no row validation"
+    advice = "change the 'split' column's values"
+  with pytest.raises(errors.ConfigError) as info:
+    finetune.run(config, tmp_path / 'run')
+  assert str(info.value) == (
+      f'{config.labels.catalog} has no validation split ({why}), but'
+      ' config.eval_every_steps=4 evaluates on it and'
+      " config.best_metric='validation/spiral/roc_auc' ranks checkpoints on"
+      f' it: {advice}, or train on all of it without evaluating:'
+      " --config.eval_every_steps=0 --config.best_metric=''.")
+  assert not (tmp_path / 'run').exists()
+
+
+def test_no_validation_rows_train_on_every_row_when_nothing_evaluates(
+    catalogue, tmp_path, capsys):
+  config = tiny_config(catalogue, validation_percent=0.0)
+  config.eval_every_steps, config.best_metric = 0, ''
+  workdir = tmp_path / 'run'
+  assert finetune.run(config, workdir) == {}
+  assert sorted(p.name for p in (workdir / 'checkpoints').iterdir()) == ['4']
+  logged = [json.loads(line) for line in
+            (workdir / 'metrics.jsonl').read_text().splitlines()]
+  assert [r['step'] for r in logged] == [2, 4]
+  assert not [k for r in logged for k in r if k.startswith('validation/')]
+  assert (workdir / 'labels.json').is_file()
+  assert len(labels.LabelSource(labels.read(config.labels), 'train')) == \
+      finetune_data.NUM_ROWS
+  err = capsys.readouterr().err
+  assert err.count(
+      f'gzjax: {catalogue} has no validation split'
+      ' (labels.validation_percent=0): training on all of its labelled'
+      ' rows, without evaluating.\n') == 1
+  # No line about classes in a validation split that does not exist.
+  assert 'WARNING' not in err

@@ -380,7 +380,7 @@ def _classes_in(column: Column, parts: Mapping[str, np.ndarray],
   return [repr(column.classes[int(v)]) for v in values], len(known)
 
 
-def _split_advice(config: ml_collections.ConfigDict, budget: bool) -> str:
+def split_advice(config: ml_collections.ConfigDict, budget: bool) -> str:
   """How the user moves galaxies between the splits (or, with ``budget``,
   trains on more of them)."""
   advice = (f'change the {config.split_column!r} column\'s values'
@@ -423,6 +423,8 @@ def check_classes(table: LabelTable,
       raise LabelError(_too_few_classes(table.source, column, classes, count,
                                         'the catalogue') + _CHECK_THE_COLUMN)
     for split in SPLITS:
+      if split == 'validation' and not len(table.rows(split)):
+        continue  # Nothing evaluates (gzjax.finetune refuses what would).
       held, count = _classes_in(column, parts, table.rows(split))
       if len(held) >= 2:
         continue
@@ -431,12 +433,12 @@ def check_classes(table: LabelTable,
       if split == 'train':
         raise LabelError(
             f'{line}; a label needs at least two classes to train on:'
-            f' {_split_advice(config, True)}.')
+            f' {split_advice(config, True)}.')
       if column.kind == 'binary':
         warnings[column.name] = (
             f'{line}, so its ROC AUC is NaN at every evaluation; put'
             ' galaxies of both classes in validation:'
-            f' {_split_advice(config, False)}.')
+            f' {split_advice(config, False)}.')
   return warnings
 
 

@@ -43,14 +43,28 @@ def open_split(config: ml_collections.ConfigDict, split: str):
             ' (the old one stays until the new one is complete), choose'
             ' another config.data_dir, or leave config.manual_dir empty to'
             ' use the dataset as it is'))
-    return galaxy_zoo.data_source(name, config.data_dir, split)
+    return _data_source(config, split)
   try:
-    return galaxy_zoo.data_source(name, config.data_dir, split)
+    return _data_source(config, split)
   except galaxy_zoo.DatasetNotBuiltError:
     if name != 'synthetic':
       raise
     galaxy_zoo.prepare('synthetic', config.data_dir, **config.synthetic)
-  return galaxy_zoo.data_source(name, config.data_dir, split)
+  return _data_source(config, split)
+
+
+def _data_source(config: ml_collections.ConfigDict, split: str):
+  """``galaxy_zoo.data_source``; a validation split asked of a dataset
+  built without one is refused saying so and how to build one (its
+  generic line names the splits it has, and nothing to do)."""
+  if split == 'validation' and not has_validation(config):
+    raise errors.ConfigError(
+        f'{config.dataset} in {config.data_dir} was built without a'
+        ' validation split (--validation_percent=0), so it has none to'
+        f' evaluate: {_rebuild_advice(config)}, or pass --split=train (the'
+        ' galaxies it trained on).')
+  return galaxy_zoo.data_source(dataset_config_name(config),
+                                config.data_dir, split)
 
 
 def has_validation(config: ml_collections.ConfigDict) -> bool:
@@ -92,19 +106,39 @@ def check_validation(config: ml_collections.ConfigDict) -> bool:
   """
   if has_validation(config):
     return True
+  refuse_evaluating_without(
+      config, f'{config.dataset} in {config.data_dir} has no validation'
+      ' split', _rebuild_advice(config))
+  return False
+
+
+def _rebuild_advice(config: ml_collections.ConfigDict) -> str:
+  """How to give ``config``'s dataset a validation split: the build
+  command, for every line that finds none."""
+  name = dataset_config_name(config)
+  manual = (f' --manual_dir={config.manual_dir or "DIR"}'
+            if name == 'kaggle' else '')
+  return (f'rebuild it with one (python -m gzjax.data.build --config={name}'
+          f'{manual} --data_dir={config.data_dir} --validation_percent=10'
+          ' --overwrite, with its other options as before)')
+
+
+def refuse_evaluating_without(config: ml_collections.ConfigDict,
+                              missing: str, remedy: str) -> None:
+  """Refuses a config that evaluates periodically or keeps a best
+  checkpoint where there is no validation split (``missing`` says where),
+  in one line: what needs it, ``remedy`` (how to get one) and the
+  overrides that train on everything without evaluating.  A built dataset
+  and a label catalogue (gzjax.finetune) share it.
+
+  Raises:
+    ConfigError: when the config needs a validation split.
+  """
   uses = _validation_uses(config)
   if uses:
-    name = dataset_config_name(config)
-    manual = (f' --manual_dir={config.manual_dir or "DIR"}'
-              if name == 'kaggle' else '')
     raise errors.ConfigError(
-        f'{config.dataset} in {config.data_dir} has no validation split,'
-        f' but {" and ".join(uses.values())}: rebuild it with one'
-        f' (python -m gzjax.data.build --config={name}{manual}'
-        f' --data_dir={config.data_dir} --validation_percent=10 --overwrite,'
-        ' with its other options as before), or train on all of it without'
-        f' evaluating: {" ".join(uses)}.')
-  return False
+        f'{missing}, but {" and ".join(uses.values())}: {remedy}, or train'
+        f' on all of it without evaluating: {" ".join(uses)}.')
 
 
 def training_split(config: ml_collections.ConfigDict, task: tasks.Task):
