@@ -20,8 +20,8 @@ class SeedCNN(nnx.Module):
 
   num_features = 128
   input_size = 64
-  # Three valid 3x3 pairs and two 2x2 pools need at least 28 px.
-  min_input_size = 28
+  # Three valid 3x3 pairs and two 2x2 pools: 32 -> 28 -> 14 -> 10 -> 5 -> 1.
+  min_input_size = 32
   num_blocks = 3
 
   def __init__(self, *, dtype=jnp.float32, rngs: nnx.Rngs):
