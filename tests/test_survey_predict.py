@@ -328,7 +328,7 @@ def test_a_rerun_with_other_settings_or_a_small_first_image_is_refused(
   table.write_text(f'id,path\nS,{survey["root"] / "small.png"}\n')
   with pytest.raises(catalogs.CatalogError,
                      match=r'small.png: the image is 40x40, smaller than the'
-                     r' 48 px centre crop'):
+                     r' 48 px centre crop \(1 of 1 images probed'):
     predict.predict_catalog(survey['config'], survey['workdir'],
                             catalogs.from_table(table),
                             predict.Options(tmp_path / 'out'))
@@ -702,11 +702,15 @@ def test_a_votes_prediction_file_is_written_as_its_suffix_says(tmp_path):
       'c.parquet', 'p.csv', 'p.parquet', 'work']
 
 
-def _first_row_catalogue(survey, folder: pathlib.Path, first: str) -> str:
-  """A catalogue of ``first`` (a file of the survey's root) then two good
-  cut-outs; returns its path."""
+def _first_row_catalogue(survey, folder: pathlib.Path, first: str,
+                         good: int = 2) -> str:
+  """A catalogue of ``first`` (a file of the survey's root) then ``good``
+  good cut-outs (or, with ``good=0``, ``first`` twice more); returns its
+  path."""
   rows = [('first', survey['root'] / first)] + [
-      (galaxy, survey['root'] / path) for galaxy, path in survey['rows'][:2]]
+      (galaxy, survey['root'] / path)
+      for galaxy, path in survey['rows'][:good]] + [
+          (f'again-{i}', survey['root'] / first) for i in range(2 * (not good))]
   table = folder / f'{pathlib.Path(first).stem}_first.csv'
   table.write_text('id,path\n' + ''.join(f'{i},{p}\n' for i, p in rows))
   return str(table)
@@ -715,13 +719,14 @@ def _first_row_catalogue(survey, folder: pathlib.Path, first: str) -> str:
 @pytest.mark.parametrize('refusal', ['small', 'strict'])
 def test_a_refusal_before_the_first_shard_leaves_the_output_dir_as_found(
     survey, tmp_path, refusal):
-  """The first image smaller than the crop, or unreadable with --strict:
+  """Images smaller than the crop, or the first unreadable with --strict:
   _RUN.json was written first, so the folder stayed, and the corrected
   command (a smaller crop, the bad row left out) was refused as another
   run's.  Now a folder it made is gone, an existing one is unchanged, and
   the corrected command just runs."""
   first = 'small.png' if refusal == 'small' else 'bad.jpg'
-  table = _first_row_catalogue(survey, tmp_path, first)
+  table = _first_row_catalogue(survey, tmp_path, first,
+                               good=0 if refusal == 'small' else 2)
   config = survey['config']
   existing = tmp_path / 'existing'
   existing.mkdir()
@@ -768,3 +773,60 @@ def test_a_run_record_beside_no_shard_is_replaced_not_another_run_s(
       predict.Options(output, shard_size=2))
   assert (summary.complete, summary.rows) == (True, 3)
   assert json.loads((output / '_RUN.json').read_text())['shard_size'] == 2
+
+
+def test_one_small_first_cutout_is_an_errors_row_not_the_survey_s_refusal(
+    survey, tmp_path):
+  """A 40 px image as row 1 refused the whole survey (the first image alone
+  was probed) while at any other row it was one errors.csv row: a small
+  first image now has the next rows probed, and one that fits lets the run
+  go on.  Only when every probed image is small is the crop refused, before
+  anything is written."""
+  table = _first_row_catalogue(survey, tmp_path, 'small.png', good=5)
+  output = tmp_path / 'out'
+  summary = predict.predict_catalog(
+      survey['config'], survey['workdir'], catalogs.from_table(table),
+      predict.Options(output, shard_size=2))
+  assert (summary.complete, summary.rows, summary.errors) == (True, 5, 1)
+  ids = pq.read_table(output / 'part-00000.parquet')['id']
+  assert ids.to_pylist() == [survey['rows'][0][0]]
+  with (output / 'errors.csv').open(newline='') as f:
+    errors_rows = list(csv.DictReader(f))
+  assert [(r['id'], r['reason'].split(':')[0]) for r in errors_rows] == [
+      ('first', 'smaller than the crop')]
+  # Unreadable rows are not probed: every readable image small is refused.
+  rows = [('bad', 'bad.jpg')] + [(f's{i}', 'small.png') for i in range(20)] + [
+      (galaxy, path) for galaxy, path in survey['rows'][:2]]
+  table = tmp_path / 'small_survey.csv'
+  table.write_text('id,path\n' + ''.join(
+      f'{i},{survey["root"] / p}\n' for i, p in rows))
+  with pytest.raises(catalogs.CatalogError) as error:
+    predict.predict_catalog(survey['config'], survey['workdir'],
+                            catalogs.from_table(table),
+                            predict.Options(tmp_path / 'refused'))
+  assert str(error.value) == (
+      f'{survey["root"] / "small.png"}: the image is 40x40, smaller than the'
+      ' 48 px centre crop (16 of 16 images probed from the first rows are too'
+      ' small); predict with a config whose input.crop_size fits the'
+      ' survey\'s cutouts.')
+  assert not (tmp_path / 'refused').exists()
+
+
+def test_a_survey_stopped_after_its_last_shard_says_all_are_finished(
+    survey, tmp_path):
+  """Stopped between the last shard and _SUCCESS.json, it said '3 of 3
+  shards are finished and kept; run the same command again to predict the
+  rest': there is no rest, only the manifest to write."""
+  table = _first_row_catalogue(survey, tmp_path, survey['rows'][2][1])
+  output = tmp_path / 'out'
+  predict.predict_catalog(
+      survey['config'], survey['workdir'], catalogs.from_table(table),
+      predict.Options(output, shard_size=1))
+  (output / '_SUCCESS.json').unlink()
+  assert predict.stopped_situation(output) == (
+      f'while predicting into {output}: all 3 shards are finished and kept,'
+      ' but not yet _SUCCESS.json; run the same command again to write it')
+  (output / 'part-00001.parquet').unlink()
+  assert predict.stopped_situation(output) == (
+      f'while predicting into {output}: 2 of 3 shards are finished and kept;'
+      ' run the same command again to predict the rest')
