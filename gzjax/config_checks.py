@@ -346,8 +346,28 @@ def _consistency(config: ml_collections.ConfigDict) -> None:
   _general_consistency(config)
 
 
+def _input_size_fits_the_model(config: ml_collections.ConfigDict) -> None:
+  """``input.image_size`` against the backbone's sizes, before a workdir is
+  made: the model refuses it only when its step is traced, after a run has
+  written its config.json, TensorBoard file and checkpoint folders."""
+  from gzjax import models  # pylint: disable=g-import-not-at-top
+  backbone = models.backbone_class(config.model.name)
+  size = config.input.image_size
+  if getattr(backbone, 'fixed_input_size', False):
+    if size != backbone.input_size:
+      raise _fail('input.image_size', size,
+                  f'{backbone.input_size}: {config.model.name} takes'
+                  f' {backbone.input_size} px images only')
+  elif size < backbone.min_input_size:
+    raise _fail('input.image_size', size,
+                f'{backbone.min_input_size} or more for {config.model.name}'
+                f' (its native size is'
+                f' {models.native_input_size(config.model.name)})')
+
+
 def _general_consistency(config: ml_collections.ConfigDict) -> None:
   """The rules between keys that hold whatever the task."""
+  _input_size_fits_the_model(config)
   zoom = config.input.augment.zoom
   if zoom[0] > zoom[1]:
     raise _fail('input.augment.zoom', tuple(zoom),

@@ -93,6 +93,29 @@ def test_classifier_configs_are_checked_for_consistency():
     config_checks.check(config)
 
 
+@pytest.mark.parametrize('name, size, allowed', [
+    ('cnn', 31, '32 or more for cnn (its native size is 64)'),
+    ('inception_v3', 74, '75 or more for inception_v3 (its native size is'
+     ' 299)'),
+    ('efficientnet_b0', 31, '32 or more for efficientnet_b0 (its native size'
+     ' is 224)'),
+    ('viewpoint', 64, '69: viewpoint takes 69 px images only'),
+])
+def test_an_image_size_the_model_cannot_take_is_refused_with_the_config(
+    name, size, allowed):
+  """Before any workdir: the model itself refused it only when its step was
+  traced, after the run had written config.json and TensorBoard files."""
+  config = base.base_config()
+  config.model.name = name
+  config.input.image_size = size
+  with pytest.raises(errors.ConfigError) as info:
+    config_checks.check(config)
+  assert str(info.value) == (f'config.input.image_size={size} is not allowed:'
+                             f' use {allowed}.')
+  config.input.image_size = int(allowed.split(' ')[0].rstrip(':'))
+  config_checks.check(config)
+
+
 def _main(tmp_path, *flags, config='configs/quickstart.py'):
   return subprocess.run(
       [sys.executable, '-m', 'gzjax.main', f'--config={config}',
@@ -111,6 +134,10 @@ def _main(tmp_path, *flags, config='configs/quickstart.py'):
     (['--config.input.num_epochs=2', '--config.optimizer.learning_rate=-0.01'],
      'gzjax: config.optimizer.learning_rate=-0.01 is not allowed: use a number'
      ' > 0.0.'),
+    # The step's trace refused it, after the workdir was written.
+    (['--config.input.image_size=31'],
+     'gzjax: config.input.image_size=31 is not allowed: use 32 or more for cnn'
+     ' (its native size is 64).'),
 ])
 def test_cli_refuses_bad_keys_and_values_in_one_line_and_writes_nothing(
     tmp_path, flags, line):
