@@ -31,12 +31,15 @@ class _PathParser(flags.ArgumentParser):
 
 
 class _PathListParser(flags.ListParser):
-  """Parses a comma-separated list of paths, each as :class:`_PathParser`."""
+  """Parses a comma-separated list of paths, each as :class:`_PathParser`;
+  empty entries (``a,`` or ``a,,b``) are dropped: read as paths they would
+  be the current folder, which an ensemble then averaged in silently."""
 
   syntactic_help = 'a comma-separated list of paths (~ is the home folder)'
 
   def parse(self, argument):
-    return [os.path.expanduser(path) for path in super().parse(argument)]
+    return [os.path.expanduser(path) for path in super().parse(argument)
+            if path.strip()]
 
 
 def DEFINE_path(  # pylint: disable=invalid-name

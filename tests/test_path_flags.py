@@ -26,6 +26,10 @@ def test_a_path_flag_expands_the_home_folder_and_nothing_else():
   home = os.path.expanduser('~')
   assert values.out == f'{home}/w.msgpack'
   assert values.runs == [f'{home}/a', 'b/~c', f'{home}/d']
+  # A stray comma is no folder (read as one, it was the current folder,
+  # averaged into an ensemble without a word).
+  values(['prog', '--runs=a,,b,'])
+  assert values.runs == ['a', 'b']
   values(['prog', '--out=relative/x~y.csv', '--runs='])
   assert (values.out, values.runs) == ('relative/x~y.csv', [])
 
