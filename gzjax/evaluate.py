@@ -229,6 +229,14 @@ def check_checkpoint_folder(workdir: pathlib.Path, which: str) -> None:
   folder = workdir / ('best' if which == 'best' else 'checkpoints')
   # A step number may be kept only as the best one (Checkpointer.kept_in).
   best_step = which.isdigit() and (workdir / 'best').is_dir()
+  if which == 'best' and not folder.is_dir() and (
+      workdir / 'checkpoints').is_dir():
+    # A training run that kept no best one (best_metric='', or no
+    # evaluation yet): training into it again would not make one.
+    raise errors.MissingCheckpointError(
+        f'{workdir} keeps no best checkpoint ({folder} does not exist: it'
+        " was trained with config.best_metric='' or has not evaluated yet):"
+        ' pass --checkpoint=latest or a step number.')
   if not folder.is_dir() and not best_step:
     raise errors.MissingCheckpointError(
         f'{workdir} holds no {"best " if which == "best" else ""}checkpoints'
@@ -384,14 +392,14 @@ def _check_distinct(workdirs: Sequence[pathlib.Path]) -> None:
   """Refuses an ensemble that names one workdir twice (however spelt): its
   predictions would silently count twice in the average."""
   seen = {}
-  for workdir in workdirs:
-    first = seen.setdefault(workdir.resolve(), workdir)
-    if first is not workdir:
-      also = '' if str(first) == str(workdir) else f' (also as {first})'
+  for index, workdir in enumerate(workdirs):
+    first = seen.setdefault(workdir.resolve(), (index, workdir))
+    if first[1] is not workdir:
+      also = '' if str(first[1]) == str(workdir) else f' (also as {first[1]})'
+      flags = '--workdir and --ensemble' if first[0] == 0 else '--ensemble'
       raise errors.ConfigError(
-          f'--workdir and --ensemble name {workdir} twice{also}: it would'
-          ' count twice in the averaged predictions; name each workdir'
-          ' once.')
+          f'{flags} name {workdir} twice{also}: it would count twice in the'
+          ' averaged predictions; name each workdir once.')
 
 
 def _id_column(written: Sequence[str]) -> np.ndarray | list[str]:

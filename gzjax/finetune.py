@@ -501,7 +501,7 @@ class CatalogImages(Sequence):
       if problem is not None:
         problems.append(f'{catalog.path(row)} (id {catalog.id(row)}):'
                         f' {problem}')
-    catalogs.refuse_unpredictable(problems, f'images of {catalog.source}',
+    catalogs.refuse_unpredictable(problems, 'image', catalog.source,
                                   'Fix them or leave them out.')
 
   def __len__(self) -> int:

@@ -221,14 +221,18 @@ def test_an_ensemble_naming_a_workdir_twice_is_refused(trained, tmp_path):
   config = _config(trained[0])
   other = _copy(trained, tmp_path)
   for members, message in (
-      ([trained[1], other, trained[1]], f'{trained[1]} twice'),
+      ([trained[1], other, trained[1]],
+       f'--workdir and --ensemble name {trained[1]} twice'),
       ([other, other / '..' / 'work'],
-       f'{other}/../work twice (also as {other})')):
+       f'--workdir and --ensemble name {other}/../work twice (also as'
+       f' {other})'),
+      # Twice in --ensemble alone: --workdir (the first) is not repeated.
+      ([trained[1], other, other], f'--ensemble name {other} twice')):
     with pytest.raises(errors.ConfigError) as info:
       evaluate.predict(config, members, output=tmp_path / 'p.csv')
     assert str(info.value) == (
-        f'--workdir and --ensemble name {message}: it would count twice in'
-        ' the averaged predictions; name each workdir once.')
+        f'{message}: it would count twice in the averaged predictions; name'
+        ' each workdir once.')
   assert not (tmp_path / 'p.csv').exists()
 
 
@@ -331,15 +335,21 @@ def test_an_image_folder_keeps_each_galaxy_id_as_its_file_writes_it(
                             output=tmp_path / 'p.parquet')
   column = pq.read_table(output).column('GalaxyID')
   assert (column.type, column.to_pylist()) == (pa.int64(), [7, 100008])
-  (folder / '042.jpg').write_bytes((jpegs / '100090.jpg').read_bytes())
-  (folder / '42.jpg').write_bytes((jpegs / '100090.jpg').read_bytes())
   too_long = folder / f'{2**64}.jpg'  # Was an OverflowError's traceback.
   too_long.write_bytes((jpegs / '100090.jpg').read_bytes())
+  with pytest.raises(errors.DataError) as info:  # One file: the singular.
+    evaluate.predict(config, [trained[1]], images=folder,
+                     output=tmp_path / 'q.csv')
+  assert str(info.value).startswith(f'1 file of {folder} cannot be predicted')
+  (folder / '042.jpg').write_bytes((jpegs / '100090.jpg').read_bytes())
+  (folder / '42.jpg').write_bytes((jpegs / '100090.jpg').read_bytes())
   with pytest.raises(errors.DataError) as info:
     evaluate.predict(config, [trained[1]], images=folder,
                      output=tmp_path / 'q.csv')
-  assert str(info.value).splitlines()[1:] == [
-      f'  {too_long}: GalaxyID {2**64} does not fit in 64 bits',
+  assert str(info.value).splitlines() == [
+      f'2 files of {folder} cannot be predicted (no prediction was written):',
+      f'  {too_long}: GalaxyID {2**64} is past the signed 64-bit integers of'
+      ' the Kaggle CSV (predict with --output_dir, which keeps ids as text)',
       f'  {folder}/42.jpg: GalaxyID 42 also has 042.jpg',
       'Fix, rename or move them out of the folder.']
   assert not (tmp_path / 'q.csv').exists()
@@ -654,3 +664,19 @@ def test_evaluating_the_validation_split_a_dataset_lacks_says_how_to_build_it(
       ' --overwrite, with its other options as before), or pass --split=train'
       ' (the galaxies it trained on).')
   assert _snapshot(trained[1]) == before
+
+
+def test_best_of_a_run_that_keeps_no_best_checkpoint_says_what_to_pass(
+    tmp_path):
+  """It said "train into it first", which would make no best checkpoint."""
+  (tmp_path / 'checkpoints' / '10').mkdir(parents=True)
+  with pytest.raises(errors.MissingCheckpointError) as info:
+    evaluate.check_checkpoint_folder(tmp_path, 'best')
+  assert str(info.value) == (
+      f'{tmp_path} keeps no best checkpoint ({tmp_path}/best does not exist:'
+      " it was trained with config.best_metric='' or has not evaluated yet):"
+      ' pass --checkpoint=latest or a step number.')
+  evaluate.check_checkpoint_folder(tmp_path, 'latest')
+  # Not a training run at all: the message as before.
+  with pytest.raises(errors.MissingCheckpointError, match='train into it'):
+    evaluate.check_checkpoint_folder(tmp_path / 'empty', 'best')

@@ -46,6 +46,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from gzjax import errors
+from gzjax import progress
 from gzjax.data import fields
 from gzjax.data import kaggle
 
@@ -298,8 +299,9 @@ class ImageFolder:
         continue
       galaxy_id = int(path.stem)
       if galaxy_id >= 2**63:
-        problems.append(f'{path}: GalaxyID {path.stem} does not fit in 64'
-                        ' bits')
+        problems.append(f'{path}: GalaxyID {path.stem} is past the signed'
+                        ' 64-bit integers of the Kaggle CSV (predict with'
+                        ' --output_dir, which keeps ids as text)')
         continue
       if galaxy_id in paths:  # 42.jpg and 042.jpg too: one integer.
         problems.append(f'{path}: GalaxyID {galaxy_id} also has'
@@ -310,7 +312,7 @@ class ImageFolder:
         problems.append(f'{path}: {problem}')
         continue
       paths[galaxy_id] = path
-    refuse_unpredictable(problems, f'files of {self._folder}',
+    refuse_unpredictable(problems, 'file', self._folder,
                          'Fix, rename or move them out of the folder.')
     if not paths:
       raise errors.DataError(
@@ -337,7 +339,7 @@ class ImageFolder:
     }
 
 
-def refuse_unpredictable(problems: Sequence[str], what: str,
+def refuse_unpredictable(problems: Sequence[str], noun: str, where,
                          fix: str) -> None:
   """One error listing every file that cannot be predicted (the first 20,
   then how many more), before anything is written; nothing when none."""
@@ -346,7 +348,8 @@ def refuse_unpredictable(problems: Sequence[str], what: str,
   shown = '\n'.join(f'  {p}' for p in problems[:20])
   more = f'\n  … and {len(problems) - 20} more' if len(problems) > 20 else ''
   raise errors.DataError(
-      f'{len(problems)} {what} cannot be predicted (no prediction was'
+      f'{progress.counted(len(problems), noun)} of {where} cannot be'
+      ' predicted (no prediction was'
       f' written):\n{shown}{more}\n{fix}')
 
 
