@@ -908,3 +908,10 @@ def test_no_validation_rows_train_on_every_row_when_nothing_evaluates(
       ' rows, without evaluating.\n') == 1
   # No line about classes in a validation split that does not exist.
   assert 'WARNING' not in err
+  # Evaluating the split it lacks says what to do (it said only that).
+  with pytest.raises(labels.LabelError) as info:
+    finetune.evaluate(config, workdir)
+  assert str(info.value) == (
+      f'{catalogue}: the validation split has no labelled rows: evaluate'
+      ' --split=train, or give the catalogue validation rows'
+      ' (labels.validation_percent, labels.split_column).')

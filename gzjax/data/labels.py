@@ -468,8 +468,12 @@ class LabelSource(Sequence):
     if split == 'train':  # Rows with no known label teach nothing.
       self._rows = self._rows[table.labelled()[self._rows]]
     if not len(self._rows):
+      advice = ('evaluate --split=train, or give the catalogue validation rows'
+                ' (labels.validation_percent, labels.split_column)'
+                if split == 'validation' else
+                'check the label columns and the split')
       raise LabelError(f'{table.source}: the {split} split has no labelled'
-                       ' rows.')
+                       f' rows: {advice}.')
 
   def __len__(self) -> int:
     return len(self._rows)
