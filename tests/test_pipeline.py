@@ -667,8 +667,7 @@ if __name__ == '__main__':
       worker_buffer_size=1))
   iterator = iter(pipeline._to_iter_dataset(grain.MapDataset.range(10**6),
                                             config))
-  for _ in range(4):  # Elements of both workers: both have started.
-    next(iterator)
+  next(iterator)
   print('ready', flush=True)
   try:
     while True:
@@ -691,7 +690,7 @@ def test_ctrl_c_on_a_terminal_leaves_the_decoding_workers_quiet(tmp_path):
       stderr=subprocess.PIPE, text=True, start_new_session=True,
       env=dict(os.environ, PYTHONPATH=str(pathlib.Path(__file__).parents[1])))
   assert process.stdout.readline() == 'ready\n'
-  time.sleep(0.5)  # The workers are busy filling their buffers.
+  time.sleep(1)  # The workers are busy filling their buffers.
   os.killpg(process.pid, signal.SIGINT)  # As a terminal's Ctrl-C does.
   out, err = process.communicate(timeout=60)
   assert (process.returncode, out) == (0, 'stopped\n')

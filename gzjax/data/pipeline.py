@@ -568,22 +568,13 @@ def _check_crop_fits(
                                                        config.crop_size))
 
 
-def _exit_quietly(signum: int, frame) -> None:
-  del frame
-  raise SystemExit(128 + signum)
-
-
-def _worker_exits_quietly_on_ctrl_c(worker_index: int,
-                                    worker_count: int) -> None:
-  """Runs first in each decoding worker process.  Ctrl-C on a terminal
+def _worker_ignores_ctrl_c(worker_index: int, worker_count: int) -> None:
+  """Runs first in each decoding worker process: Ctrl-C on a terminal
   signals the whole process group, and each worker printed its own
-  KeyboardInterrupt traceback beside the main process's one line
-  (gzjax.preemption).  A worker now ends at once and quietly
-  (multiprocessing prints no traceback for SystemExit); ignoring the signal
-  instead left the main process waiting up to 25 s per busy worker as it
-  closed them."""
+  KeyboardInterrupt traceback while the main process stopped in one line
+  (gzjax.preemption); the main process closes the workers as it stops."""
   del worker_index, worker_count
-  signal.signal(signal.SIGINT, _exit_quietly)
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _to_iter_dataset(
@@ -602,7 +593,7 @@ def _to_iter_dataset(
             num_workers=config.num_workers,
             per_worker_buffer_size=config.worker_buffer_size,
         ),
-        worker_init_fn=_worker_exits_quietly_on_ctrl_c,
+        worker_init_fn=_worker_ignores_ctrl_c,
     )
   return iter_dataset
 
