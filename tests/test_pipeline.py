@@ -4,12 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import pathlib
-import signal
-import subprocess
-import sys
-import time
 
 from absl import flags
 import numpy as np
@@ -651,47 +645,3 @@ def test_a_small_image_in_an_image_folder_names_its_file(kaggle_sample,
       f'{tmp_path}/100054.png (GalaxyID 100054): crop_size=207 exceeds the'
       ' 100x100 source image; use images of at least 207 px a side or a'
       ' smaller config.input.crop_size.')
-
-
-_CTRL_C_SCRIPT = '''
-import time
-from absl import flags
-import grain
-import ml_collections
-from gzjax.data import pipeline
-
-if __name__ == '__main__':
-  flags.FLAGS.mark_as_parsed()
-  config = ml_collections.ConfigDict(dict(
-      read_threads=1, prefetch_buffer_size=1, num_workers=2,
-      worker_buffer_size=1))
-  iterator = iter(pipeline._to_iter_dataset(grain.MapDataset.range(10**6),
-                                            config))
-  next(iterator)
-  print('ready', flush=True)
-  try:
-    while True:
-      next(iterator)
-      time.sleep(0.01)
-  except KeyboardInterrupt:
-    iterator.close()
-    del iterator  # Before the interpreter's teardown (grain's __del__).
-    print('stopped', flush=True)
-'''
-
-
-def test_ctrl_c_on_a_terminal_leaves_the_decoding_workers_quiet(tmp_path):
-  """Ctrl-C signals the terminal's whole process group: each worker printed
-  a KeyboardInterrupt traceback beside the main process's one line."""
-  script = tmp_path / 'ctrl_c.py'
-  script.write_text(_CTRL_C_SCRIPT)
-  process = subprocess.Popen(
-      [sys.executable, str(script)], stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE, text=True, start_new_session=True,
-      env=dict(os.environ, PYTHONPATH=str(pathlib.Path(__file__).parents[1])))
-  assert process.stdout.readline() == 'ready\n'
-  time.sleep(1)  # The workers are busy filling their buffers.
-  os.killpg(process.pid, signal.SIGINT)  # As a terminal's Ctrl-C does.
-  out, err = process.communicate(timeout=60)
-  assert (process.returncode, out) == (0, 'stopped\n')
-  assert 'Traceback' not in err and 'KeyboardInterrupt' not in err, err

@@ -40,7 +40,6 @@ import dataclasses
 import io
 import math
 import re
-import signal
 import struct
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
@@ -568,15 +567,6 @@ def _check_crop_fits(
                                                        config.crop_size))
 
 
-def _worker_ignores_ctrl_c(worker_index: int, worker_count: int) -> None:
-  """Runs first in each decoding worker process: Ctrl-C on a terminal
-  signals the whole process group, and each worker printed its own
-  KeyboardInterrupt traceback while the main process stopped in one line
-  (gzjax.preemption); the main process closes the workers as it stops."""
-  del worker_index, worker_count
-  signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 def _to_iter_dataset(
     dataset: grain.MapDataset, config: ml_collections.ConfigDict
 ) -> grain.IterDataset:
@@ -592,8 +582,7 @@ def _to_iter_dataset(
         grain.MultiprocessingOptions(
             num_workers=config.num_workers,
             per_worker_buffer_size=config.worker_buffer_size,
-        ),
-        worker_init_fn=_worker_ignores_ctrl_c,
+        )
     )
   return iter_dataset
 
