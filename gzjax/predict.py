@@ -27,9 +27,9 @@ not grow with the catalogue:
   crop, ``strict``'s first unreadable image) leaves the folder as it found
   it (``workdir_rules.claim``), so that the corrected command just runs.
 * A crop that does not fit the survey is refused before any work: the
-  first readable images (up to ``SIZE_PROBE_IMAGES``) are all smaller than
-  it.  One small cut-out among them is a bad row like any other, whatever
-  its row.
+  first readable images (up to ``catalog.SIZE_PROBE_IMAGES``) are all
+  smaller than it.  One small cut-out among them is a bad row like any
+  other, whatever its row.
 * An image that cannot be read or decoded does not stop the run: it is
   listed, with the reason, in ``errors.csv`` (per shard while running) and
   counted at the end.  ``strict`` turns the first one into an error.
@@ -82,7 +82,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from PIL import Image
 
 from gzjax import config_checks
 from gzjax import distributed
@@ -634,56 +633,13 @@ def predict_catalog(config: ml_collections.ConfigDict,
   return dataclasses.replace(summary, shards_written=len(todo))
 
 
-# The crop-size probe reads the headers of at most this many readable
-# images, and of at most SIZE_PROBE_ROWS rows, from the first to predict.
-SIZE_PROBE_IMAGES = 16
-SIZE_PROBE_ROWS = 256
-
-
-def _image_size(path: str) -> tuple[int, int] | None:
-  """The image's width and height from its header; None when it cannot be
-  read (left to the prediction's errors report)."""
-  try:
-    with Image.open(path) as image:
-      return image.size
-  except (OSError, SyntaxError, ValueError):
-    return None
-
-
 def _check_crop_fits(catalog: catalogs.Catalog, shard_size: int,
                      todo: Sequence[int], crop_size: int) -> None:
-  """Refuses, before any work, a crop larger than the survey's cut-outs:
-  every readable image probed from the first rows to predict is smaller.
-
-  The first image alone decided before, so one small cut-out blocked the
-  whole survey when it was the first row and was one errors.csv row
-  anywhere else.  Now a small first image has the next rows probed (up to
-  ``SIZE_PROBE_IMAGES`` readable ones); if any fits, the run goes on and
-  the small ones are listed in errors.csv (``strict``: the first stops it).
-  """
-  rows = (row for shard in todo
-          for row in catalogs.shard_rows(shard, len(catalog), shard_size))
-  first_small, probed, small = None, 0, 0
-  for count, row in enumerate(rows):
-    if count >= SIZE_PROBE_ROWS or probed >= SIZE_PROBE_IMAGES:
-      break
-    path = catalog.path(row)
-    size = _image_size(path)
-    if size is None:
-      continue
-    probed += 1
-    if min(size) >= crop_size:
-      return
-    small += 1
-    first_small = first_small or (path, size)
-  if first_small is None:  # Nothing readable: errors.csv says why.
-    return
-  path, (width, height) = first_small
-  raise catalogs.CatalogError(
-      f'{path}: the image is {width}x{height}, smaller than the {crop_size} px'
-      f' centre crop ({small} of {probed} images probed from the first rows'
-      ' are too small); predict with a config whose input.crop_size fits the'
-      ' survey\'s cutouts.')
+  """:func:`catalogs.check_crop_fits` on the rows of the ``todo`` shards."""
+  catalogs.check_crop_fits(
+      catalog, (row for shard in todo
+                for row in catalogs.shard_rows(shard, len(catalog),
+                                               shard_size)), crop_size)
 
 
 def decoding_workers(config: ml_collections.ConfigDict,

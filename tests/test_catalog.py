@@ -111,11 +111,12 @@ def test_folder_is_recursive_any_case_and_glob_selects(tmp_path):
 
 def test_image_smaller_than_the_crop_is_named(tmp_path):
   small = _image(tmp_path / 'tiny.png', size=40, width=60)
-  catalogs.check_size(str(small), 40)
+  folder = catalogs.open_catalog(images=str(tmp_path))
+  catalogs.check_crop_fits(folder, range(len(folder)), 40)
   with pytest.raises(catalogs.CatalogError,
                      match=r'tiny.png: the image is 60x40, smaller than the 48'
                      r' px centre crop'):
-    catalogs.check_size(str(small), 48)
+    catalogs.check_crop_fits(folder, range(len(folder)), 48)
 
 
 def test_processes_share_the_shard_grid_exactly_once():

@@ -36,7 +36,7 @@ import glob as globlib
 import hashlib
 import io
 import pathlib
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -367,22 +367,55 @@ def image_problem(data: bytes, kind: str) -> str | None:
   return None
 
 
-def check_size(path: str, crop_size: int) -> None:
-  """Fails with the file's name when its image is smaller than the crop.
+# The crop-size probe reads the headers of at most this many readable
+# images, and of at most SIZE_PROBE_ROWS rows.
+SIZE_PROBE_IMAGES = 16
+SIZE_PROBE_ROWS = 256
 
-  Reads only the header; an unreadable file is left to the prediction's
-  errors report.
-  """
+
+def _header_size(path: str) -> tuple[int, int] | None:
+  """The image's width and height from its header; None when it cannot be
+  read (left to the prediction's errors report)."""
   try:
     with Image.open(path) as image:
-      width, height = image.size
+      return image.size
   except (OSError, SyntaxError, ValueError):
+    return None
+
+
+def check_crop_fits(catalog: Catalog, rows: Iterable[int],
+                    crop_size: int) -> None:
+  """Refuses, before any work, a crop larger than the survey's cut-outs:
+  every readable image probed from ``rows`` (the first to predict, in
+  order) is smaller.  Reads only headers.
+
+  The first image alone decided before, so one small cut-out blocked the
+  whole survey when it was the first row and was one errors.csv row
+  anywhere else.  Now a small first image has the next rows probed (up to
+  ``SIZE_PROBE_IMAGES`` readable ones); if any fits, the run goes on and
+  the small ones are listed in errors.csv (``strict``: the first stops it).
+  """
+  first_small, probed, small = None, 0, 0
+  for count, row in enumerate(rows):
+    if count >= SIZE_PROBE_ROWS or probed >= SIZE_PROBE_IMAGES:
+      break
+    path = catalog.path(row)
+    size = _header_size(path)
+    if size is None:
+      continue
+    probed += 1
+    if min(size) >= crop_size:
+      return
+    small += 1
+    first_small = first_small or (path, size)
+  if first_small is None:  # Nothing readable: errors.csv says why.
     return
-  if crop_size > min(width, height):
-    raise CatalogError(
-        f'{path}: the image is {width}x{height}, smaller than the'
-        f' {crop_size} px centre crop; predict with a config whose'
-        ' input.crop_size fits the survey\'s cutouts.')
+  path, (width, height) = first_small
+  raise CatalogError(
+      f'{path}: the image is {width}x{height}, smaller than the {crop_size} px'
+      f' centre crop ({small} of {probed} images probed from the first rows'
+      ' are too small); predict with a config whose input.crop_size fits the'
+      ' survey\'s cutouts.')
 
 
 def num_shards(num_rows: int, shard_size: int) -> int:
