@@ -260,15 +260,9 @@ def _train(config: ml_collections.ConfigDict, claim: workdir_rules.Claim, *,
         ' batch would repeat galaxies. Lower config.input.batch_size.')
   if validation_source is None and evaluates:
     validation_source = splits.open_split(config, 'validation')
-  baseline = None if (task.is_classification or task.evaluate or
-                      not evaluates) else \
-      evaluate.training_mean_votes(train_source)
   checkpointer = checkpoint.Checkpointer(
       workdir, keep=config.keep_checkpoints, best_metric=config.best_metric,
       best_mode=config.best_mode)
-  train_iterator, device_input = experiments.create_train_input(
-      config, task, experiment, train_source,
-      label_catalogue=label_catalogue)
   start_step = 0
   if checkpointer.latest_step() is not None:
     workdir_rules.check_resumable(config, workdir)
@@ -282,12 +276,9 @@ def _train(config: ml_collections.ConfigDict, claim: workdir_rules.Claim, *,
             f' config.num_train_steps={config.num_train_steps}: nothing to'
             ' train. Set config.num_train_steps above'
             f' {start_step} to train on, or evaluate it (--mode=evaluate).')
-      train_iterator.set_state(data_state)
   if start_step == config.num_train_steps:
-    # A finished run run again (a script's second pass): nothing to compile,
-    # write or log; the workdir stays as it was.
-    if hasattr(train_iterator, 'close'):
-      train_iterator.close()
+    # A finished run run again (a script's second pass): nothing to decode,
+    # compile, write or log; the workdir stays as it was.
     checkpointer.close()
     if jax.process_index() == 0:
       print(f'gzjax: {workdir} has finished: its newest checkpoint is step'
@@ -295,6 +286,16 @@ def _train(config: ml_collections.ConfigDict, claim: workdir_rules.Claim, *,
             ' --config.num_train_steps to train on, or evaluate it'
             ' (--mode=evaluate).', file=sys.stderr)
     return {}
+  # After the restore: a finished run, or one refused above, builds no
+  # input (a decoded cache can take minutes) and no baseline.
+  train_iterator, device_input = experiments.create_train_input(
+      config, task, experiment, train_source,
+      label_catalogue=label_catalogue)
+  if start_step:
+    train_iterator.set_state(data_state)
+  baseline = None if (task.is_classification or task.evaluate or
+                      not evaluates) else \
+      evaluate.training_mean_votes(train_source)
   if not start_step:  # No checkpoint, or none intact: initialise.
     state = experiment.initial_state()
   last_good = start_step if start_step else None

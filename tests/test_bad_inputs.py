@@ -504,7 +504,11 @@ def test_a_finished_run_run_again_says_so_and_changes_nothing(
 
   def compile_step(*args, **kwargs):
     raise AssertionError('a finished run compiled its train step again')
+
+  def build_input(*args, **kwargs):
+    raise AssertionError('a finished run built its training input again')
   monkeypatch.setattr(train, 'make_train_step', compile_step)
+  monkeypatch.setattr(train.experiments, 'create_train_input', build_input)
   assert train.train_and_evaluate(_config(trained[0]), workdir) == {}
   assert capsys.readouterr().err == (
       f'gzjax: {workdir} has finished: its newest checkpoint is step 6 ='
